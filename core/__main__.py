@@ -1,0 +1,126 @@
+"""Command line: ``python -m core {demo,run,train}`` (see the README for every option)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+DEMO_COHORT = DATA / "demo"
+DEMO_DB = DATA / "results.duckdb"
+SHIPPED_WEIGHTS = ROOT / "weights"
+
+
+def demo_checkpoint_name(model: str) -> str:
+    return model.lower().replace("-", "_") + "_demo.pt"
+
+
+def cmd_demo(args) -> int:
+    from .batch import run_batch
+    from .demo import DemoSpec, build_demo_cohort
+    from .models import DEMO_MODELS
+    from .train import train_model
+
+    stages = {}
+    t = time.time()
+    build_demo_cohort(DEMO_COHORT, DemoSpec(seed=args.seed))
+    stages["cohort"] = time.time() - t
+    t = time.time()
+    ckpts = []
+    for name, spec in DEMO_MODELS.items():
+        fname = demo_checkpoint_name(name)
+        shipped = SHIPPED_WEIGHTS / fname
+        if shipped.exists() and not args.retrain:
+            print(f"using shipped weights {shipped.relative_to(ROOT)} (retrain with --retrain)")
+            ckpts.append(shipped)
+            continue
+        out = DATA / "weights" / fname
+        if not out.exists() or args.retrain:
+            train_model(name, spec["arch"], spec["arch_args"], DEMO_COHORT, out, epochs=spec.get("epochs", args.epochs),
+                        seed=1)
+        ckpts.append(out)
+    stages["models"] = time.time() - t
+    t = time.time()
+    summary = run_batch(DEMO_COHORT, args.db, ckpts, methods=args.methods, T=args.T, split="test",
+                        patient_meta=_demo_meta())
+    stages["batch"] = time.time() - t
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + f", total {sum(stages.values()):.1f}")
+    return 0 if summary["failed"] == 0 else 1
+
+
+def _demo_meta() -> dict:
+    man = DEMO_COHORT / "demo_manifest.json"
+    if not man.exists():
+        return {}
+    return {p["patient_id"]: {"kind": p["kind"], "wt_ml": p["wt_ml"], "et_ml": p["et_ml"]}
+            for p in json.loads(man.read_text())["patients"]}
+
+
+def cmd_run(args) -> int:
+    from .batch import run_batch
+
+    cfg = {}
+    if args.config:
+        cfg = tomllib.loads(Path(args.config).read_text())
+    cohort = args.cohort or cfg.get("cohort")
+    db = args.db or cfg.get("db") or str(DEMO_DB)
+    models = args.models or cfg.get("models")
+    if not cohort or not models:
+        print("error: --cohort and --models (or a --config naming them) are required", file=sys.stderr)
+        return 2
+    summary = run_batch(cohort, db, models, methods=args.methods or cfg.get("methods", ["deterministic", "mc_dropout"]),
+                        T=args.T or cfg.get("T", 10), split=args.split or cfg.get("split"),
+                        device=args.device or cfg.get("device"), maps_dir=args.maps_dir or cfg.get("maps_dir"),
+                        save_maps=not args.no_maps)
+    return 0 if summary["failed"] == 0 else 1
+
+
+def cmd_train(args) -> int:
+    from .models import DEMO_MODELS
+    from .train import train_model
+
+    spec = DEMO_MODELS[args.model]
+    train_model(args.model, spec["arch"], spec["arch_args"], args.cohort, args.out, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m core", description="Tumour segmentation uncertainty & calibration batch")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="build the demo cohort, load or train the demo models, run the batch")
+    d.add_argument("--db", default=str(DEMO_DB))
+    d.add_argument("--T", type=int, default=10, help="MC dropout samples (default 10)")
+    d.add_argument("--methods", nargs="+", default=["deterministic", "mc_dropout"])
+    d.add_argument("--retrain", action="store_true", help="train the demo models instead of using shipped weights")
+    d.add_argument("--epochs", type=int, default=40)
+    d.add_argument("--seed", type=int, default=2026, help="demo cohort seed")
+    d.set_defaults(fn=cmd_demo)
+    r = sub.add_parser("run", help="run the batch on a BraTS-layout cohort")
+    r.add_argument("--cohort")
+    r.add_argument("--db")
+    r.add_argument("--config", help="TOML file with the same keys (cohort, db, models, methods, T, split, device)")
+    r.add_argument("--models", nargs="+", help="checkpoint files (.pt with model card)")
+    r.add_argument("--methods", nargs="+")
+    r.add_argument("--T", type=int)
+    r.add_argument("--split", help="only the patients of this split in splits.json (train/calibration/test)")
+    r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    r.add_argument("--maps-dir")
+    r.add_argument("--no-maps", action="store_true")
+    r.set_defaults(fn=cmd_run)
+    t = sub.add_parser("train", help="train a demo architecture on a cohort's train split")
+    t.add_argument("--model", choices=["SegResNet", "UNet-Res"], required=True)
+    t.add_argument("--cohort", default=str(DEMO_COHORT))
+    t.add_argument("--out", required=True)
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--seed", type=int, default=1)
+    t.set_defaults(fn=cmd_train)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Model registry (MONAI SegResNet, MONAI UNet with residual units), model cards and safe checkpoint I/O.
+
+A checkpoint is a ``torch.save`` of a plain dict ``{"format", "card", "state_dict"}`` holding only
+tensors, strings, numbers, lists and dicts, so it loads with ``torch.load(..., weights_only=True)``
+(no unpickling of arbitrary objects). The model card says everything needed to use the weights:
+
+* ``name``: display name (e.g. ``SegResNet``); ``arch``: registry key; ``arch_args``: constructor kwargs
+* ``channels``: input channel order (canonical modality names, see :mod:`core.cohort`)
+* ``regions``: output channel order (``["WT", "TC", "ET"]``); ``output``: ``"sigmoid"``
+* ``spacing_mm``: voxel spacing the model was trained at; ``normalisation``: ``"nonzero_channelwise_zscore"``
+* ``roi_size``: sliding-window size (voxels); ``training``: how it was trained (data, epochs, loss, seed)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from monai.networks.nets import SegResNet, UNet
+
+CHECKPOINT_FORMAT = "tumourqa-checkpoint/1"
+
+ARCHITECTURES = {
+    "segresnet": SegResNet,
+    "unet_res": UNet,
+}
+
+# Demo models: small enough to train and run on 2 CPU cores at 3 mm.
+DEMO_MODELS = {
+    "SegResNet": {
+        "arch": "segresnet",
+        "arch_args": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 8,
+                      "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2},
+    },
+    "UNet-Res": {
+        "arch": "unet_res",
+        "arch_args": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [16, 32, 64, 128],
+                      "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.1},
+    },
+}
+
+
+def make_card(name: str, arch: str, arch_args: dict, spacing_mm=(3.0, 3.0, 3.0), roi_size=(56, 64, 56),
+              channels=("t1", "t1ce", "t2", "flair"), training: dict | None = None) -> dict:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+    return {
+        "name": name,
+        "arch": arch,
+        "arch_args": dict(arch_args),
+        "channels": list(channels),
+        "regions": ["WT", "TC", "ET"],
+        "output": "sigmoid",
+        "spacing_mm": [float(s) for s in spacing_mm],
+        "normalisation": "nonzero_channelwise_zscore",
+        "roi_size": [int(r) for r in roi_size],
+        "training": dict(training or {}),
+    }
+
+
+def build_model(card: dict) -> torch.nn.Module:
+    """Instantiate the MONAI network described by ``card`` (weights random)."""
+    args = dict(card["arch_args"])
+    for k in ("blocks_down", "blocks_up", "channels", "strides"):
+        if k in args:
+            args[k] = tuple(args[k])
+    return ARCHITECTURES[card["arch"]](**args)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, card: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "card": card, "state_dict": state}, tmp)
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    card: dict
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.card["name"]
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load one of our checkpoints safely (``weights_only=True``) and return the network in eval mode."""
+    path = Path(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (keys: {list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__})")
+    card = blob["card"]
+    model = build_model(card)
+    model.load_state_dict(blob["state_dict"], strict=True)
+    model.to(device).eval()
+    return LoadedModel(model, card, str(path))
+
+
+def dropout_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """All dropout layers of a network (torch ``_DropoutNd`` subclasses: Dropout, Dropout2d/3d, AlphaDropout...)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+
+
+def preprocess(image, card: dict) -> torch.Tensor:
+    """(C, X, Y, Z) float array -> (1, C, X, Y, Z) float32 tensor normalised as the card says.
+
+    ``nonzero_channelwise_zscore``: per channel, subtract the mean and divide by the std of the non-zero
+    voxels; zero (background) voxels stay 0 (MONAI ``NormalizeIntensity(nonzero=True, channel_wise=True)``).
+    """
+    from monai.transforms import NormalizeIntensity
+
+    if card.get("normalisation") != "nonzero_channelwise_zscore":
+        raise ValueError(f"unsupported normalisation {card.get('normalisation')!r}")
+    x = torch.as_tensor(image, dtype=torch.float32)
+    x = NormalizeIntensity(nonzero=True, channel_wise=True)(x)
+    if hasattr(x, "as_tensor"):  # MONAI MetaTensor -> plain tensor
+        x = x.as_tensor()
+    return x.unsqueeze(0).contiguous()
