@@ -102,8 +102,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
 
 
 def dropout_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """All dropout layers of a network (torch ``_DropoutNd`` subclasses: Dropout, Dropout2d/3d, AlphaDropout...)."""
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    """Active dropout layers (p > 0) of a network (torch ``_DropoutNd``: Dropout, Dropout2d/3d, AlphaDropout...)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
 def preprocess(image, card: dict) -> torch.Tensor:

@@ -214,8 +214,13 @@ def patient_measure(con, run_id: str, model: str, method: str, metric: str = "me
         ORDER BY m.patient_id""", [run_id, model, method, metric, region, mask]).df()
 
 
+def _list(x):
+    return None if x is None else [str(v) for v in x]
+
+
 def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metrics=None, mask: str | None = None) -> pd.DataFrame:
     """Long per-patient metric rows (model, method, patient_id, region, mask, metric, value) of ok evaluations."""
+    patient_ids, metrics = _list(patient_ids), _list(metrics)
     q = """SELECT m.model, m.method, m.patient_id, m.region, m.mask, m.metric, m.value
            FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
            WHERE m.run_id = ? AND e.status = 'ok'
@@ -227,6 +232,7 @@ def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metr
 
 def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain") -> pd.DataFrame:
     """Calibration bins summed over a patient subset: model, method, region, bin, n, sum_prob, sum_true."""
+    patient_ids = _list(patient_ids)
     return con.execute("""
         SELECT model, method, region, bin, sum(n) AS n, sum(sum_prob) AS sum_prob, sum(sum_true) AS sum_true
         FROM calibration_bins
@@ -236,6 +242,8 @@ def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = No
 
 def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
                             measure: str = "entropy") -> pd.DataFrame:
+    """Uncertainty histograms summed over a patient subset: model, method, region, bin, n_error, n_correct."""
+    patient_ids = _list(patient_ids)
     return con.execute("""
         SELECT model, method, region, bin, sum(n_error) AS n_error, sum(n_correct) AS n_correct
         FROM uncertainty_bins
@@ -252,6 +260,7 @@ def cohort_summary(con, run_id: str, patient_ids: list[str] | None = None, mask:
     auroc_entropy_dataset (pooled voxels, from summed bins), auroc_entropy_mean (mean per-patient),
     mean_entropy (mean of per-patient means in ``mask``).
     """
+    patient_ids = _list(patient_ids)
     per = con.execute("""
         SELECT m.model, m.method, m.region,
                count(DISTINCT m.patient_id) AS n_patients,

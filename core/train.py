@@ -103,7 +103,7 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
             loss.backward()
             opt.step()
             sched.step()
-            last.append(float(loss))
+            last.append(float(loss.detach()))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(last[-20:]):.3f}")

@@ -1,0 +1,204 @@
+"""Shared sidebar state (session state + URL query parameters) and cached read-only queries.
+
+The app never holds a DuckDB connection open between reruns: each cached query opens the file read-only,
+runs one :mod:`core.store` function and closes it, so a batch can take the write lock in between. Cache
+keys include the file's modification time, so a finished write shows up on the next rerun.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import store
+
+ROOT = Path(__file__).resolve().parent.parent
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+REGIONS = ["WT", "TC", "ET"]
+MASKS = ["brain", "roi"]
+STRAT_MEASURES = {
+    "mean entropy (WT, brain)": ("mean_entropy", "WT", "brain"),
+    "mean entropy (WT, predicted region)": ("mean_entropy", "WT", "pred"),
+    "mean MI (WT, brain)": ("mean_mi", "WT", "brain"),
+}
+
+
+def data_dir() -> Path:
+    """The folder the app may read databases from (env ``TUMOURQA_DATA``, default ``data/``)."""
+    return Path(os.environ.get("TUMOURQA_DATA", ROOT / "data")).resolve()
+
+
+def available_dbs() -> list[str]:
+    d = data_dir()
+    if not d.is_dir():
+        return []
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*.duckdb") if p.is_file())
+
+
+def resolve_db(name: str) -> Path:
+    """A database name relative to :func:`data_dir`; refuses anything that resolves outside it."""
+    d = data_dir()
+    p = (d / name).resolve()
+    if d != p and d not in p.parents:
+        raise ValueError(f"database path {name!r} is outside the data folder")
+    return p
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _query(db: str, mtime: float, fn: str, args: tuple, kwargs: tuple):
+    con = store.connect(db, read_only=True)
+    try:
+        return getattr(store, fn)(con, *args, **dict(kwargs))
+    finally:
+        con.close()
+
+
+def query(db: Path, fn: str, *args, **kwargs):
+    """Run ``core.store.<fn>(con, *args, **kwargs)`` on a read-only connection, cached per file version."""
+    args = tuple(tuple(a) if isinstance(a, list) else a for a in args)
+    kw = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+    return _query(str(db), db.stat().st_mtime, fn, args, kw)
+
+
+def model_colours(models: list[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(models))}
+
+
+@dataclass
+class Selection:
+    db: Path
+    run_id: str
+    models: list[str]
+    all_models: list[str]
+    method: str
+    methods: list[str]
+    mask: str
+    strat_model: str
+    strat_measure: str
+    q_range: tuple[int, int]
+    patients: list[str] = field(default_factory=list)  # patients inside the entropy filter
+    all_patients: list[str] = field(default_factory=list)
+    measure_values: pd.DataFrame | None = None  # patient_id, value of the stratification measure
+
+    @property
+    def colours(self) -> dict[str, str]:
+        return model_colours(self.all_models)
+
+
+def _qp_default(key: str, options: list, default):
+    v = st.query_params.get(key)
+    return v if v in options else default
+
+
+def _init(key: str, value):
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def sidebar() -> Selection | None:
+    """Draw the shared sidebar; returns None (after telling the user what to do) when there is no data."""
+    sb = st.sidebar
+    dbs = available_dbs()
+    if not dbs:
+        st.info(
+            f"No results database in `{data_dir()}` yet. Build the demo with `python -m core demo` "
+            "(or run the batch on your cohort: `python -m core run --cohort DIR --models CKPT.pt --db data/results.duckdb`)."
+        )
+        return None
+    default_db = "results.duckdb" if "results.duckdb" in dbs else dbs[0]
+    _init("db", _qp_default("db", dbs, default_db))
+    if st.session_state["db"] not in dbs:
+        st.session_state["db"] = default_db
+    db_name = sb.selectbox("Database", dbs, key="db", help=f"Results databases in {data_dir()}")
+    db = resolve_db(db_name)
+    try:
+        runs = query(db, "list_runs")
+    except store.DatabaseBusy:
+        st.warning("A batch is writing this database right now; try again in a moment.")
+        return None
+    if runs.empty:
+        st.info("This database has no runs yet. Run `python -m core demo` or `python -m core run ...`.")
+        return None
+    run_ids = runs.run_id.tolist()
+    _init("run", _qp_default("run", run_ids, run_ids[0]))
+    if st.session_state["run"] not in run_ids:
+        st.session_state["run"] = run_ids[0]
+    run_id = sb.selectbox("Run", run_ids, key="run",
+                          format_func=lambda r: f"{r} ({runs.set_index('run_id').loc[r, 'patients']} patients)")
+    all_models = query(db, "run_models", run_id).model.tolist()
+    methods = query(db, "run_methods", run_id)
+    if not all_models or not methods:
+        st.info("This run has no evaluations yet (a batch may still be starting).")
+        return None
+    qp_models = [m for m in st.query_params.get("models", "").split(",") if m in all_models]
+    _init("models", qp_models or all_models)
+    kept = [m for m in st.session_state["models"] if m in all_models]
+    if st.session_state["models"] and not kept:  # models of another run: start from all of this run's
+        kept = all_models
+    st.session_state["models"] = kept
+    models = sb.multiselect("Models", all_models, key="models")
+    default_method = "mc_dropout" if "mc_dropout" in methods else methods[0]
+    _init("method", _qp_default("method", methods, default_method))
+    if st.session_state["method"] not in methods:
+        st.session_state["method"] = default_method
+    method = sb.selectbox("Method", methods, key="method")
+    _init("mask", _qp_default("mask", MASKS, "brain"))
+    mask = sb.radio("Voxel set (mask)", MASKS, key="mask", horizontal=True,
+                    help="brain: non-zero input voxels; roi: union of ground truth and prediction dilated by 3 voxels")
+    sb.markdown("**Entropy filter**")
+    _init("strat_model", _qp_default("strat", all_models, all_models[0]))
+    if st.session_state["strat_model"] not in all_models:
+        st.session_state["strat_model"] = all_models[0]
+    strat_model = sb.selectbox("Stratify by the uncertainty of", all_models, key="strat_model")
+    measures = list(STRAT_MEASURES)
+    _init("strat_measure", _qp_default("measure", measures, measures[0]))
+    strat_measure = sb.selectbox("Measure", measures, key="strat_measure")
+    q = st.query_params.get("q", "0-100").split("-")
+    try:
+        q0 = (max(0, min(100, int(q[0]))), max(0, min(100, int(q[1]))))
+    except (ValueError, IndexError):
+        q0 = (0, 100)
+    _init("q_range", q0 if q0[0] <= q0[1] else (0, 100))
+    q_range = sb.slider("Entropy quantile range (%)", 0, 100, key="q_range", step=5,
+                        help="Keep patients whose measure lies between these quantiles of the cohort")
+    metric, region, mmask = STRAT_MEASURES[strat_measure]
+    values = query(db, "patient_measure", run_id, strat_model, method, metric=metric, region=region, mask=mmask)
+    if values.empty and metric == "mean_mi":
+        sb.warning(f"Mutual information needs samples; method {method} has none. Stratifying by mean entropy.")
+        values = query(db, "patient_measure", run_id, strat_model, method, metric="mean_entropy", region=region, mask=mmask)
+    all_patients = values.patient_id.tolist()
+    patients = filter_by_quantile(values, q_range)
+    sb.caption(f"{len(patients)} of {len(all_patients)} patients in the filter")
+    st.query_params.from_dict({"db": db_name, "run": run_id, "models": ",".join(models), "method": method,
+                               "mask": mask, "strat": strat_model, "measure": strat_measure,
+                               "q": f"{q_range[0]}-{q_range[1]}"})
+    return Selection(db, run_id, models, all_models, method, methods, mask, strat_model, strat_measure,
+                     tuple(q_range), patients, all_patients, values)
+
+
+def current_selection() -> Selection | None:
+    """The selection drawn by app.py for this rerun; a page run on its own (AppTest) draws the sidebar itself."""
+    if "_selection" in st.session_state:
+        return st.session_state["_selection"]
+    return sidebar()
+
+
+def filter_by_quantile(values: pd.DataFrame, q_range) -> list[str]:
+    """Patients whose value lies within [quantile(lo), quantile(hi)] (inclusive, linear interpolation).
+    Patients with a missing value are kept only when the range is the whole cohort (0-100)."""
+    if values.empty:
+        return []
+    v = values.value.to_numpy(dtype=float)
+    lo, hi = q_range
+    if (lo, hi) == (0, 100):
+        return values.patient_id.tolist()
+    finite = np.isfinite(v)
+    if not finite.any():
+        return []
+    a, b = np.quantile(v[finite], [lo / 100.0, hi / 100.0])
+    keep = finite & (v >= a) & (v <= b)
+    return values.patient_id[keep].tolist()

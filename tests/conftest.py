@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny demo cohort, tiny trained checkpoints and a results database built once per session."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from core.demo import DemoSpec, build_demo_cohort  # noqa: E402
+from core.models import DEMO_MODELS  # noqa: E402
+
+TINY_SPEC = DemoSpec(n_train=3, n_calibration=1, n_test=4, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """8 demo patients (3 train / 1 calibration / 4 test), BraTS 2021 layout."""
+    out = tmp_path_factory.mktemp("cohort") / "demo"
+    build_demo_cohort(out, TINY_SPEC, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_cohort, tmp_path_factory) -> list[Path]:
+    """Both demo architectures trained for 1 epoch on the tiny cohort by the project's training code."""
+    from core.train import train_model
+
+    out = tmp_path_factory.mktemp("weights")
+    paths = []
+    for name, spec in DEMO_MODELS.items():
+        paths.append(train_model(name, spec["arch"], spec["arch_args"], tiny_cohort, out / f"{name}.pt", epochs=1,
+                                 batch_size=1, crop=(32, 32, 32), seed=0, progress=False, log=lambda *_: None))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def results_db(tiny_cohort, tiny_checkpoints, tmp_path_factory) -> Path:
+    """data folder with results.duckdb of the tiny cohort's test split, both models, both methods, T=3."""
+    from core.batch import run_batch
+
+    data = tmp_path_factory.mktemp("data")
+    run_batch(tiny_cohort, data / "results.duckdb", tiny_checkpoints, T=3, split="test", progress=False,
+              echo=lambda *_: None)
+    return data / "results.duckdb"
+
+
+@pytest.fixture
+def corrupt_copy(tiny_cohort, tmp_path) -> Path:
+    """A copy of the tiny cohort's test split that we may damage."""
+    dst = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort, dst)
+    return dst

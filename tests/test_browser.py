@@ -1,0 +1,116 @@
+"""Browser test: Debian chromium driven by playwright loads every page of the served app on the tiny results
+database, moves the entropy filter, saves screenshots (artifacts/screenshots) and fails on any exception shown."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = ROOT / "artifacts" / "screenshots"
+PAGES = [("", "Home"), ("compare", "Compare models")]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian chromium is not installed (scripts/test.sh installs it when run as root)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(results_db):
+    port = _free_port()
+    env = {**os.environ, "TUMOURQA_DATA": str(results_db.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except Exception:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield pg
+        browser.close()
+
+
+def _settle(pg, timeout=60):
+    """Wait until Streamlit has finished running the script."""
+    pg.wait_for_selector("[data-testid='stApp']", timeout=timeout * 1000)
+    deadline = time.time() + timeout
+    time.sleep(0.5)
+    while time.time() < deadline:
+        if pg.locator("[data-testid='stStatusWidget']").count() == 0 and pg.locator(".stSpinner").count() == 0:
+            break
+        time.sleep(0.3)
+    time.sleep(1.0)
+
+
+def _no_exception(pg, where):
+    exc = pg.locator("[data-testid='stException']")
+    assert exc.count() == 0, f"{where}: exception shown: {exc.first.inner_text()[:1000]}"
+    err = pg.locator("[data-testid='stAlertContentError']")
+    assert err.count() == 0, f"{where}: error shown: {err.first.inner_text()[:500]}"
+
+
+def test_every_page_loads_without_exception(server, page):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for path, title in PAGES:
+        page.goto(f"{server}/{path}")
+        _settle(page)
+        _no_exception(page, title)
+        assert page.get_by_role("heading", name=title if path else "Tumour segmentation QA").count() >= 1 or \
+            title in page.content()
+        page.screenshot(path=str(SHOTS / f"{path or 'home'}.png"), full_page=True)
+
+
+def test_entropy_filter_moves_numbers(server, page):
+    page.goto(f"{server}/compare?q=0-100")
+    _settle(page)
+    assert "4 of 4 patients" in page.content()
+    slider = page.get_by_role("slider").first  # lower handle of the quantile range
+    slider.focus()
+    for _ in range(10):  # 10 steps of 5 % -> 50 %
+        page.keyboard.press("ArrowRight")
+    _settle(page)
+    _no_exception(page, "compare after filter")
+    assert "2 of 4 patients" in page.content()
+    assert "q=50-100" in page.url
+    page.screenshot(path=str(SHOTS / "compare_filtered.png"), full_page=True)
+
+
+def test_link_reproduces_view(server, page):
+    page.goto(f"{server}/compare?method=deterministic&mask=roi&q=0-50")
+    _settle(page)
+    _no_exception(page, "compare from link")
+    html = page.content()
+    assert "deterministic" in html and "0-50" in html

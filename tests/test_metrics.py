@@ -1,0 +1,222 @@
+"""Metrics against hand-computed cases and independent references (MONAI, scikit-learn, torchmetrics).
+
+Tolerances: float64 sums vs float32 references -> 1e-5 absolute; AUROC from 1024 log bins vs exact -> 0.002.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import CalibrationErrorMetric, DiceMetric
+from monai.metrics.calibration import calibration_binning
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+from torchmetrics.functional.classification import binary_calibration_error
+
+from core import metrics as M
+
+
+def rand_case(seed=0, n=20000, tumour=0.1):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < tumour
+    logit = rng.normal(0, 2.5, n) + np.where(y, 2.5, -2.5)
+    p = 1 / (1 + np.exp(-logit))
+    return p.astype(np.float32), y
+
+
+# ------------------------------------------------------------------------------------------ dice
+@pytest.mark.parametrize("pred, truth, expected", [
+    ([0, 0, 0], [0, 0, 0], 1.0),         # both empty (BraTS rule)
+    ([1, 0, 0], [0, 0, 0], 0.0),         # only prediction
+    ([0, 0, 0], [0, 1, 0], 0.0),         # only truth
+    ([1, 1, 0, 0], [0, 1, 1, 0], 0.5),   # 2*1 / (2+2)
+    ([1, 1, 1], [1, 1, 1], 1.0),
+])
+def test_dice_hand(pred, truth, expected):
+    assert M.dice(np.array(pred, bool), np.array(truth, bool)) == pytest.approx(expected)
+
+
+def test_dice_vs_monai():
+    rng = np.random.default_rng(1)
+    pred = rng.random((3, 20, 20, 20)) < 0.3
+    truth = rng.random((3, 20, 20, 20)) < 0.3
+    truth[2] = False  # empty truth, non-empty prediction -> 0
+    pred[1] = truth[1] = False  # both empty -> 1 with ignore_empty=False
+    ref = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(
+        torch.from_numpy(pred[None]).float(), torch.from_numpy(truth[None]).float())[0].numpy()
+    ours = [M.dice(pred[r], truth[r]) for r in range(3)]
+    assert np.allclose(ours, ref, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- calibration
+def test_ece_hand():
+    # bin 0: p=0.0,0.0 truth 0,1 -> conf 0, acc .5; bin 19: p=1.0, 0.95 truth 1,1 -> conf .975 acc 1
+    p = np.array([0.0, 0.0, 1.0, 0.95])
+    y = np.array([0, 1, 1, 1], bool)
+    n, sp, st = M.calibration_bins(p, y, 20)
+    assert n[0] == 2 and n[19] == 2 and n.sum() == 4
+    c = M.calibration_from_bins(n, sp, st)
+    assert c["ece"] == pytest.approx((2 * 0.5 + 2 * 0.025) / 4)
+    assert c["ace"] == pytest.approx((0.5 + 0.025) / 2)
+    assert c["mce"] == pytest.approx(0.5)
+    assert c["cal_gap"] == pytest.approx((1.95 - 3) / 4)
+
+
+def test_bin_edges_left_closed():
+    n, _, _ = M.calibration_bins(np.array([0.05, 0.0499999, 0.5, 1.0]), np.zeros(4, bool), 20)
+    assert n[1] == 1 and n[0] == 1 and n[10] == 1 and n[19] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_vs_monai(seed):
+    p, y = rand_case(seed)
+    n, sp, st = M.calibration_bins(p, y)
+    pt, yt = torch.from_numpy(p)[None, None], torch.from_numpy(y.astype(np.float32))[None, None]
+    mean_p, mean_gt, counts = calibration_binning(pt, yt, num_bins=20, right=True)
+    assert np.array_equal(counts[0, 0].numpy(), n)
+    ne = n > 0
+    assert np.allclose(mean_p[0, 0].numpy()[ne], sp[ne] / n[ne], atol=1e-5)
+    assert np.allclose(mean_gt[0, 0].numpy()[ne], st[ne] / n[ne], atol=1e-6)
+    c = M.calibration_from_bins(n, sp, st)
+    for red, key in (("expected", "ece"), ("average", "ace"), ("maximum", "mce")):
+        ref = CalibrationErrorMetric(num_bins=20, calibration_reduction=red, right=True)(pt, yt).item()
+        assert c[key] == pytest.approx(ref, abs=1e-5), red
+
+
+def test_ece_vs_torchmetrics():
+    p, y = rand_case(3)
+    c = M.calibration_from_bins(*M.calibration_bins(p, y, 15))
+    ref = binary_calibration_error(torch.from_numpy(p), torch.from_numpy(y.astype(np.int64)), n_bins=15).item()
+    assert c["ece"] == pytest.approx(ref, abs=1e-5)
+
+
+def test_brier_nll_vs_sklearn():
+    p, y = rand_case(4)
+    assert M.brier(p, y) == pytest.approx(brier_score_loss(y, p), abs=1e-7)
+    assert M.nll(p, y) == pytest.approx(log_loss(y, p.astype(np.float64)), abs=1e-6)
+
+
+def test_saturated_probabilities():
+    p = np.array([0.0, 1.0, 1.0, 0.0])
+    y = np.array([0, 1, 0, 1], bool)
+    assert M.nll(p, y) == pytest.approx(-np.log(M.NLL_EPS) / 2)  # two wrong, clipped at eps
+    assert M.brier(p, y) == 0.5
+    c = M.calibration_from_bins(*M.calibration_bins(p, y))
+    assert c["ece"] == pytest.approx(0.5)
+    assert M.nll(np.array([0.0, 1.0]), np.array([0, 1], bool)) < 1e-6
+
+
+def test_empty_voxel_set_is_nan():
+    c = M.calibration_from_bins(*M.calibration_bins(np.array([]), np.array([], bool)))
+    assert all(math.isnan(v) for v in c.values())
+    assert math.isnan(M.brier(np.array([]), np.array([]))) and math.isnan(M.nll(np.array([]), np.array([])))
+
+
+def test_dataset_ece_from_summed_bins_equals_pooled():
+    cases = [rand_case(s, n=5000 + 1000 * s, tumour=0.05 * (s + 1)) for s in range(4)]
+    bins = [M.calibration_bins(p, y) for p, y in cases]
+    summed = [sum(b[i] for b in bins) for i in range(3)]
+    pooled = M.calibration_bins(np.concatenate([c[0] for c in cases]), np.concatenate([c[1] for c in cases]))
+    for a, b in zip(summed, pooled):
+        assert np.allclose(a, b)
+    assert M.calibration_from_bins(*summed)["ece"] == pytest.approx(M.calibration_from_bins(*pooled)["ece"], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ AUROC
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auroc_bins_vs_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    err = rng.random(50000) < 0.03
+    # entropy-like: most voxels near 0, errors higher; include exact zeros and ones
+    u = np.clip(np.exp(rng.normal(-9, 3, err.size) + np.where(err, 5, 0)), 0, 1)
+    u[:100] = 0.0
+    u[100:110] = 1.0
+    exact = roc_auc_score(err, u)
+    assert M.auroc_exact(u, err) == pytest.approx(exact, abs=1e-9)
+    assert M.auroc_from_bins(*M.uncertainty_bins(u, err)) == pytest.approx(exact, abs=0.002)
+
+
+def test_auroc_edge_cases():
+    u = np.array([0.1, 0.2, 0.3])
+    assert math.isnan(M.auroc_from_bins(*M.uncertainty_bins(u, np.zeros(3, bool))))  # all correct
+    assert math.isnan(M.auroc_exact(u, np.ones(3, bool)))
+    const = np.full(10, 0.3)
+    err = np.arange(10) < 3
+    assert M.auroc_from_bins(*M.uncertainty_bins(const, err)) == pytest.approx(0.5)  # constant uncertainty
+    assert M.auroc_exact(const, err) == pytest.approx(0.5)
+    assert M.auroc_from_bins(*M.uncertainty_bins(np.array([0.9, 0.0]), np.array([1, 0], bool))) == 1.0
+
+
+def test_uncertainty_bin_index_matches_edges():
+    u = np.concatenate([[0, 1e-8, 1e-7, 1e-3, 0.5, 1.0], np.random.default_rng(0).random(1000) ** 4])
+    idx = M.uncertainty_bin_index(u)
+    ref = np.clip(np.searchsorted(M.UNC_EDGES, u, side="right") - 1, 0, M.N_UNC_BINS - 1)
+    # analytic index may differ from the searchsorted one only by float rounding exactly at an edge
+    assert np.abs(idx - ref).max() <= 1 and (idx == ref).mean() > 0.99
+    assert idx[0] == 0 and idx[1] == 0 and idx[5] == M.N_UNC_BINS - 1
+
+
+# ---------------------------------------------------------------------------------- input checks
+def test_nan_and_shape_errors():
+    p = np.full((3, 4, 4, 4), 0.5, np.float32)
+    t = np.zeros((3, 4, 4, 4), bool)
+    brain = np.ones((4, 4, 4), bool)
+    bad = p.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(M.MetricInputError, match="NaN"):
+        M.evaluate_patient(bad, p, None, t, brain)
+    with pytest.raises(M.MetricInputError, match="shape mismatch"):
+        M.evaluate_patient(p, p, None, t[:, :3], brain)
+    with pytest.raises(M.MetricInputError, match="outside"):
+        M.evaluate_patient(p + 0.6, p, None, t, brain)
+    inf = p.copy()
+    inf[1, 1, 1, 1] = np.inf
+    with pytest.raises(M.MetricInputError, match="NaN/Inf"):
+        M.evaluate_patient(p, inf, None, t, brain)
+
+
+def _suite(prob, truth, brain, mi=None):
+    ent = -(np.where(prob > 0, prob * np.log(np.maximum(prob, 1e-30)), 0) +
+            np.where(prob < 1, (1 - prob) * np.log(np.maximum(1 - prob, 1e-30)), 0)) / np.log(2)
+    out = M.evaluate_patient(prob, ent.astype(np.float32), mi, truth, brain)
+    return {(r, m, k): v for r, m, k, v in out["metrics"]}, out
+
+
+def test_evaluate_patient_all_correct_and_empty_region():
+    truth = np.zeros((3, 10, 10, 10), bool)
+    truth[0, 3:7, 3:7, 3:7] = True
+    truth[1, 4:6, 4:6, 4:6] = True  # ET empty
+    prob = truth.astype(np.float32)  # saturated, all correct
+    brain = np.ones((10, 10, 10), bool)
+    m, out = _suite(prob, truth, brain)
+    assert m[("WT", "brain", "dice")] == 1.0 and m[("ET", "brain", "dice")] == 1.0
+    assert m[("WT", "brain", "ece")] == 0.0 and m[("WT", "brain", "brier")] == 0.0
+    assert math.isnan(m[("WT", "brain", "auroc_entropy")])  # no error voxel
+    assert m[("ET", "brain", "volume_gt_ml")] == 0.0
+    assert m[("WT", "brain", "volume_gt_ml")] == pytest.approx(64 / 1000)
+    assert m[("WT", "brain", "mean_entropy")] == 0.0
+
+
+def test_evaluate_patient_matches_references_on_demo_like_arrays():
+    rng = np.random.default_rng(5)
+    truth = np.zeros((3, 24, 24, 24), bool)
+    truth[0, 6:18, 6:18, 6:18] = True
+    truth[1, 9:15, 9:15, 9:15] = True
+    truth[2, 10:14, 10:14, 10:14] = True
+    logits = np.where(truth, 2.0, -3.0) + rng.normal(0, 1.5, truth.shape)
+    prob = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    brain = np.ones((24, 24, 24), bool)
+    brain[:2] = False
+    m, out = _suite(prob, truth, brain)
+    for r, name in enumerate(["WT", "TC", "ET"]):
+        p, t = prob[r][brain], truth[r][brain]
+        assert m[(name, "brain", "dice")] == pytest.approx(M.dice(prob[r] >= 0.5, truth[r]))
+        assert m[(name, "brain", "brier")] == pytest.approx(brier_score_loss(t, p), abs=1e-7)
+        err = (p >= 0.5) != t
+        u = -(p * np.log(p) + (1 - p) * np.log1p(-p)) / np.log(2)
+        assert m[(name, "brain", "auroc_entropy")] == pytest.approx(roc_auc_score(err, u), abs=0.002)
+        ece = CalibrationErrorMetric(num_bins=20, right=True)(torch.from_numpy(p)[None, None], torch.from_numpy(t.astype(np.float32))[None, None]).item()
+        assert m[(name, "brain", "ece")] == pytest.approx(ece, abs=1e-5)
+    # roi is a subset of the brain, contains the ground truth
+    roi = M.roi_mask(prob >= 0.5, truth, brain)
+    assert roi.sum() < brain.sum() and (truth.any(0) & brain <= roi).all()
+    assert {r[1] for r in out["calibration_bins"]} == {"brain", "roi"}

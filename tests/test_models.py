@@ -1,0 +1,71 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from core.models import (DEMO_MODELS, build_model, dropout_modules, load_checkpoint, make_card, preprocess,
+                         save_checkpoint)
+from core.__main__ import SHIPPED_WEIGHTS, demo_checkpoint_name
+
+CARD_KEYS = {"name", "arch", "arch_args", "channels", "regions", "output", "spacing_mm", "normalisation", "roi_size", "training"}
+
+
+@pytest.mark.parametrize("name", list(DEMO_MODELS))
+def test_checkpoint_roundtrip_weights_only(tmp_path, name):
+    spec = DEMO_MODELS[name]
+    card = make_card(name, spec["arch"], spec["arch_args"])
+    torch.manual_seed(0)
+    model = build_model(card).eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, card)
+    blob = torch.load(path, weights_only=True)  # must not need unpickling of arbitrary objects
+    assert set(blob["card"]) == CARD_KEYS
+    lm = load_checkpoint(path)
+    assert lm.card["channels"] == ["t1", "t1ce", "t2", "flair"] and lm.card["regions"] == ["WT", "TC", "ET"]
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), lm.model(x))
+    assert len(dropout_modules(lm.model)) >= 1
+
+
+def test_unet_has_residual_units():
+    card = make_card("UNet-Res", **DEMO_MODELS["UNet-Res"])
+    assert card["arch_args"]["num_res_units"] >= 1
+    m = build_model(card)
+    assert any(type(x).__name__ == "ResidualUnit" for x in m.modules())
+
+
+def test_rejects_foreign_checkpoint(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a tumourqa-checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+class Evil:
+    """Any class outside torch's allow-list: weights_only loading must refuse to build it."""
+
+
+def test_rejects_pickled_objects(tmp_path):
+    torch.save({"format": "tumourqa-checkpoint/1", "card": Evil(), "state_dict": {}}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_preprocess_nonzero_zscore():
+    img = np.zeros((4, 6, 6, 6), np.float32)
+    img[:, 1:5, 1:5, 1:5] = np.random.default_rng(0).uniform(10, 20, (4, 4, 4, 4))
+    x = preprocess(img, {"normalisation": "nonzero_channelwise_zscore"})[0].numpy()
+    assert x.shape == img.shape
+    inside = img[0] != 0
+    for c in range(4):
+        assert abs(x[c][inside].mean()) < 1e-5 and abs(x[c][inside].std() - 1) < 1e-3
+        assert (x[c][~inside] == 0).all()
+
+
+@pytest.mark.parametrize("name", list(DEMO_MODELS))
+def test_shipped_weights_load(name):
+    path = SHIPPED_WEIGHTS / demo_checkpoint_name(name)
+    if not path.exists():
+        pytest.skip(f"{path} not shipped")
+    lm = load_checkpoint(path)
+    assert lm.name == name and lm.card["training"]["epochs"] >= 1
