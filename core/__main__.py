@@ -40,8 +40,7 @@ def cmd_demo(args) -> int:
             continue
         out = DATA / "weights" / fname
         if not out.exists() or args.retrain:
-            train_model(name, spec["arch"], spec["arch_args"], DEMO_COHORT, out, epochs=spec.get("epochs", args.epochs),
-                        seed=1)
+            train_model(name, spec["arch"], spec["arch_args"], DEMO_COHORT, out, **spec["train"])
         ckpts.append(out)
     stages["models"] = time.time() - t
     t = time.time()
@@ -84,7 +83,11 @@ def cmd_train(args) -> int:
     from .train import train_model
 
     spec = DEMO_MODELS[args.model]
-    train_model(args.model, spec["arch"], spec["arch_args"], args.cohort, args.out, epochs=args.epochs, seed=args.seed)
+    hp = dict(spec["train"])
+    for k in ("epochs", "lr", "seed"):
+        if getattr(args, k) is not None:
+            hp[k] = getattr(args, k)
+    train_model(args.model, spec["arch"], spec["arch_args"], args.cohort, args.out, **hp)
     return 0
 
 
@@ -96,7 +99,6 @@ def main(argv=None) -> int:
     d.add_argument("--T", type=int, default=10, help="MC dropout samples (default 10)")
     d.add_argument("--methods", nargs="+", default=["deterministic", "mc_dropout"])
     d.add_argument("--retrain", action="store_true", help="train the demo models instead of using shipped weights")
-    d.add_argument("--epochs", type=int, default=40)
     d.add_argument("--seed", type=int, default=2026, help="demo cohort seed")
     d.set_defaults(fn=cmd_demo)
     r = sub.add_parser("run", help="run the batch on a BraTS-layout cohort")
@@ -115,8 +117,9 @@ def main(argv=None) -> int:
     t.add_argument("--model", choices=["SegResNet", "UNet-Res"], required=True)
     t.add_argument("--cohort", default=str(DEMO_COHORT))
     t.add_argument("--out", required=True)
-    t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--epochs", type=int, help="default: the demo model's (models.DEMO_MODELS)")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
     t.set_defaults(fn=cmd_train)
     args = p.parse_args(argv)
     return args.fn(args)

@@ -12,8 +12,9 @@ Binning conventions (written in the README too)
 -----------------------------------------------
 * Calibration: ``n_bins`` (default 20) equal-width bins on the region probability p; bin k holds
   ``k/n <= p < (k+1)/n`` and the last bin also holds p = 1 (no extra bin for p = 1).
-* Uncertainty: :data:`UNC_EDGES`, 1024 bins: bin 0 = [0, 1e-7), bins 1..1023 log-spaced from 1e-7 to 1
-  (the last includes 1). Fine near 0 where most voxels sit, so AUROC from bins matches the exact value.
+* Uncertainty: :data:`UNC_EDGES`, 1502 bins: bin 0 = [0, 1e-7), bins 1..511 log-spaced on [1e-7, 0.01),
+  bins 512..1501 linear 0.001 wide on [0.01, 1] (the last includes 1). Fine near 0 where most voxels sit, so
+  AUROC from bins matches the exact value, and every U-E threshold (multiples of 0.05) is an edge.
 """
 from __future__ import annotations
 
@@ -24,8 +25,16 @@ from scipy import ndimage
 
 N_CAL_BINS = 20
 UNC_MIN = 1e-7
-N_UNC_BINS = 1024
-UNC_EDGES = np.concatenate([[0.0], np.geomspace(UNC_MIN, 1.0, N_UNC_BINS)])  # 1025 edges, 1024 bins
+UNC_LIN_START = 0.01
+UNC_LIN_STEP = 0.001
+N_UNC_LOG = 511
+UNC_EDGES = np.concatenate([[0.0], np.geomspace(UNC_MIN, UNC_LIN_START, N_UNC_LOG + 1),
+                            UNC_LIN_START + UNC_LIN_STEP * np.arange(1, 991)])  # 1503 edges
+UNC_EDGES[-1] = 1.0
+N_UNC_BINS = len(UNC_EDGES) - 1  # 1502
+UEO_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
+BUDGETS = tuple(np.round(np.arange(1, 51) * 0.001, 3))  # 0.1 % ... 5 % of the voxel set
+UNCERTAIN_T = 0.5  # a voxel is 'uncertain' when its normalised entropy is >= 0.5
 NLL_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] for NLL only
 ROI_RADIUS_VOX = 3  # ROI = (ground truth | prediction) dilated by a ball of this radius, within the brain
 
@@ -69,6 +78,36 @@ def roi_mask(pred: np.ndarray, truth: np.ndarray | None, brain: np.ndarray, radi
         ball = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
         u = ndimage.binary_dilation(u, structure=ball)
     return u & brain
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """Surface voxels: mask XOR its binary erosion (scipy's default cross element, outside counted as 0)."""
+    return mask ^ ndimage.binary_erosion(mask)
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentile: float = 95.0) -> float:
+    """Symmetric percentile Hausdorff distance (mm) between the surfaces of two bool masks, as MONAI's
+    ``compute_hausdorff_distance(percentile=95)``: max over both directions of the percentile (linear
+    interpolation) of surface-voxel to nearest-surface-voxel Euclidean distances. Both masks empty -> 0.0
+    (BraTS convention; MONAI gives NaN); only one empty -> NaN (MONAI gives inf).
+
+    Computed on the bounding box of the two masks (+1 voxel), which gives the same distances as the full
+    volume because every surface voxel lies inside it.
+    """
+    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
+    pa, ta = p.any(), t.any()
+    if not pa and not ta:
+        return 0.0
+    if pa != ta:
+        return math.nan
+    idx = np.argwhere(p | t)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = np.minimum(idx.max(0) + 2, p.shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    ep, et = _edges(p[sl]), _edges(t[sl])
+    dt_t = ndimage.distance_transform_edt(~et, sampling=spacing)
+    dt_p = ndimage.distance_transform_edt(~ep, sampling=spacing)
+    return float(max(np.percentile(dt_t[ep], percentile), np.percentile(dt_p[et], percentile)))
 
 
 # ------------------------------------------------------------------------------------- calibration
@@ -138,38 +177,109 @@ def nll(prob: np.ndarray, truth: np.ndarray, eps: float = NLL_EPS) -> float:
 
 # ------------------------------------------------------------------------- uncertainty vs error
 def uncertainty_bin_index(u: np.ndarray) -> np.ndarray:
-    """Bin index (int64) of uncertainty values in [0, 1] on :data:`UNC_EDGES` (values clipped to [0, 1])."""
+    """Bin index (int64) of uncertainty values in [0, 1] on :data:`UNC_EDGES` (values clipped to [0, 1]).
+
+    Bin 0 = [0, 1e-7); bins 1..511 log-spaced on [1e-7, 1e-2); bins 512..1501 linear, 0.001 wide, on [0.01, 1]
+    (the last includes 1), so every multiple of 0.05 is an edge (thresholds of the U-E metric)."""
     u = np.clip(np.asarray(u, np.float64), 0.0, 1.0)
     out = np.zeros(u.shape, np.int64)
-    pos = u >= UNC_MIN
-    # analytic log-bin index; equivalent to searchsorted(UNC_EDGES, u, 'right') - 1 up to rounding at edges
-    k = np.floor(np.log(u[pos] / UNC_MIN) / -np.log(UNC_MIN) * (N_UNC_BINS - 1)).astype(np.int64) + 1
-    out[pos] = np.minimum(k, N_UNC_BINS - 1)
+    lin = u >= UNC_LIN_START
+    out[lin] = np.minimum(np.floor((u[lin] - UNC_LIN_START) / UNC_LIN_STEP + 1e-9).astype(np.int64) + N_UNC_LOG + 1,
+                          N_UNC_BINS - 1)
+    log = (u >= UNC_MIN) & ~lin
+    k = np.floor(np.log(u[log] / UNC_MIN) / math.log(UNC_LIN_START / UNC_MIN) * N_UNC_LOG).astype(np.int64) + 1
+    out[log] = np.clip(k, 1, N_UNC_LOG)
     return out
 
 
-def uncertainty_bins(u: np.ndarray, error: np.ndarray):
-    """Histogram of uncertainty split by voxel error (1-D masked arrays). Returns (n_error, n_correct) int64."""
+def uncertainty_bins(u: np.ndarray, error: np.ndarray, pred: np.ndarray | None = None):
+    """Histogram of uncertainty split by voxel outcome (1-D masked arrays).
+
+    Returns (n_error, n_correct) int64 arrays of :data:`N_UNC_BINS`; with ``pred`` (bool predicted positive)
+    returns (n_fp, n_fn, n_tp, n_tn): error = fp + fn, correct = tp + tn.
+    """
     idx = uncertainty_bin_index(np.asarray(u).ravel())
     e = np.asarray(error, bool).ravel()
-    n_err = np.bincount(idx[e], minlength=N_UNC_BINS)
-    n_cor = np.bincount(idx[~e], minlength=N_UNC_BINS)
-    return n_err, n_cor
+    if pred is None:
+        return np.bincount(idx[e], minlength=N_UNC_BINS), np.bincount(idx[~e], minlength=N_UNC_BINS)
+    p = np.asarray(pred, bool).ravel()
+    code = idx * 4 + (e.astype(np.int64) * 2 + p)  # 0 tn, 1 tp, 2 fn, 3 fp
+    c = np.bincount(code, minlength=4 * N_UNC_BINS).reshape(N_UNC_BINS, 4)
+    return c[:, 3], c[:, 2], c[:, 1], c[:, 0]
 
 
-def auroc_from_bins(n_error, n_correct) -> float:
-    """AUROC of uncertainty for separating wrong (positive) from right voxels, from binned counts.
+def auroc_from_bins(n_pos, n_neg) -> float:
+    """AUROC of uncertainty for separating positives (e.g. wrong voxels) from negatives, from binned counts.
 
-    AUROC = P(u_error > u_correct) + 0.5 P(u_error = u_correct), with voxels in the same bin counted as
-    ties. NaN when either class is empty.
+    AUROC = P(u_pos > u_neg) + 0.5 P(u_pos = u_neg), with voxels in the same bin counted as ties.
+    NaN when either class is empty.
     """
-    ne = np.asarray(n_error, np.float64)
-    nc = np.asarray(n_correct, np.float64)
+    ne = np.asarray(n_pos, np.float64)
+    nc = np.asarray(n_neg, np.float64)
     P, N = ne.sum(), nc.sum()
     if P == 0 or N == 0:
         return math.nan
     below = np.cumsum(nc) - nc
     return float((ne * (below + 0.5 * nc)).sum() / (P * N))
+
+
+def threshold_bin(t: float) -> int:
+    """First bin whose voxels satisfy u >= t, for t a bin edge (multiples of 0.001 above 0.01)."""
+    return int(uncertainty_bin_index(np.array([t]))[0])
+
+
+def ueo_curve(n_error, n_correct, thresholds=UEO_THRESHOLDS) -> np.ndarray:
+    """Uncertainty-error overlap (Jungo & Reyes): Dice between {u >= t} and the error voxels, per threshold t."""
+    ne, nc = np.asarray(n_error, np.float64), np.asarray(n_correct, np.float64)
+    E = ne.sum()
+    out = []
+    for t in thresholds:
+        b = threshold_bin(t)
+        ue, u = ne[b:].sum(), ne[b:].sum() + nc[b:].sum()
+        out.append(2 * ue / (u + E) if (u + E) > 0 else math.nan)
+    return np.array(out)
+
+
+def fp_removal_benefit(n_fp, n_fn, n_tp, t: float) -> float:
+    """1.0 if removing the predicted voxels with u >= t raises Dice (paper 002: FPU TP > TPU (TP + FP + FN)), else 0.0.
+    NaN when nothing is predicted."""
+    b = threshold_bin(t)
+    tp, fp, fn = (float(np.sum(x)) for x in (n_tp, n_fp, n_fn))
+    if tp + fp == 0:
+        return math.nan
+    fpu, tpu = float(np.sum(n_fp[b:])), float(np.sum(n_tp[b:]))
+    return 1.0 if fpu * tp > tpu * (tp + fp + fn) else 0.0
+
+
+def budget_curve(n_error, n_correct, budgets=BUDGETS):
+    """Review budget (paper 003): review the fraction b of the voxel set with the highest uncertainty.
+
+    Returns (captured, ueo): share of all error voxels inside the reviewed set, and the Dice overlap between
+    the reviewed set and the errors, per budget. Voxels of the bin cut by the budget are taken in
+    proportion (the bin's error share), i.e. ties are broken at random in expectation.
+    """
+    ne = np.asarray(n_error, np.float64)[::-1]
+    nt = ne + np.asarray(n_correct, np.float64)[::-1]
+    N, E = nt.sum(), ne.sum()
+    if N == 0 or E == 0:
+        nan = np.full(len(budgets), math.nan)
+        return nan, nan
+    cum_n = np.concatenate([[0], np.cumsum(nt)])
+    cum_e = np.concatenate([[0], np.cumsum(ne)])
+    k = np.asarray(budgets, np.float64) * N
+    j = np.clip(np.searchsorted(cum_n, k, side="right") - 1, 0, len(nt) - 1)
+    frac = np.where(nt[j] > 0, (k - cum_n[j]) / np.maximum(nt[j], 1), 0.0)
+    err_in = cum_e[j] + frac * ne[j]
+    return err_in / E, 2 * err_in / (k + E)
+
+
+def budget_auc(values, budgets=BUDGETS) -> float:
+    """Normalised area under a budget curve over (0, max budget]: trapezoid from (0, 0) divided by max budget."""
+    b = np.concatenate([[0.0], np.asarray(budgets, np.float64)])
+    v = np.concatenate([[0.0], np.asarray(values, np.float64)])
+    if not np.isfinite(v).all():
+        return math.nan
+    return float(np.sum((v[1:] + v[:-1]) / 2 * np.diff(b)) / b[-1])
 
 
 def auroc_exact(u: np.ndarray, error: np.ndarray) -> float:
@@ -196,14 +306,23 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- per-patient suite
+def boundary_mask(pred: np.ndarray) -> np.ndarray:
+    """Predicted boundary of one region: its surface voxels (mask XOR erosion)."""
+    return _edges(np.asarray(pred, bool)) if pred.any() else np.zeros(pred.shape, bool)
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else math.nan
+
+
 def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | None, truth: np.ndarray | None,
                      brain: np.ndarray, regions=("WT", "TC", "ET"), spacing=(1.0, 1.0, 1.0), threshold: float = 0.5,
-                     n_bins: int = N_CAL_BINS, roi_radius: int = ROI_RADIUS_VOX) -> dict:
-    """All per-patient numbers and bins of one prediction.
+                     n_bins: int = N_CAL_BINS, roi_radius: int = ROI_RADIUS_VOX, with_hd95: bool = True) -> dict:
+    """All per-patient numbers and bins of one prediction (the full suite; metric names in the README).
 
     Returns a dict of three lists of tuples:
     ``metrics`` (region, mask, metric, value); ``calibration_bins`` (region, mask, bin, n, sum_prob, sum_true);
-    ``uncertainty_bins`` (region, mask, measure, bin, n_error, n_correct), non-empty bins only.
+    ``uncertainty_bins`` (region, mask, measure, bin, n_error, n_correct, n_fp, n_fn, n_tp), non-empty bins only.
     ``truth`` None (no ground truth): only uncertainty aggregates and predicted volumes are produced.
     """
     check_inputs(prob, truth, entropy, mi)
@@ -215,36 +334,58 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     rows, cal_rows, unc_rows = [], [], []
     for r, name in enumerate(regions):
         p_r, pred_r = prob[r], pred[r]
-        rows.append((name, "brain", "volume_pred_ml", float(pred_r.sum()) * vox_ml))
+        vp = float(pred_r.sum()) * vox_ml
+        rows.append((name, "brain", "volume_pred_ml", vp))
+        bnd = boundary_mask(pred_r)
+        rows.append((name, "pred", "mean_entropy", _mean(entropy[r][pred_r])))
+        rows.append((name, "boundary", "mean_entropy", _mean(entropy[r][bnd])))
+        if mi is not None:
+            rows.append((name, "pred", "mean_mi", _mean(mi[r][pred_r])))
+            rows.append((name, "boundary", "mean_mi", _mean(mi[r][bnd])))
         if truth is not None:
             t_r = truth[r]
-            rows.append((name, "brain", "volume_gt_ml", float(t_r.sum()) * vox_ml))
-            rows.append((name, "brain", "dice", dice(pred_r, t_r)))
+            vg = float(t_r.sum()) * vox_ml
+            rows += [(name, "brain", "volume_gt_ml", vg), (name, "brain", "volume_error_ml", vp - vg),
+                     (name, "brain", "dice", dice(pred_r, t_r))]
+            if with_hd95:
+                rows.append((name, "brain", "hd95", hd95(pred_r, t_r, spacing)))
         for mname, m in masks.items():
             ent = entropy[r][m]
-            rows.append((name, mname, "mean_entropy", float(ent.mean()) if ent.size else math.nan))
+            rows.append((name, mname, "mean_entropy", _mean(ent)))
+            rows.append((name, mname, "uncertain_fraction", _mean(ent >= UNCERTAIN_T)))
             if mi is not None:
-                mi_m = mi[r][m]
-                rows.append((name, mname, "mean_mi", float(mi_m.mean()) if mi_m.size else math.nan))
-            if mname == "brain":
-                pe = entropy[r][pred_r]
-                rows.append((name, "pred", "mean_entropy", float(pe.mean()) if pe.size else math.nan))
+                rows.append((name, mname, "mean_mi", _mean(mi[r][m])))
             if truth is None:
                 continue
-            pm, tm = p_r[m], truth[r][m]
+            pm, tm, dm = p_r[m], truth[r][m], pred_r[m]
             n, sp, st = calibration_bins(pm, tm, n_bins)
             cal = calibration_from_bins(n, sp, st)
             for k in ("ece", "ace", "mce", "cal_gap"):
                 rows.append((name, mname, k, cal[k]))
             rows.append((name, mname, "brier", brier(pm, tm)))
             rows.append((name, mname, "nll", nll(pm, tm)))
-            cal_rows += [(name, mname, b, int(n[b]), float(sp[b]), float(st[b])) for b in np.flatnonzero(n)]
-            err = pred_r[m] != tm
+            cal_rows += [(name, mname, int(b), int(n[b]), float(sp[b]), float(st[b])) for b in np.flatnonzero(n)]
+            err = dm != tm
             for measure, u in (("entropy", entropy[r]), ("mi", mi[r] if mi is not None else None)):
                 if u is None:
                     continue
-                ne, nc = uncertainty_bins(u[m], err)
+                fp, fn, tp, tn = uncertainty_bins(u[m], err, dm)
+                ne, nc = fp + fn, tp + tn
                 rows.append((name, mname, f"auroc_{measure}", auroc_from_bins(ne, nc)))
+                if measure == "entropy":
+                    rows.append((name, mname, "auroc_fp_tp", auroc_from_bins(fp, tp)))
+                    rows.append((name, mname, "auroc_fn_tn", auroc_from_bins(fn, tn)))
+                    ueo = ueo_curve(ne, nc)
+                    best = int(np.nanargmax(ueo)) if np.isfinite(ueo).any() else None
+                    rows.append((name, mname, "ueo_best", float(ueo[best]) if best is not None else math.nan))
+                    rows.append((name, mname, "ueo_best_threshold", UEO_THRESHOLDS[best] if best is not None else math.nan))
+                    rows.append((name, mname, "ueo_t50", float(ueo[UEO_THRESHOLDS.index(0.5)])))
+                    rows.append((name, mname, "bnf_t50", fp_removal_benefit(fp, fn, tp, 0.5)))
+                    cap, bueo = budget_curve(ne, nc)
+                    rows.append((name, mname, "budget_capture_auc", budget_auc(cap)))
+                    rows.append((name, mname, "budget_ueo_auc", budget_auc(bueo)))
+                    rows.append((name, mname, "capture_at_5pct", float(cap[-1])))
                 nz = np.flatnonzero(ne + nc)
-                unc_rows += [(name, mname, measure, int(b), int(ne[b]), int(nc[b])) for b in nz]
+                unc_rows += [(name, mname, measure, int(b), int(ne[b]), int(nc[b]), int(fp[b]), int(fn[b]), int(tp[b]))
+                             for b in nz]
     return {"metrics": rows, "calibration_bins": cal_rows, "uncertainty_bins": unc_rows}

@@ -31,11 +31,13 @@ DEMO_MODELS = {
         "arch": "segresnet",
         "arch_args": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 8,
                       "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2},
+        "train": {"epochs": 60, "lr": 1e-2, "seed": 1},
     },
     "UNet-Res": {
         "arch": "unet_res",
         "arch_args": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [16, 32, 64, 128],
                       "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.1},
+        "train": {"epochs": 60, "lr": 3e-3, "seed": 1},
     },
 }
 

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS calibration_bins (
     bin INTEGER, n BIGINT, sum_prob DOUBLE, sum_true DOUBLE);
 CREATE TABLE IF NOT EXISTS uncertainty_bins (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR,
-    measure VARCHAR, bin INTEGER, n_error BIGINT, n_correct BIGINT);
+    measure VARCHAR, bin INTEGER, n_error BIGINT, n_correct BIGINT, n_fp BIGINT, n_fn BIGINT, n_tp BIGINT);
 CREATE TABLE IF NOT EXISTS maps (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, kind VARCHAR, path VARCHAR);
 """
@@ -47,7 +47,7 @@ RESULT_TABLES = ("metrics", "calibration_bins", "uncertainty_bins", "maps")
 COLUMNS = {
     "metrics": ["region", "mask", "metric", "value"],
     "calibration_bins": ["region", "mask", "bin", "n", "sum_prob", "sum_true"],
-    "uncertainty_bins": ["region", "mask", "measure", "bin", "n_error", "n_correct"],
+    "uncertainty_bins": ["region", "mask", "measure", "bin", "n_error", "n_correct", "n_fp", "n_fn", "n_tp"],
     "maps": ["kind", "path"],
 }
 KEY = ["run_id", "model", "method", "patient_id"]

@@ -220,3 +220,93 @@ def test_evaluate_patient_matches_references_on_demo_like_arrays():
     roi = M.roi_mask(prob >= 0.5, truth, brain)
     assert roi.sum() < brain.sum() and (truth.any(0) & brain <= roi).all()
     assert {r[1] for r in out["calibration_bins"]} == {"brain", "roi"}
+
+
+# ------------------------------------------------------------------------- issue-3 metrics vs references
+def _blob(shape, centre, r, rng, noise=0.3):
+    g = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    d = np.sqrt(sum((g[i] - centre[i]) ** 2 for i in range(3)))
+    return d < r * (1 + noise * rng.standard_normal(shape) * 0.2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hd95_vs_monai(seed):
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(seed)
+    shape = (40, 44, 36)
+    a = _blob(shape, (20, 22, 18), 8, rng)
+    b = _blob(shape, (22, 20, 18), 7, rng)
+    spacing = (1.0, 1.5, 2.0)
+    ref = compute_hausdorff_distance(torch.from_numpy(a)[None, None].float(), torch.from_numpy(b)[None, None].float(),
+                                     percentile=95, spacing=spacing).item()
+    assert M.hd95(a, b, spacing) == pytest.approx(ref, abs=1e-4)
+
+
+def test_hd95_empty_rules():
+    z = np.zeros((5, 5, 5), bool)
+    one = z.copy()
+    one[2, 2, 2] = True
+    assert M.hd95(z, z) == 0.0
+    assert math.isnan(M.hd95(one, z)) and math.isnan(M.hd95(z, one))
+    assert M.hd95(one, one) == 0.0
+
+
+def _outcomes(seed=0, n=40000):
+    rng = np.random.default_rng(seed)
+    truth = rng.random(n) < 0.2
+    pred = np.where(rng.random(n) < 0.9, truth, ~truth)
+    err = pred != truth
+    u = np.clip(rng.beta(0.3, 3, n) + np.where(err, rng.uniform(0, 0.5, n), 0), 0, 1)
+    u[:200] = 0.0
+    return u, pred, truth, err
+
+
+def test_fp_tp_fn_tn_auroc_vs_sklearn():
+    u, pred, truth, err = _outcomes(1)
+    fp, fn, tp, tn = M.uncertainty_bins(u, err, pred)
+    assert (fp + fn).sum() == err.sum() and (tp + tn).sum() == (~err).sum() and (fp + tp).sum() == pred.sum()
+    pp = pred
+    assert M.auroc_from_bins(fp, tp) == pytest.approx(roc_auc_score(err[pp], u[pp]), abs=0.002)
+    assert M.auroc_from_bins(fn, tn) == pytest.approx(roc_auc_score(err[~pp], u[~pp]), abs=0.002)
+
+
+def test_ueo_and_bnf_vs_direct():
+    u, pred, truth, err = _outcomes(2)
+    fp, fn, tp, tn = M.uncertainty_bins(u, err, pred)
+    curve = M.ueo_curve(fp + fn, tp + tn)
+    for t, v in zip(M.UEO_THRESHOLDS, curve):
+        unc = u >= t
+        assert v == pytest.approx(2 * (unc & err).sum() / (unc.sum() + err.sum()), abs=1e-9), t
+    for t in (0.05, 0.5, 0.9):
+        keep = pred & ~(u >= t)  # remove uncertain predicted voxels
+        gain = M.dice(keep, truth) > M.dice(pred, truth)
+        assert M.fp_removal_benefit(fp, fn, tp, t) == float(gain), t
+
+
+def test_budget_curve_vs_sorting():
+    u, pred, truth, err = _outcomes(3)
+    u = u + np.random.default_rng(0).uniform(0, 1e-6, u.size)  # no exact ties
+    u = np.clip(u, 0, 1)
+    ne, nc = M.uncertainty_bins(u, err)
+    cap, ueo = M.budget_curve(ne, nc)
+    order = np.argsort(-u, kind="stable")
+    cum_err = np.cumsum(err[order])
+    for i, b in enumerate(M.BUDGETS):
+        k = int(round(b * u.size))
+        exact_cap = cum_err[k - 1] / err.sum()
+        exact_ueo = 2 * cum_err[k - 1] / (k + err.sum())
+        assert cap[i] == pytest.approx(exact_cap, abs=0.01)
+        assert ueo[i] == pytest.approx(exact_ueo, abs=0.01)
+    assert 0 <= M.budget_auc(cap) <= 1
+    # monotone: more budget never captures fewer errors
+    assert (np.diff(cap) >= -1e-12).all()
+
+
+def test_budget_perfect_ranking():
+    err = np.zeros(10000, bool)
+    err[:100] = True  # 1 % errors, ranked first
+    u = np.where(err, 0.9, 0.001)
+    cap, ueo = M.budget_curve(*M.uncertainty_bins(u, err))
+    assert cap[M.BUDGETS.index(0.01)] == pytest.approx(1.0) and ueo[M.BUDGETS.index(0.01)] == pytest.approx(1.0)
+    assert cap[M.BUDGETS.index(0.005)] == pytest.approx(0.5)
