@@ -12,8 +12,8 @@ Binning conventions (written in the README too)
 -----------------------------------------------
 * Calibration: ``n_bins`` (default 20) equal-width bins on the region probability p; bin k holds
   ``k/n <= p < (k+1)/n`` and the last bin also holds p = 1 (no extra bin for p = 1).
-* Uncertainty: :data:`UNC_EDGES`, 1502 bins: bin 0 = [0, 1e-7), bins 1..511 log-spaced on [1e-7, 0.01),
-  bins 512..1501 linear 0.001 wide on [0.01, 1] (the last includes 1). Fine near 0 where most voxels sit, so
+* Uncertainty: :data:`UNC_EDGES`, 2991 bins: bin 0 = [0, 1e-30), bins 1..2000 log-spaced on [1e-30, 0.01)
+  (3.3 % wide), bins 2001..2990 linear 0.001 wide on [0.01, 1] (the last includes 1). Fine near 0 where most voxels sit, so
   AUROC from bins matches the exact value, and every U-E threshold (multiples of 0.05) is an edge.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ import numpy as np
 from scipy import ndimage
 
 N_CAL_BINS = 20
-UNC_MIN = 1e-7
+UNC_MIN = 1e-30
 UNC_LIN_START = 0.01
 UNC_LIN_STEP = 0.001
-N_UNC_LOG = 511
+N_UNC_LOG = 2000
 UNC_EDGES = np.concatenate([[0.0], np.geomspace(UNC_MIN, UNC_LIN_START, N_UNC_LOG + 1),
                             UNC_LIN_START + UNC_LIN_STEP * np.arange(1, 991)])  # 1503 edges
 UNC_EDGES[-1] = 1.0
@@ -35,7 +35,8 @@ N_UNC_BINS = len(UNC_EDGES) - 1  # 1502
 UEO_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 BUDGETS = tuple(np.round(np.arange(1, 51) * 0.001, 3))  # 0.1 % ... 5 % of the voxel set
 UNCERTAIN_T = 0.5  # a voxel is 'uncertain' when its normalised entropy is >= 0.5
-NLL_EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] for NLL only
+_LOG_SCALE = N_UNC_LOG / math.log(UNC_LIN_START / UNC_MIN)
+NLL_EPS = float(np.finfo(np.float64).eps)  # p clipped to [eps, 1 - eps] for NLL only (as scikit-learn log_loss)
 ROI_RADIUS_VOX = 3  # ROI = (ground truth | prediction) dilated by a ball of this radius, within the brain
 
 
@@ -67,16 +68,29 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(p, t).sum()) / s
 
 
+def bbox_slices(mask: np.ndarray, margin: int = 0):
+    """Slices of the bounding box of a bool mask grown by ``margin`` voxels (clipped); None if the mask is empty."""
+    if not mask.any():
+        return None
+    sl = []
+    for ax in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != ax)
+        nz = np.flatnonzero(mask.any(axis=other))
+        sl.append(slice(max(int(nz[0]) - margin, 0), min(int(nz[-1]) + margin + 1, mask.shape[ax])))
+    return tuple(sl)
+
+
 def roi_mask(pred: np.ndarray, truth: np.ndarray | None, brain: np.ndarray, radius: int = ROI_RADIUS_VOX) -> np.ndarray:
     """(X,Y,Z) bool: union of prediction and ground truth (any region), dilated by a ball of ``radius`` voxels,
     intersected with the brain. ``pred``/``truth`` are (R, X, Y, Z) bool; truth may be None."""
-    u = pred.any(0) if pred.ndim == 4 else pred.copy()
+    u = pred.any(0) if pred.ndim == 4 else np.array(pred, bool)
     if truth is not None:
         u = u | (truth.any(0) if truth.ndim == 4 else truth)
-    if radius > 0 and u.any():
+    sl = bbox_slices(u, radius + 1)
+    if radius > 0 and sl is not None:  # dilate inside the bounding box only: same result, far fewer voxels
         r = np.arange(-radius, radius + 1)
         ball = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
-        u = ndimage.binary_dilation(u, structure=ball)
+        u[sl] = ndimage.binary_dilation(u[sl], structure=ball)
     return u & brain
 
 
@@ -100,10 +114,7 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentil
         return 0.0
     if pa != ta:
         return math.nan
-    idx = np.argwhere(p | t)
-    lo = np.maximum(idx.min(0) - 1, 0)
-    hi = np.minimum(idx.max(0) + 2, p.shape)
-    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sl = bbox_slices(p | t, 1)
     ep, et = _edges(p[sl]), _edges(t[sl])
     dt_t = ndimage.distance_transform_edt(~et, sampling=spacing)
     dt_p = ndimage.distance_transform_edt(~ep, sampling=spacing)
@@ -116,8 +127,17 @@ def calibration_bins(prob: np.ndarray, truth: np.ndarray, n_bins: int = N_CAL_BI
 
     Returns (n, sum_prob, sum_true): int64 counts, float64 sums of p and of the 0/1 label per bin.
     """
-    p = np.asarray(prob, dtype=np.float64).ravel()
-    idx = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    p = np.asarray(prob).ravel()
+    idx = calibration_bin_index(p, n_bins)
+    return _calibration_bins_idx(idx, p, truth, n_bins)
+
+
+def calibration_bin_index(p: np.ndarray, n_bins: int = N_CAL_BINS) -> np.ndarray:
+    """Equal-width bin of each probability: floor(p * n_bins), with p = 1 in the last bin (int64)."""
+    return np.minimum((np.asarray(p, np.float64) * n_bins).astype(np.int64), n_bins - 1)
+
+
+def _calibration_bins_idx(idx, p, truth, n_bins):
     n = np.bincount(idx, minlength=n_bins)
     sp = np.bincount(idx, weights=p, minlength=n_bins)
     st = np.bincount(idx, weights=np.asarray(truth, dtype=np.float64).ravel(), minlength=n_bins)
@@ -168,26 +188,31 @@ def brier(prob: np.ndarray, truth: np.ndarray) -> float:
 
 def nll(prob: np.ndarray, truth: np.ndarray, eps: float = NLL_EPS) -> float:
     """Mean binary negative log-likelihood (nats) with p clipped to [eps, 1 - eps] (NaN if no voxels)."""
-    p = np.clip(np.asarray(prob, np.float64).ravel(), eps, 1 - eps)
+    p = np.asarray(prob, np.float64).ravel()
     if p.size == 0:
         return math.nan
     y = np.asarray(truth, bool).ravel()
-    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
+    q = np.clip(np.where(y, p, 1.0 - p), eps, 1 - eps)  # probability given to the true label
+    return float(-np.mean(np.log(q)))
 
 
 # ------------------------------------------------------------------------- uncertainty vs error
 def uncertainty_bin_index(u: np.ndarray) -> np.ndarray:
     """Bin index (int64) of uncertainty values in [0, 1] on :data:`UNC_EDGES` (values clipped to [0, 1]).
 
-    Bin 0 = [0, 1e-7); bins 1..511 log-spaced on [1e-7, 1e-2); bins 512..1501 linear, 0.001 wide, on [0.01, 1]
+    Bin 0 = [0, 1e-30); bins 1..2000 log-spaced on [1e-30, 0.01); bins 2001..2990 linear, 0.001 wide, on [0.01, 1]
     (the last includes 1), so every multiple of 0.05 is an edge (thresholds of the U-E metric)."""
-    u = np.clip(np.asarray(u, np.float64), 0.0, 1.0)
+    u = np.asarray(u)
+    if u.dtype != np.float32 and u.dtype != np.float64:
+        u = u.astype(np.float64)
     out = np.zeros(u.shape, np.int64)
     lin = u >= UNC_LIN_START
-    out[lin] = np.minimum(np.floor((u[lin] - UNC_LIN_START) / UNC_LIN_STEP + 1e-9).astype(np.int64) + N_UNC_LOG + 1,
-                          N_UNC_BINS - 1)
+    ul = u[lin].astype(np.float64)  # linear part in float64 so that multiples of 0.05 fall on their edge
+    out[lin] = np.minimum(np.floor((np.minimum(ul, 1.0) - UNC_LIN_START) / UNC_LIN_STEP + 1e-9).astype(np.int64)
+                          + N_UNC_LOG + 1, N_UNC_BINS - 1)
     log = (u >= UNC_MIN) & ~lin
-    k = np.floor(np.log(u[log] / UNC_MIN) / math.log(UNC_LIN_START / UNC_MIN) * N_UNC_LOG).astype(np.int64) + 1
+    # log part in the input precision (float32 maps: relative bin width 3.3 %, far above float32 rounding)
+    k = np.floor((np.log(u[log]) - u.dtype.type(math.log(UNC_MIN))) * u.dtype.type(_LOG_SCALE)).astype(np.int64) + 1
     out[log] = np.clip(k, 1, N_UNC_LOG)
     return out
 
@@ -198,7 +223,10 @@ def uncertainty_bins(u: np.ndarray, error: np.ndarray, pred: np.ndarray | None =
     Returns (n_error, n_correct) int64 arrays of :data:`N_UNC_BINS`; with ``pred`` (bool predicted positive)
     returns (n_fp, n_fn, n_tp, n_tn): error = fp + fn, correct = tp + tn.
     """
-    idx = uncertainty_bin_index(np.asarray(u).ravel())
+    return _uncertainty_bins_idx(uncertainty_bin_index(np.asarray(u).ravel()), error, pred)
+
+
+def _uncertainty_bins_idx(idx, error, pred=None):
     e = np.asarray(error, bool).ravel()
     if pred is None:
         return np.bincount(idx[e], minlength=N_UNC_BINS), np.bincount(idx[~e], minlength=N_UNC_BINS)
@@ -223,9 +251,15 @@ def auroc_from_bins(n_pos, n_neg) -> float:
     return float((ne * (below + 0.5 * nc)).sum() / (P * N))
 
 
+_THRESHOLD_BIN_CACHE: dict[float, int] = {}
+
+
 def threshold_bin(t: float) -> int:
     """First bin whose voxels satisfy u >= t, for t a bin edge (multiples of 0.001 above 0.01)."""
-    return int(uncertainty_bin_index(np.array([t]))[0])
+    b = _THRESHOLD_BIN_CACHE.get(t)
+    if b is None:
+        b = _THRESHOLD_BIN_CACHE[t] = int(uncertainty_bin_index(np.array([t]))[0])
+    return b
 
 
 def ueo_curve(n_error, n_correct, thresholds=UEO_THRESHOLDS) -> np.ndarray:
@@ -307,8 +341,12 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- per-patient suite
 def boundary_mask(pred: np.ndarray) -> np.ndarray:
-    """Predicted boundary of one region: its surface voxels (mask XOR erosion)."""
-    return _edges(np.asarray(pred, bool)) if pred.any() else np.zeros(pred.shape, bool)
+    """Predicted boundary of one region: its surface voxels (mask XOR erosion), computed in its bounding box."""
+    out = np.zeros(pred.shape, bool)
+    sl = bbox_slices(pred, 1)
+    if sl is not None:
+        out[sl] = _edges(np.asarray(pred[sl], bool))
+    return out
 
 
 def _mean(x: np.ndarray) -> float:
@@ -330,7 +368,7 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
         raise MetricInputError(f"brain mask shape {brain.shape} does not match {prob.shape[1:]}")
     pred = prob >= threshold
     vox_ml = float(np.prod(spacing)) / 1000.0
-    masks = {"brain": brain, "roi": roi_mask(pred, truth, brain, roi_radius)}
+    roi_in_brain = roi_mask(pred, truth, brain, roi_radius)[brain]
     rows, cal_rows, unc_rows = [], [], []
     for r, name in enumerate(regions):
         p_r, pred_r = prob[r], pred[r]
@@ -349,16 +387,25 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
                      (name, "brain", "dice", dice(pred_r, t_r))]
             if with_hd95:
                 rows.append((name, "brain", "hd95", hd95(pred_r, t_r, spacing)))
-        for mname, m in masks.items():
-            ent = entropy[r][m]
+        # gather the brain voxels of this region once; the ROI is a sub-selection of them
+        eb = entropy[r][brain]
+        mib = mi[r][brain] if mi is not None else None
+        pb, db = p_r[brain], pred_r[brain]
+        tb = truth[r][brain] if truth is not None else None
+        u_idx = {"entropy": uncertainty_bin_index(eb)}
+        if mib is not None:
+            u_idx["mi"] = uncertainty_bin_index(mib)
+        c_idx = calibration_bin_index(pb, n_bins) if truth is not None else None
+        for mname, sub in (("brain", slice(None)), ("roi", roi_in_brain)):
+            ent = eb[sub]
             rows.append((name, mname, "mean_entropy", _mean(ent)))
             rows.append((name, mname, "uncertain_fraction", _mean(ent >= UNCERTAIN_T)))
-            if mi is not None:
-                rows.append((name, mname, "mean_mi", _mean(mi[r][m])))
+            if mib is not None:
+                rows.append((name, mname, "mean_mi", _mean(mib[sub])))
             if truth is None:
                 continue
-            pm, tm, dm = p_r[m], truth[r][m], pred_r[m]
-            n, sp, st = calibration_bins(pm, tm, n_bins)
+            pm, tm, dm = pb[sub], tb[sub], db[sub]
+            n, sp, st = _calibration_bins_idx(c_idx[sub], pm, tm, n_bins)
             cal = calibration_from_bins(n, sp, st)
             for k in ("ece", "ace", "mce", "cal_gap"):
                 rows.append((name, mname, k, cal[k]))
@@ -366,10 +413,8 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
             rows.append((name, mname, "nll", nll(pm, tm)))
             cal_rows += [(name, mname, int(b), int(n[b]), float(sp[b]), float(st[b])) for b in np.flatnonzero(n)]
             err = dm != tm
-            for measure, u in (("entropy", entropy[r]), ("mi", mi[r] if mi is not None else None)):
-                if u is None:
-                    continue
-                fp, fn, tp, tn = uncertainty_bins(u[m], err, dm)
+            for measure, idx in u_idx.items():
+                fp, fn, tp, tn = _uncertainty_bins_idx(idx[sub], err, dm)
                 ne, nc = fp + fn, tp + tn
                 rows.append((name, mname, f"auroc_{measure}", auroc_from_bins(ne, nc)))
                 if measure == "entropy":
@@ -386,6 +431,6 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
                     rows.append((name, mname, "budget_ueo_auc", budget_auc(bueo)))
                     rows.append((name, mname, "capture_at_5pct", float(cap[-1])))
                 nz = np.flatnonzero(ne + nc)
-                unc_rows += [(name, mname, measure, int(b), int(ne[b]), int(nc[b]), int(fp[b]), int(fn[b]), int(tp[b]))
-                             for b in nz]
+                unc_rows += list(zip([name] * len(nz), [mname] * len(nz), [measure] * len(nz), nz.tolist(),
+                                     ne[nz].tolist(), nc[nz].tolist(), fp[nz].tolist(), fn[nz].tolist(), tp[nz].tolist()))
     return {"metrics": rows, "calibration_bins": cal_rows, "uncertainty_bins": unc_rows}

@@ -1,6 +1,6 @@
 """Metrics against hand-computed cases and independent references (MONAI, scikit-learn, torchmetrics).
 
-Tolerances: float64 sums vs float32 references -> 1e-5 absolute; AUROC from 1024 log bins vs exact -> 0.002.
+Tolerances: float64 sums vs float32 references -> 1e-5 absolute; AUROC from the uncertainty bins vs exact -> 0.002.
 """
 import math
 
@@ -147,12 +147,14 @@ def test_auroc_edge_cases():
 
 
 def test_uncertainty_bin_index_matches_edges():
-    u = np.concatenate([[0, 1e-8, 1e-7, 1e-3, 0.5, 1.0], np.random.default_rng(0).random(1000) ** 4])
+    u = np.concatenate([[0, 1e-31, 1e-8, 1e-3, 0.5, 1.0, 0.05], np.random.default_rng(0).random(1000) ** 4,
+                        10.0 ** np.random.default_rng(1).uniform(-30, 0, 1000)])
     idx = M.uncertainty_bin_index(u)
     ref = np.clip(np.searchsorted(M.UNC_EDGES, u, side="right") - 1, 0, M.N_UNC_BINS - 1)
     # analytic index may differ from the searchsorted one only by float rounding exactly at an edge
     assert np.abs(idx - ref).max() <= 1 and (idx == ref).mean() > 0.99
     assert idx[0] == 0 and idx[1] == 0 and idx[5] == M.N_UNC_BINS - 1
+    assert M.UNC_EDGES[idx[6]] == pytest.approx(0.05)  # U-E thresholds are edges
 
 
 # ---------------------------------------------------------------------------------- input checks

@@ -29,7 +29,7 @@ def test_checkpoint_roundtrip_weights_only(tmp_path, name):
 
 
 def test_unet_has_residual_units():
-    card = make_card("UNet-Res", **DEMO_MODELS["UNet-Res"])
+    card = make_card("UNet-Res", DEMO_MODELS["UNet-Res"]["arch"], DEMO_MODELS["UNet-Res"]["arch_args"])
     assert card["arch_args"]["num_res_units"] >= 1
     m = build_model(card)
     assert any(type(x).__name__ == "ResidualUnit" for x in m.modules())
