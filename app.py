@@ -1,5 +1,5 @@
 """Entry point: `streamlit run app.py`. Shared sidebar (database, run, models, method, mask, entropy filter)
-then the selected page. Pages live in pages/ and stay thin (widgets + plots)."""
+then the selected page. Pages live in app_pages/ and stay thin (widgets + plots)."""
 import streamlit as st
 
 from dashboard.state import sidebar
@@ -7,8 +7,11 @@ from dashboard.state import sidebar
 st.set_page_config(page_title="Tumour QA: uncertainty & calibration", page_icon=":material/neurology:", layout="wide")
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/compare.py", title="Compare models", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page("app_pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/compare.py", title="Compare models", icon=":material/compare_arrows:", url_path="compare"),
+    st.Page("app_pages/reliability.py", title="Reliability", icon=":material/stacked_line_chart:", url_path="reliability"),
+    st.Page("app_pages/strata.py", title="Patient strata", icon=":material/filter_alt:", url_path="strata"),
+    st.Page("app_pages/budget.py", title="Review budget", icon=":material/rule:", url_path="budget"),
 ]
 page = st.navigation(PAGES)
 selection = sidebar()

@@ -434,3 +434,40 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
                 unc_rows += list(zip([name] * len(nz), [mname] * len(nz), [measure] * len(nz), nz.tolist(),
                                      ne[nz].tolist(), nc[nz].tolist(), fp[nz].tolist(), fn[nz].tolist(), tp[nz].tolist()))
     return {"metrics": rows, "calibration_bins": cal_rows, "uncertainty_bins": unc_rows}
+
+
+def patient_reliability(bins, n_bins: int = N_CAL_BINS):
+    """Per-patient reliability from per-patient bins.
+
+    ``bins``: iterable of (patient_id, bin, n, sum_prob, sum_true) rows. Returns (acc, conf, count) arrays of
+    shape (P, n_bins) with NaN accuracy/confidence in empty bins, and the patient ids in row order.
+    """
+    rows = list(bins)
+    ids = sorted({r[0] for r in rows})
+    pos = {p: i for i, p in enumerate(ids)}
+    n = np.zeros((len(ids), n_bins))
+    sp = np.zeros_like(n)
+    st = np.zeros_like(n)
+    for pid, b, c, s_p, s_t in rows:
+        i = pos[pid]
+        n[i, int(b)] += c
+        sp[i, int(b)] += s_p
+        st[i, int(b)] += s_t
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(n > 0, st / n, np.nan)
+        conf = np.where(n > 0, sp / n, np.nan)
+    return acc, conf, n, ids
+
+
+def reliability_histogram(acc: np.ndarray, n_bins: int = N_CAL_BINS) -> np.ndarray:
+    """Dataset reliability histogram (paper 004): (n_bins accuracy rows x n_bins confidence columns) matrix of
+    the share of patients whose accuracy in confidence bin k falls in accuracy bin j; each non-empty column
+    sums to 1 (patients with an empty bin k are not counted in column k)."""
+    out = np.zeros((n_bins, n_bins))
+    for k in range(acc.shape[1]):
+        a = acc[:, k]
+        a = a[np.isfinite(a)]
+        if a.size:
+            j = np.minimum((a * n_bins).astype(int), n_bins - 1)
+            out[:, k] = np.bincount(j, minlength=n_bins) / a.size
+    return out

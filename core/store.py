@@ -242,10 +242,12 @@ def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = No
 
 def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
                             measure: str = "entropy") -> pd.DataFrame:
-    """Uncertainty histograms summed over a patient subset: model, method, region, bin, n_error, n_correct."""
+    """Uncertainty histograms summed over a patient subset: model, method, region, bin, n_error, n_correct,
+    n_fp, n_fn, n_tp."""
     patient_ids = _list(patient_ids)
     return con.execute("""
-        SELECT model, method, region, bin, sum(n_error) AS n_error, sum(n_correct) AS n_correct
+        SELECT model, method, region, bin, sum(n_error) AS n_error, sum(n_correct) AS n_correct,
+               sum(n_fp) AS n_fp, sum(n_fn) AS n_fn, sum(n_tp) AS n_tp
         FROM uncertainty_bins
         WHERE run_id = ? AND mask = ? AND measure = ?
           AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], patient_id))
@@ -297,3 +299,37 @@ def cohort_summary(con, run_id: str, patient_ids: list[str] | None = None, mask:
                       "ace_dataset": calm["ace"], "mce_dataset": calm["mce"],
                       "auroc_entropy_dataset": M.auroc_from_bins(ne, nc)})
     return per.merge(pd.DataFrame(extra), on=["model", "method", "region"], how="left")
+
+
+def patient_calibration_bins(con, run_id: str, model: str, method: str, region: str, mask: str = "brain",
+                             patient_ids: list[str] | None = None) -> pd.DataFrame:
+    """Per-patient reliability bins of one model/method/region: patient_id, bin, n, sum_prob, sum_true."""
+    patient_ids = _list(patient_ids)
+    return con.execute("""
+        SELECT patient_id, bin, n, sum_prob, sum_true FROM calibration_bins
+        WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], patient_id))
+        ORDER BY patient_id, bin""", [run_id, model, method, region, mask, patient_ids, patient_ids]).df()
+
+
+def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patient_ids: list[str] | None = None) -> pd.DataFrame:
+    """Per-patient metrics as columns: model, method, patient_id, region, <metric>... ('pred'/'boundary' masks
+    are included under their own column names, e.g. mean_entropy@pred)."""
+    df = patient_metrics(con, run_id, patient_ids, metrics=metrics)
+    if df.empty:
+        return df
+    keep = (df["mask"] == mask) | (df["mask"].isin(["pred", "boundary"])) | (df.metric.isin(["dice", "hd95"]) & (df["mask"] == "brain"))
+    df = df[keep].copy()
+    df["col"] = np.where(df["mask"].isin(["pred", "boundary"]), df.metric + "@" + df["mask"], df.metric)
+    return df.pivot_table(index=["model", "method", "patient_id", "region"], columns="col", values="value",
+                          aggfunc="first", dropna=False).reset_index()
+
+
+def dense_uncertainty_bins(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Sparse summed bin rows of ONE model/method/region -> dense arrays (length N_UNC_BINS) n_fp, n_fn, n_tp, n_tn."""
+    out = {k: np.zeros(M.N_UNC_BINS) for k in ("n_error", "n_correct", "n_fp", "n_fn", "n_tp")}
+    b = df.bin.to_numpy()
+    for k in out:
+        out[k][b] = df[k].to_numpy()
+    out["n_tn"] = out["n_correct"] - out["n_tp"]
+    return out

@@ -42,3 +42,59 @@ def per_patient_box(df: pd.DataFrame, metric_label: str, colours: dict[str, str]
                       xaxis=dict(title="region", categoryorder="array", categoryarray=REGIONS),
                       yaxis=dict(title=metric_label, range=y_range), legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+def reliability_diagram(curves: dict, band: dict | None, colours: dict[str, str], title: str) -> go.Figure:
+    """Reliability diagram: per model a dataset-level curve (mean confidence vs accuracy per bin, from summed
+    bins) and, in ``band``, the 10-90 % spread of per-patient accuracy per bin as a shaded area.
+
+    curves: model -> DataFrame(conf, acc, n); band: model -> DataFrame(centre, lo, hi).
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dash"),
+                             name="perfect calibration", hoverinfo="skip"))
+    for model, c in curves.items():
+        col = colours.get(model)
+        if band and model in band and len(band[model]):
+            b = band[model]
+            fig.add_trace(go.Scatter(x=list(b.centre) + list(b.centre[::-1]), y=list(b.hi) + list(b.lo[::-1]),
+                                     fill="toself", fillcolor=_rgba(col, 0.15), line=dict(width=0), hoverinfo="skip",
+                                     name=f"{model}: patients 10-90 %", legendgroup=model))
+        fig.add_trace(go.Scatter(x=c.conf, y=c.acc, mode="lines+markers", name=f"{model}: dataset",
+                                 line=dict(color=col), legendgroup=model, customdata=c.n,
+                                 hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{customdata:,} voxels<extra>"
+                                               + model + "</extra>"))
+    fig.update_layout(title=title, height=420, margin=dict(t=50, b=40, l=50, r=20),
+                      xaxis=dict(title="mean predicted probability (bin)", range=[0, 1]),
+                      yaxis=dict(title="observed tumour frequency", range=[0, 1]), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def reliability_histogram(matrix, n_bins: int, title: str) -> go.Figure:
+    """Dataset reliability histogram (paper 004): x = confidence bin, y = per-patient accuracy bin, colour =
+    share of patients (columns normalised to 1)."""
+    centres = [(k + 0.5) / n_bins for k in range(n_bins)]
+    fig = go.Figure(go.Heatmap(z=matrix, x=centres, y=centres, colorscale="Viridis", zmin=0, zmax=1,
+                               colorbar=dict(title="share of<br>patients"),
+                               hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>share %{z:.2f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="white", dash="dash"), showlegend=False,
+                             hoverinfo="skip"))
+    fig.update_layout(title=title, height=420, margin=dict(t=50, b=40, l=50, r=20),
+                      xaxis=dict(title="confidence bin (predicted probability)", range=[0, 1]),
+                      yaxis=dict(title="per-patient accuracy in the bin", range=[0, 1]))
+    return fig
+
+
+def histogram(df: pd.DataFrame, column: str, colours: dict[str, str], label: str) -> go.Figure:
+    fig = go.Figure()
+    for model, g in df.groupby("model", sort=True):
+        fig.add_trace(go.Histogram(x=g[column], name=model, marker_color=colours.get(model), opacity=0.6, nbinsx=30))
+    fig.update_layout(barmode="overlay", height=340, margin=dict(t=30, b=40, l=50, r=20),
+                      xaxis=dict(title=label), yaxis=dict(title="patients"), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def _rgba(hex_colour: str | None, alpha: float) -> str:
+    h = (hex_colour or "#888888").lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"

@@ -6,7 +6,8 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PAGES = ["pages/home.py", "pages/compare.py"]
+PAGES = ["app_pages/home.py", "app_pages/compare.py", "app_pages/reliability.py", "app_pages/strata.py",
+         "app_pages/budget.py"]
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def test_app_navigation_every_page(data_env):
 
 
 def test_home_page_content(data_env):
-    at = _ok(AppTest.from_file(str(ROOT / "pages/home.py"), default_timeout=120).run())
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/home.py"), default_timeout=120).run())
     labels = {m.label: m.value for m in at.metric}
     assert labels["Patients evaluated"] == "4" and labels["Evaluations failed"] == "0"
     assert len(at.dataframe) >= 2
@@ -40,7 +41,7 @@ def test_home_page_content(data_env):
 
 
 def test_compare_page_filter_changes_numbers(data_env):
-    at = _ok(AppTest.from_file(str(ROOT / "pages/compare.py"), default_timeout=120).run())
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120).run())
     assert "4 of 4 patients" in _caption(at)
     full = at.dataframe[0].value
     assert set(full.model) == {"SegResNet", "UNet-Res"} and set(full.region) == {"WT", "TC", "ET"}
@@ -56,7 +57,7 @@ def test_compare_page_filter_changes_numbers(data_env):
 
 
 def test_compare_widgets(data_env):
-    at = _ok(AppTest.from_file(str(ROOT / "pages/compare.py"), default_timeout=120).run())
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120).run())
     at.selectbox(key="method").set_value("deterministic").run()
     _ok(at)
     assert "Method **deterministic**" in _caption(at)
@@ -81,7 +82,7 @@ def test_compare_widgets(data_env):
 
 
 def test_query_params_restore_view(data_env):
-    at = AppTest.from_file(str(ROOT / "pages/compare.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120)
     at.query_params["method"] = "deterministic"
     at.query_params["mask"] = "roi"
     at.query_params["q"] = "0-50"
@@ -95,3 +96,44 @@ def test_no_database_says_how_to_build_one(tmp_path, monkeypatch, page):
     monkeypatch.setenv("TUMOURQA_DATA", str(tmp_path))
     at = _ok(AppTest.from_file(str(ROOT / page), default_timeout=60).run())
     assert any("python -m core demo" in i.value for i in at.info)
+
+
+def test_reliability_page(data_env):
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/reliability.py"), default_timeout=120).run())
+    assert len(at.get("plotly_chart")) >= 3  # diagram + one histogram per model + ECE distribution
+    for region in ("TC", "ET"):
+        at.radio(key="rel_region").set_value(region).run()
+        _ok(at)
+        assert f"region **{region}**" in at.caption[0].value
+    at.radio(key="mask").set_value("roi").run()
+    _ok(at)
+    worst = at.dataframe[-1].value
+    assert len(worst) > 0 and (worst.ece.diff().dropna() <= 1e-12).all()  # sorted, worst first
+
+
+def test_strata_page(data_env):
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/strata.py"), default_timeout=120).run())
+    med = at.dataframe[0].value
+    assert list(med.columns) == ["Q1", "Q2", "Q3", "Q4"]
+    at.select_slider(key="n_strata").set_value(2).run()
+    _ok(at)
+    assert list(at.dataframe[0].value.columns) == ["Q1", "Q2"]
+    at.radio(key="strata_region").set_value("ET").run()
+    _ok(at)
+    triage = at.dataframe[-1].value
+    assert len(triage) == 4 and triage.iloc[:, 2].is_monotonic_decreasing
+    at.slider(key="q_range").set_value((50, 100)).run()
+    _ok(at)
+    assert len(at.dataframe[-1].value) == 2  # triage follows the filter
+    assert (at.dataframe[1].value.n_patients == 2).all()  # subgroup metrics recomputed
+
+
+def test_budget_page(data_env):
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/budget.py"), default_timeout=120).run())
+    t = at.dataframe[0].value
+    assert len(t) == 4  # 2 models x 2 methods
+    assert t["captured at 5 %"].between(0, 1).all() and t["capture AUC 0-5 %"].between(0, 1).all()
+    at.select_slider(key="budget_max").set_value(20).run()
+    _ok(at)
+    at.radio(key="budget_region").set_value("TC").run()
+    _ok(at)

@@ -18,7 +18,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "artifacts" / "screenshots"
-PAGES = [("", "Tumour segmentation QA"), ("compare", "Compare models")]
+PAGES = [("", "Tumour segmentation QA"), ("compare", "Compare models"), ("reliability", "Reliability"),
+         ("strata", "Patient strata"), ("budget", "Review budget")]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed (scripts/test.sh installs it when run as root)")
@@ -86,7 +87,7 @@ def _no_exception(pg, where):
 
 def test_every_page_loads_without_exception(server, page):
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for path, title in PAGES:
+    for path, title in PAGES[::-1]:  # a deep link first: each page must work as the first page of a session
         page.goto(f"{server}/{path}")
         _settle(page, title)
         _no_exception(page, title)

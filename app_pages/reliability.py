@@ -1,0 +1,86 @@
+"""Reliability: dataset-level reliability diagrams over the spread of per-patient curves, the dataset
+reliability histogram (paper 004), per-patient ECE, over/under-confident shares (paper 002), worst patients."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import metrics as M
+from dashboard import plots
+from dashboard.state import REGIONS, current_selection, query
+
+GAP_TOL = 0.005  # |mean p - mean y| below this: calibrated within tolerance
+
+st.title("Reliability")
+sel = current_selection()
+if sel is None:
+    st.stop()
+if not sel.models or not sel.patients:
+    st.info("Select at least one model and keep at least one patient in the entropy filter.")
+    st.stop()
+region = st.radio("Region", REGIONS, horizontal=True, key="rel_region")
+st.caption(f"Method **{sel.method}** · region **{region}** · voxel set **{sel.mask}** · {len(sel.patients)} patients · "
+           f"{M.N_CAL_BINS} equal-width bins of the region probability")
+
+curves, bands, hists = {}, {}, {}
+for model in sel.models:
+    bins = query(sel.db, "patient_calibration_bins", sel.run_id, model, sel.method, region, mask=sel.mask,
+                 patient_ids=sel.patients)
+    if bins.empty:
+        continue
+    acc, conf, n, _ = M.patient_reliability(bins.itertuples(index=False, name=None))
+    tot = n.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curves[model] = pd.DataFrame({"conf": (conf * n).sum(0) / tot, "acc": (np.nan_to_num(acc) * n).sum(0) / tot,
+                                      "n": tot})[tot > 0]
+    ok = np.isfinite(acc).sum(0) >= 2
+    centres = (np.arange(M.N_CAL_BINS) + 0.5) / M.N_CAL_BINS
+    if ok.any():
+        bands[model] = pd.DataFrame({"centre": centres[ok], "lo": np.nanpercentile(acc[:, ok], 10, axis=0),
+                                     "hi": np.nanpercentile(acc[:, ok], 90, axis=0)})
+    hists[model] = M.reliability_histogram(acc)
+if not curves:
+    st.info("No calibration bins for this selection (a run without ground truth has none).")
+    st.stop()
+
+st.plotly_chart(plots.reliability_diagram(curves, bands, sel.colours,
+                                          f"Reliability diagram, {region}, {sel.mask} (dataset curve over patients' 10-90 % band)"),
+                key="reliability")
+st.subheader("Dataset reliability histograms")
+st.caption("Per confidence bin (column), the distribution of the patients' accuracy in that bin; columns sum to 1 "
+           "(paper 004). A well-calibrated model keeps the mass on the diagonal for every patient, not only on average.")
+cols = st.columns(len(hists))
+for c, (model, h) in zip(cols, hists.items()):
+    with c:
+        st.plotly_chart(plots.reliability_histogram(h, M.N_CAL_BINS, model), key=f"hist_{model}")
+
+wide = query(sel.db, "metric_wide", sel.run_id, ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"], mask=sel.mask,
+             patient_ids=sel.patients)
+wide = wide[(wide.method == sel.method) & wide.model.isin(sel.models) & (wide.region == region)]
+st.subheader("Per-patient calibration")
+c1, c2 = st.columns(2)
+with c1:
+    st.plotly_chart(plots.histogram(wide, "ece", sel.colours, f"ECE per patient ({sel.mask})"), key="ece_hist")
+with c2:
+    share = wide.assign(kind=np.select([wide.cal_gap > GAP_TOL, wide.cal_gap < -GAP_TOL],
+                                       ["over-confident", "under-confident"], "within tolerance"))
+    tab = share.groupby(["model", "kind"]).size().unstack(fill_value=0)
+    tab = (tab.T / tab.sum(1)).T.round(3)
+    st.markdown("**Share of patients by the sign of the calibration gap** (mean p - mean y; tolerance "
+                f"{GAP_TOL}): over-confident = more tumour probability than observed")
+    st.dataframe(tab, key="gap_share")
+st.subheader("Worst-calibrated patients")
+worst = wide.sort_values("ece", ascending=False).head(15)[["model", "patient_id", "ece", "ace", "mce", "cal_gap",
+                                                           "brier", "nll", "dice"]]
+st.dataframe(worst, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                                     for c in ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"]})
+st.download_button("Download per-patient calibration (CSV)", wide.to_csv(index=False),
+                   file_name=f"calibration_{sel.run_id}_{sel.method}_{region}_{sel.mask}.csv", mime="text/csv")
+with st.expander("Definitions"):
+    st.markdown(
+        "- **ECE** = sum_k n_k/N |acc_k - conf_k| over 20 equal-width bins of the region probability p "
+        "(bin k holds k/20 <= p < (k+1)/20; p = 1 in the last bin).\n"
+        "- **ACE** = mean of |acc_k - conf_k| over the non-empty bins; **MCE** = their maximum.\n"
+        "- **Brier** = mean (p - y)^2; **NLL** = mean -ln(probability of the true label).\n"
+        "- **Dataset** curves sum the patients' bins (pooled voxels); the band is the 10-90 % range of the "
+        "patients' own accuracy per bin.\n"
+        "- **brain**: non-zero input voxels; **roi**: ground truth and prediction dilated by 3 voxels.")

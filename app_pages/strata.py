@@ -1,0 +1,65 @@
+"""Patient strata: patients grouped by quantile of their uncertainty, Dice per stratum, the filtered
+subgroup's cohort metrics (from bins), and a triage table to export."""
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard.state import STRAT_MEASURES, current_selection, query
+
+st.title("Patient strata")
+sel = current_selection()
+if sel is None:
+    st.stop()
+if not sel.models:
+    st.info("Select at least one model.")
+    st.stop()
+n_strata = st.select_slider("Number of strata (quantiles)", [2, 3, 4, 5], value=4, key="n_strata")
+vals = sel.measure_values.dropna()
+st.caption(f"Strata of **{sel.strat_measure}** of **{sel.strat_model}** ({sel.method}) over all {len(vals)} patients; "
+           f"the sidebar filter keeps {len(sel.patients)} of them (quantiles {sel.q_range[0]}-{sel.q_range[1]} %).")
+if len(vals) < n_strata:
+    st.info("Not enough patients with a value of this measure for the strata.")
+    st.stop()
+edges = np.quantile(vals.value, np.linspace(0, 1, n_strata + 1))
+labels = [f"Q{i + 1}" for i in range(n_strata)]
+vals = vals.assign(stratum=pd.cut(vals.value, edges, labels=labels, include_lowest=True, duplicates="drop").astype(str))
+dice = query(sel.db, "metric_wide", sel.run_id, ["dice", "ece", "hd95"], mask=sel.mask)
+dice = dice[(dice.method == sel.method) & dice.model.isin(sel.models)].merge(vals[["patient_id", "stratum", "value"]],
+                                                                              on="patient_id")
+region = st.radio("Region", ["WT", "TC", "ET"], horizontal=True, key="strata_region")
+d = dice[dice.region == region]
+fig = go.Figure()
+for model, g in d.groupby("model"):
+    fig.add_trace(go.Box(x=g.stratum, y=g.dice, name=model, marker_color=sel.colours.get(model), boxpoints="all",
+                         jitter=0.4, pointpos=0, customdata=g.patient_id,
+                         hovertemplate="%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>"))
+fig.update_layout(boxmode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
+                  xaxis=dict(title=f"stratum of {sel.strat_measure} (Q1 = least uncertain)", categoryorder="array",
+                             categoryarray=labels),
+                  yaxis=dict(title=f"{region} Dice", range=[0, 1.02]), legend=dict(orientation="h", y=-0.25))
+st.plotly_chart(fig, key="strata_box")
+med = d.groupby(["model", "stratum"]).dice.median().unstack().reindex(columns=labels)
+st.markdown(f"**Median {region} Dice per stratum**")
+st.dataframe(med.round(3))
+
+st.subheader("Cohort metrics of the filtered subgroup")
+if not sel.patients:
+    st.warning("No patient inside the entropy filter: widen the quantile range.")
+else:
+    summ = query(sel.db, "cohort_summary", sel.run_id, sel.patients, mask=sel.mask)
+    summ = summ[(summ.method == sel.method) & summ.model.isin(sel.models)]
+    st.dataframe(summ[["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset", "ece_dataset",
+                       "mean_entropy"]], hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                ["dice_mean", "dice_median", "auroc_entropy_dataset", "ece_dataset", "mean_entropy"]})
+
+st.subheader("Triage table")
+st.caption("Patients inside the filter, most uncertain first: review from the top.")
+tri = dice[dice.patient_id.isin(sel.patients) & (dice.model == sel.strat_model)]
+tri = tri.pivot_table(index=["patient_id", "stratum", "value"], columns="region", values="dice").reset_index()
+tri = tri.rename(columns={"value": STRAT_MEASURES[sel.strat_measure][0], **{r: f"dice_{r}" for r in ["WT", "TC", "ET"]}})
+tri = tri.sort_values(tri.columns[2], ascending=False)
+st.dataframe(tri, hide_index=True, key="triage")
+st.download_button("Download triage table (CSV)", tri.to_csv(index=False),
+                   file_name=f"triage_{sel.run_id}_{sel.strat_model}_{sel.method}.csv", mime="text/csv")
