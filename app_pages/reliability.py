@@ -1,14 +1,11 @@
 """Reliability: dataset-level reliability diagrams over the spread of per-patient curves, the dataset
 reliability histogram (paper 004), per-patient ECE, over/under-confident shares (paper 002), worst patients."""
-import numpy as np
-import pandas as pd
 import streamlit as st
 
 from core import metrics as M
+from core import summaries
 from dashboard import plots
 from dashboard.state import REGIONS, current_selection, query
-
-GAP_TOL = 0.005  # |mean p - mean y| below this: calibrated within tolerance
 
 st.title("Reliability")
 sel = current_selection()
@@ -25,19 +22,8 @@ curves, bands, hists = {}, {}, {}
 for model in sel.models:
     bins = query(sel.db, "patient_calibration_bins", sel.run_id, model, sel.method, region, mask=sel.mask,
                  patient_ids=sel.patients)
-    if bins.empty:
-        continue
-    acc, conf, n, _ = M.patient_reliability(bins.itertuples(index=False, name=None))
-    tot = n.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        curves[model] = pd.DataFrame({"conf": (conf * n).sum(0) / tot, "acc": (np.nan_to_num(acc) * n).sum(0) / tot,
-                                      "n": tot})[tot > 0]
-    ok = np.isfinite(acc).sum(0) >= 2
-    centres = (np.arange(M.N_CAL_BINS) + 0.5) / M.N_CAL_BINS
-    if ok.any():
-        bands[model] = pd.DataFrame({"centre": centres[ok], "lo": np.nanpercentile(acc[:, ok], 10, axis=0),
-                                     "hi": np.nanpercentile(acc[:, ok], 90, axis=0)})
-    hists[model] = M.reliability_histogram(acc)
+    if not bins.empty:
+        curves[model], bands[model], hists[model] = summaries.reliability(bins)
 if not curves:
     st.info("No calibration bins for this selection (a run without ground truth has none).")
     st.stop()
@@ -61,12 +47,9 @@ c1, c2 = st.columns(2)
 with c1:
     st.plotly_chart(plots.histogram(wide, "ece", sel.colours, f"ECE per patient ({sel.mask})"), key="ece_hist")
 with c2:
-    share = wide.assign(kind=np.select([wide.cal_gap > GAP_TOL, wide.cal_gap < -GAP_TOL],
-                                       ["over-confident", "under-confident"], "within tolerance"))
-    tab = share.groupby(["model", "kind"]).size().unstack(fill_value=0)
-    tab = (tab.T / tab.sum(1)).T.round(3)
+    tab = summaries.confidence_shares(wide)
     st.markdown("**Share of patients by the sign of the calibration gap** (mean p - mean y; tolerance "
-                f"{GAP_TOL}): over-confident = more tumour probability than observed")
+                f"{summaries.GAP_TOL}): over-confident = more tumour probability than observed")
     st.dataframe(tab, key="gap_share")
 st.subheader("Worst-calibrated patients")
 worst = wide.sort_values("ece", ascending=False).head(15)[["model", "patient_id", "ece", "ace", "mce", "cal_gap",

@@ -1,10 +1,9 @@
 """Patient strata: patients grouped by quantile of their uncertainty, Dice per stratum, the filtered
 subgroup's cohort metrics (from bins), and a triage table to export."""
-import numpy as np
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
+from core import summaries
+from dashboard import plots
 from dashboard.state import STRAT_MEASURES, current_selection, query
 
 st.title("Patient strata")
@@ -15,29 +14,18 @@ if not sel.models:
     st.info("Select at least one model.")
     st.stop()
 n_strata = st.select_slider("Number of strata (quantiles)", [2, 3, 4, 5], value=4, key="n_strata")
-vals = sel.measure_values.dropna()
+vals, labels = summaries.strata(sel.measure_values, n_strata)
 st.caption(f"Strata of **{sel.strat_measure}** of **{sel.strat_model}** ({sel.method}) over all {len(vals)} patients; "
            f"the sidebar filter keeps {len(sel.patients)} of them (quantiles {sel.q_range[0]}-{sel.q_range[1]} %).")
 if len(vals) < n_strata:
     st.info("Not enough patients with a value of this measure for the strata.")
     st.stop()
-edges = np.quantile(vals.value, np.linspace(0, 1, n_strata + 1))
-labels = [f"Q{i + 1}" for i in range(n_strata)]
-vals = vals.assign(stratum=pd.cut(vals.value, edges, labels=labels, include_lowest=True, duplicates="drop").astype(str))
 dice = query(sel.db, "metric_wide", sel.run_id, ["dice", "ece", "hd95"], mask=sel.mask)
 dice = dice[(dice.method == sel.method) & dice.model.isin(sel.models)].merge(vals[["patient_id", "stratum", "value"]],
                                                                               on="patient_id")
 region = st.radio("Region", ["WT", "TC", "ET"], horizontal=True, key="strata_region")
 d = dice[dice.region == region]
-fig = go.Figure()
-for model, g in d.groupby("model"):
-    fig.add_trace(go.Box(x=g.stratum, y=g.dice, name=model, marker_color=sel.colours.get(model), boxpoints="all",
-                         jitter=0.4, pointpos=0, customdata=g.patient_id,
-                         hovertemplate="%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>"))
-fig.update_layout(boxmode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
-                  xaxis=dict(title=f"stratum of {sel.strat_measure} (Q1 = least uncertain)", categoryorder="array",
-                             categoryarray=labels),
-                  yaxis=dict(title=f"{region} Dice", range=[0, 1.02]), legend=dict(orientation="h", y=-0.25))
+fig = plots.strata_box(d, labels, sel.colours, f"stratum of {sel.strat_measure} (Q1 = least uncertain)", f"{region} Dice")
 st.plotly_chart(fig, key="strata_box")
 med = d.groupby(["model", "stratum"]).dice.median().unstack().reindex(columns=labels)
 st.markdown(f"**Median {region} Dice per stratum**")

@@ -98,3 +98,29 @@ def _rgba(hex_colour: str | None, alpha: float) -> str:
     h = (hex_colour or "#888888").lstrip("#")
     r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def budget_curves(curves: pd.DataFrame, column: str, label: str, colours: dict[str, str]) -> go.Figure:
+    """Review-budget curves: x = % of voxels reviewed, y = ``column``; colour per model, dash per method."""
+    dashes = {m: d for m, d in zip(sorted(curves.method.unique()), ["solid", "dash", "dot", "dashdot"] * 4)}
+    fig = go.Figure()
+    for (model, method), g in curves.groupby(["model", "method"]):
+        fig.add_trace(go.Scatter(x=g.budget, y=g[column], mode="lines", name=f"{model} · {method}",
+                                 line=dict(color=colours.get(model), dash=dashes[method]),
+                                 hovertemplate="budget %{x:.2f} %<br>%{y:.3f}<extra>" + f"{model} · {method}</extra>"))
+    fig.update_layout(height=360, margin=dict(t=30, b=40, l=50, r=20), xaxis=dict(title="voxels reviewed (% of the voxel set)"),
+                      yaxis=dict(title=label, range=[0, 1]), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def strata_box(df: pd.DataFrame, labels: list[str], colours: dict[str, str], x_title: str, y_title: str) -> go.Figure:
+    """Dice per stratum: df with model, stratum, dice, patient_id."""
+    fig = go.Figure()
+    for model, g in df.groupby("model"):
+        fig.add_trace(go.Box(x=g.stratum, y=g.dice, name=model, marker_color=colours.get(model), boxpoints="all",
+                             jitter=0.4, pointpos=0, customdata=g.patient_id,
+                             hovertemplate="%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>"))
+    fig.update_layout(boxmode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
+                      xaxis=dict(title=x_title, categoryorder="array", categoryarray=labels),
+                      yaxis=dict(title=y_title, range=[0, 1.02]), legend=dict(orientation="h", y=-0.25))
+    return fig
