@@ -87,3 +87,32 @@ def test_cli_run(tiny_cohort, tiny_checkpoints, tmp_path):
     assert rc == 0
     con = store.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM evaluations WHERE status='ok'").fetchone()[0] == 1
+
+
+def test_bin_auroc_within_0002_on_demo_predictions(tiny_cohort, tiny_checkpoints):
+    """On real demo predictions (float32 MC-dropout maps), AUROC from the stored bins is within 0.002 of exact."""
+    from sklearn.metrics import roc_auc_score
+
+    from core import metrics as M
+    from core.cohort import discover, labels_to_regions, load_case
+    from core.models import load_checkpoint
+    from core.uncertainty import predict
+
+    lm = load_checkpoint(tiny_checkpoints[1])
+    for files in discover(tiny_cohort, "test")[:2]:
+        case = load_case(files)
+        truth = labels_to_regions(case.seg)
+        pred = predict(lm, case.image, "mc_dropout", T=3)
+        ev = M.evaluate_patient(pred.prob, pred.entropy, pred.mi, truth, case.brain_mask)
+        got = {(r, m, k): v for r, m, k, v in ev["metrics"]}
+        brain = case.brain_mask
+        for i, region in enumerate(M_REGIONS):
+            err = (pred.prob[i][brain] >= 0.5) != truth[i][brain]
+            if err.any() and (~err).any():
+                exact = roc_auc_score(err, pred.entropy[i][brain])
+                assert abs(got[(region, "brain", "auroc_entropy")] - exact) < 0.002
+                exact_mi = roc_auc_score(err, pred.mi[i][brain])
+                assert abs(got[(region, "brain", "auroc_mi")] - exact_mi) < 0.002
+
+
+M_REGIONS = ("WT", "TC", "ET")
