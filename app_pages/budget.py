@@ -4,15 +4,10 @@ import streamlit as st
 
 from core import summaries
 from dashboard import plots
-from dashboard.state import REGIONS, current_selection, query
+from dashboard.state import REGIONS, query, require_selection
 
 st.title("Review budget")
-sel = current_selection()
-if sel is None:
-    st.stop()
-if not sel.models or not sel.patients:
-    st.info("Select at least one model and keep at least one patient in the entropy filter.")
-    st.stop()
+sel = require_selection()
 c1, c2 = st.columns(2)
 region = c1.radio("Region", REGIONS, horizontal=True, key="budget_region")
 max_budget = c2.select_slider("Budget axis up to (% of voxels)", [5, 10, 20, 50], value=5, key="budget_max")

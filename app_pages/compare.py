@@ -2,15 +2,10 @@
 import streamlit as st
 
 from dashboard import plots
-from dashboard.state import current_selection, query
+from dashboard.state import query, require_selection
 
 st.title("Compare models")
-sel = current_selection()
-if sel is None:
-    st.stop()
-if not sel.models:
-    st.info("Select at least one model in the sidebar.")
-    st.stop()
+sel = require_selection(patients=False)
 st.caption(f"Method **{sel.method}** · voxel set **{sel.mask}** · {len(sel.patients)} of {len(sel.all_patients)} "
            f"patients (entropy quantiles {sel.q_range[0]}-{sel.q_range[1]} % of {sel.strat_measure}, {sel.strat_model})")
 if not sel.patients:

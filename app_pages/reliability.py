@@ -5,15 +5,10 @@ import streamlit as st
 from core import metrics as M
 from core import summaries
 from dashboard import plots
-from dashboard.state import REGIONS, current_selection, query
+from dashboard.state import REGIONS, query, require_selection
 
 st.title("Reliability")
-sel = current_selection()
-if sel is None:
-    st.stop()
-if not sel.models or not sel.patients:
-    st.info("Select at least one model and keep at least one patient in the entropy filter.")
-    st.stop()
+sel = require_selection()
 region = st.radio("Region", REGIONS, horizontal=True, key="rel_region")
 st.caption(f"Method **{sel.method}** · region **{region}** · voxel set **{sel.mask}** · {len(sel.patients)} patients · "
            f"{M.N_CAL_BINS} equal-width bins of the region probability")

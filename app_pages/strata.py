@@ -4,15 +4,10 @@ import streamlit as st
 
 from core import summaries
 from dashboard import plots
-from dashboard.state import STRAT_MEASURES, current_selection, query
+from dashboard.state import STRAT_MEASURES, query, require_selection
 
 st.title("Patient strata")
-sel = current_selection()
-if sel is None:
-    st.stop()
-if not sel.models:
-    st.info("Select at least one model.")
-    st.stop()
+sel = require_selection(patients=False)
 n_strata = st.select_slider("Number of strata (quantiles)", [2, 3, 4, 5], value=4, key="n_strata")
 vals, labels = summaries.strata(sel.measure_values, n_strata)
 st.caption(f"Strata of **{sel.strat_measure}** of **{sel.strat_model}** ({sel.method}) over all {len(vals)} patients; "

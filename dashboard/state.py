@@ -187,6 +187,21 @@ def current_selection() -> Selection | None:
     return sidebar()
 
 
+def require_selection(models: bool = True, patients: bool = True) -> Selection:
+    """The page's selection; stops the page with a message when there is no data, no model selected, or
+    (``patients``) nobody inside the entropy filter."""
+    sel = current_selection()
+    if sel is None:
+        st.stop()
+    if models and not sel.models:
+        st.info("Select at least one model in the sidebar.")
+        st.stop()
+    if patients and not sel.patients:
+        st.warning("No patient inside the entropy filter: widen the quantile range.")
+        st.stop()
+    return sel
+
+
 def filter_by_quantile(values: pd.DataFrame, q_range) -> list[str]:
     """Patients whose value lies within [quantile(lo), quantile(hi)] (inclusive, linear interpolation).
     Patients with a missing value are kept only when the range is the whole cohort (0-100)."""
