@@ -12,6 +12,7 @@ PAGES = [
     st.Page("app_pages/reliability.py", title="Reliability", icon=":material/stacked_line_chart:", url_path="reliability"),
     st.Page("app_pages/strata.py", title="Patient strata", icon=":material/filter_alt:", url_path="strata"),
     st.Page("app_pages/budget.py", title="Review budget", icon=":material/rule:", url_path="budget"),
+    st.Page("app_pages/viewer.py", title="Patient viewer", icon=":material/visibility:", url_path="viewer"),
 ]
 page = st.navigation(PAGES)
 selection = sidebar()

@@ -333,3 +333,16 @@ def dense_uncertainty_bins(df: pd.DataFrame) -> dict[str, np.ndarray]:
         out[k][b] = df[k].to_numpy()
     out["n_tn"] = out["n_correct"] - out["n_tp"]
     return out
+
+
+def patient_maps(con, run_id: str, patient_id: str) -> pd.DataFrame:
+    """NIfTI map files of one patient: model, method, kind, path."""
+    return con.execute("""SELECT model, method, kind, path FROM maps WHERE run_id = ? AND patient_id = ?
+                          ORDER BY model, method, kind""", [run_id, patient_id]).df()
+
+
+def patient_source(con, run_id: str, patient_id: str) -> str | None:
+    """The patient's image folder as recorded by the batch."""
+    row = con.execute("""SELECT p.source FROM patients p JOIN runs r ON p.cohort = r.cohort
+                         WHERE r.run_id = ? AND p.patient_id = ?""", [run_id, patient_id]).fetchone()
+    return row[0] if row else None

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parent.parent
 
 PAGES = ["app_pages/home.py", "app_pages/compare.py", "app_pages/reliability.py", "app_pages/strata.py",
-         "app_pages/budget.py"]
+         "app_pages/budget.py", "app_pages/viewer.py"]
 
 
 @pytest.fixture
@@ -137,3 +137,28 @@ def test_budget_page(data_env):
     _ok(at)
     at.radio(key="budget_region").set_value("TC").run()
     _ok(at)
+
+
+def test_viewer_page(data_env):
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/viewer.py"), default_timeout=120).run())
+    start = at.slider(key="viewer_slice").value
+    assert len(at.get("image")) == 1
+    for overlay in ["ground truth", "prediction", "entropy", "mutual information", "error (FP / FN)", "none"]:
+        at.selectbox(key="viewer_overlay").set_value(overlay).run()
+        _ok(at)
+    at.button(key="jump_unc").click().run()
+    _ok(at)
+    at.button(key="jump_err").click().run()
+    _ok(at)
+    at.slider(key="viewer_slice").set_value(0).run()
+    _ok(at)
+    at.radio(key="viewer_axis").set_value("sagittal").run()
+    _ok(at)
+    at.selectbox(key="viewer_right").set_value("UNet-Res" if at.selectbox(key="viewer_left").value == "SegResNet" else "SegResNet").run()
+    _ok(at)
+    assert len(at.get("image")) == 2 and start >= 0  # two models side by side
+    pid = at.selectbox(key="viewer_patient").options[1]
+    at.selectbox(key="viewer_patient").set_value(pid).run()
+    _ok(at)
+    assert at.query_params["patient"] in (pid, [pid])
+    assert len(at.get("download_button")) >= 5  # the NIfTI maps of the shown models

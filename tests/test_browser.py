@@ -19,7 +19,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SHOTS = ROOT / "artifacts" / "screenshots"
 PAGES = [("", "Tumour segmentation QA"), ("compare", "Compare models"), ("reliability", "Reliability"),
-         ("strata", "Patient strata"), ("budget", "Review budget")]
+         ("strata", "Patient strata"), ("budget", "Review budget"),
+         ("viewer", "Patient viewer")]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed (scripts/test.sh installs it when run as root)")
