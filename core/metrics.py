@@ -167,17 +167,6 @@ def calibration_from_bins(n, sum_prob, sum_true) -> dict:
     }
 
 
-def reliability_curve(n, sum_prob, sum_true, n_bins: int | None = None):
-    """(bin centre, mean confidence, accuracy, count) per bin; NaN confidence/accuracy in empty bins."""
-    n = np.asarray(n, np.float64)
-    nb = n_bins or len(n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        conf = np.where(n > 0, np.asarray(sum_prob) / n, np.nan)
-        acc = np.where(n > 0, np.asarray(sum_true) / n, np.nan)
-    centres = (np.arange(nb) + 0.5) / nb
-    return centres, conf, acc, n
-
-
 def brier(prob: np.ndarray, truth: np.ndarray) -> float:
     """Mean squared error of p against the 0/1 label over the given voxels (NaN if none)."""
     p = np.asarray(prob, np.float64).ravel()

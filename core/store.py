@@ -165,11 +165,6 @@ def list_runs(con) -> pd.DataFrame:
         GROUP BY ALL ORDER BY r.created_at DESC""").df()
 
 
-def run_config(con, run_id: str) -> dict:
-    row = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchone()
-    return json.loads(row[0]) if row else {}
-
-
 def run_models(con, run_id: str) -> pd.DataFrame:
     return con.execute("SELECT model, checkpoint, card FROM models WHERE run_id = ? ORDER BY model", [run_id]).df()
 

@@ -3,7 +3,6 @@ database, moves the entropy filter, saves screenshots (artifacts/screenshots) an
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
