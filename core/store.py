@@ -286,13 +286,10 @@ def cohort_summary(con, run_id: str, patient_ids: list[str] | None = None, mask:
         sp[c.bin.to_numpy()] = c.sum_prob.to_numpy()
         st[c.bin.to_numpy()] = c.sum_true.to_numpy()
         calm = M.calibration_from_bins(n, sp, st)
-        u = unc[(unc.model == model) & (unc.method == method) & (unc.region == region)]
-        ne, nc = np.zeros(M.N_UNC_BINS), np.zeros(M.N_UNC_BINS)
-        ne[u.bin.to_numpy()] = u.n_error.to_numpy()
-        nc[u.bin.to_numpy()] = u.n_correct.to_numpy()
+        d = dense_uncertainty_bins(unc[(unc.model == model) & (unc.method == method) & (unc.region == region)])
         extra.append({"model": model, "method": method, "region": region, "ece_dataset": calm["ece"],
                       "ace_dataset": calm["ace"], "mce_dataset": calm["mce"],
-                      "auroc_entropy_dataset": M.auroc_from_bins(ne, nc)})
+                      "auroc_entropy_dataset": M.auroc_from_bins(d["n_error"], d["n_correct"])})
     return per.merge(pd.DataFrame(extra), on=["model", "method", "region"], how="left")
 
 
