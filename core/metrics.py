@@ -431,21 +431,16 @@ def patient_reliability(bins, n_bins: int = N_CAL_BINS):
     ``bins``: iterable of (patient_id, bin, n, sum_prob, sum_true) rows. Returns (acc, conf, count) arrays of
     shape (P, n_bins) with NaN accuracy/confidence in empty bins, and the patient ids in row order.
     """
-    rows = list(bins)
-    ids = sorted({r[0] for r in rows})
-    pos = {p: i for i, p in enumerate(ids)}
-    n = np.zeros((len(ids), n_bins))
-    sp = np.zeros_like(n)
-    st = np.zeros_like(n)
-    for pid, b, c, s_p, s_t in rows:
-        i = pos[pid]
-        n[i, int(b)] += c
-        sp[i, int(b)] += s_p
-        st[i, int(b)] += s_t
+    arr = np.array(list(bins), dtype=object).reshape(-1, 5)
+    ids, row = np.unique(arr[:, 0].astype(str), return_inverse=True)
+    flat = row * n_bins + arr[:, 1].astype(np.int64)
+    size = len(ids) * n_bins
+    n, sp, st = (np.bincount(flat, weights=arr[:, k].astype(np.float64), minlength=size).reshape(len(ids), n_bins)
+                 for k in (2, 3, 4))
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.where(n > 0, st / n, np.nan)
         conf = np.where(n > 0, sp / n, np.nan)
-    return acc, conf, n, ids
+    return acc, conf, n, ids.tolist()
 
 
 def reliability_histogram(acc: np.ndarray, n_bins: int = N_CAL_BINS) -> np.ndarray:
