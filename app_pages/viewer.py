@@ -110,5 +110,5 @@ st.subheader("NIfTI maps")
 for _, row in maps[maps.model.isin(shown)].iterrows():
     p = Path(row.path)
     if p.is_file() and p.name.endswith(".nii.gz"):
-        st.download_button(f"{row.model} · {row.kind} ({p.name})", p.read_bytes(), file_name=p.name,
+        st.download_button(f"{row.model} · {row.kind} ({p.name})", lambda p=p: p.read_bytes(), file_name=p.name,
                            mime="application/gzip", key=f"dl_{row.model}_{row.kind}")
