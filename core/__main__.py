@@ -16,35 +16,53 @@ SHIPPED_WEIGHTS = ROOT / "weights"
 
 
 def demo_checkpoint_name(model: str) -> str:
-    return model.lower().replace("-", "_") + "_demo.pt"
+    from .models import demo_weight_files
+
+    return demo_weight_files(model)["checkpoint"]
+
+
+def demo_weights(weights_dir: Path, cohort: Path, retrain: bool = False, log=print) -> list[dict]:
+    """Model specs of the demo models: shipped weights (``weights/``) unless ``retrain``, else trained into
+    ``weights_dir`` (primary with snapshots, ensemble members, auxiliary error network)."""
+    from .auxiliary import train_auxiliary
+    from .modelset import demo_model_spec, load_model_set
+    from .models import DEMO_MODELS, demo_weight_files
+    from .train import train_model
+
+    specs = []
+    for name, spec in DEMO_MODELS.items():
+        files = demo_weight_files(name)
+        shipped = SHIPPED_WEIGHTS / files["checkpoint"]
+        if shipped.exists() and not retrain:
+            log(f"using shipped weights of {name} from {SHIPPED_WEIGHTS.relative_to(ROOT)}/ (retrain with --retrain)")
+            specs.append(demo_model_spec(name, SHIPPED_WEIGHTS))
+            continue
+        out = weights_dir / files["checkpoint"]
+        if retrain or not out.exists():
+            train_model(name, spec["arch"], spec["arch_args"], cohort, out, snapshot_epochs=spec.get("snapshots", ()),
+                        **spec["train"])
+        for member, f in zip(spec.get("ensemble", []), files["ensemble"]):
+            if retrain or not (weights_dir / f).exists():
+                train_model(name, spec["arch"], spec["arch_args"], cohort, weights_dir / f, **{**spec["train"], **member})
+        if files["auxiliary"] and (retrain or not (weights_dir / files["auxiliary"]).exists()):
+            train_auxiliary(load_model_set(str(out)), cohort, weights_dir / files["auxiliary"])
+        specs.append(demo_model_spec(name, weights_dir))
+    return specs
 
 
 def cmd_demo(args) -> int:
     from .batch import run_batch
     from .demo import DemoSpec, build_demo_cohort
-    from .models import DEMO_MODELS
-    from .train import train_model
 
     stages = {}
     t = time.time()
     build_demo_cohort(DEMO_COHORT, DemoSpec(seed=args.seed))
     stages["cohort"] = time.time() - t
     t = time.time()
-    ckpts = []
-    for name, spec in DEMO_MODELS.items():
-        fname = demo_checkpoint_name(name)
-        shipped = SHIPPED_WEIGHTS / fname
-        if shipped.exists() and not args.retrain:
-            print(f"using shipped weights {shipped.relative_to(ROOT)} (retrain with --retrain)")
-            ckpts.append(shipped)
-            continue
-        out = DATA / "weights" / fname
-        if not out.exists() or args.retrain:
-            train_model(name, spec["arch"], spec["arch_args"], DEMO_COHORT, out, **spec["train"])
-        ckpts.append(out)
+    specs = demo_weights(DATA / "weights", DEMO_COHORT, args.retrain)
     stages["models"] = time.time() - t
     t = time.time()
-    summary = run_batch(DEMO_COHORT, args.db, ckpts, methods=args.methods, T=args.T, split="test",
+    summary = run_batch(DEMO_COHORT, args.db, specs, methods=args.methods, T=args.T, split="test",
                         patient_meta=_demo_meta())
     stages["batch"] = time.time() - t
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + f", total {sum(stages.values()):.1f}")
@@ -74,7 +92,7 @@ def cmd_run(args) -> int:
     summary = run_batch(cohort, db, models, methods=args.methods or cfg.get("methods", ["deterministic", "mc_dropout"]),
                         T=args.T or cfg.get("T", 10), split=args.split or cfg.get("split"),
                         device=args.device or cfg.get("device"), maps_dir=args.maps_dir or cfg.get("maps_dir"),
-                        save_maps=not args.no_maps)
+                        save_maps=not args.no_maps, calibration_split=cfg.get("calibration_split", "calibration"))
     return 0 if summary["failed"] == 0 else 1
 
 
@@ -92,12 +110,15 @@ def cmd_train(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .uncertainty import DEMO_METHODS
+
     p = argparse.ArgumentParser(prog="python -m core", description="Tumour segmentation uncertainty & calibration batch")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="build the demo cohort, load or train the demo models, run the batch")
     d.add_argument("--db", default=str(DEMO_DB))
     d.add_argument("--T", type=int, default=10, help="MC dropout samples (default 10)")
-    d.add_argument("--methods", nargs="+", default=["deterministic", "mc_dropout"])
+    d.add_argument("--methods", nargs="+", default=list(DEMO_METHODS),
+                   help="methods (default: %(default)s); see core/uncertainty.py for the grammar")
     d.add_argument("--retrain", action="store_true", help="train the demo models instead of using shipped weights")
     d.add_argument("--seed", type=int, default=2026, help="demo cohort seed")
     d.set_defaults(fn=cmd_demo)

@@ -24,10 +24,11 @@ import torch
 from . import metrics as M
 from . import store
 from .cohort import CaseError, discover, labels_to_regions, load_case, read_splits, regions_to_labels
-from .models import load_checkpoint
-from .uncertainty import METHODS, default_device, predict
+from .modelset import load_model_set
+from .uncertainty import METHODS, canonical_method, deterministic_logits, default_device, parse_method, predict, \
+    unavailable_reason
 
-MAP_KINDS = ("prob", "entropy", "mi", "pred", "error")
+MAP_KINDS = ("prob", "entropy", "mi", "epkl", "pred", "error")
 
 
 def code_version() -> str:
@@ -51,10 +52,13 @@ def make_run_id(config: dict) -> str:
     return "run_" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _save_map(path: Path, data: np.ndarray, affine: np.ndarray, scaled: bool) -> None:
-    """(R, X, Y, Z) or (X, Y, Z) -> NIfTI (channels last). ``scaled``: [0,1] floats as uint8 with scl_slope 1/255."""
+def _save_map(path: Path, data: np.ndarray, affine: np.ndarray, scaled: bool | None) -> None:
+    """(R, X, Y, Z) or (X, Y, Z) -> NIfTI (channels last). ``scaled``: [0,1] floats as uint8 with scl_slope
+    1/255; False: integer labels as uint8; None: float32 as is."""
     arr = np.moveaxis(data, 0, -1) if data.ndim == 4 else data
-    if scaled:
+    if scaled is None:
+        img = nib.Nifti1Image(arr.astype(np.float32), affine)
+    elif scaled:
         img = nib.Nifti1Image(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8), affine)
         img.header.set_slope_inter(1.0 / 255.0, 0.0)
     else:
@@ -73,6 +77,8 @@ def write_maps(out_dir: Path, pid: str, prediction, truth, affine, scheme) -> li
     items = [("prob", prediction.prob, True), ("entropy", prediction.entropy, True)]
     if prediction.mi is not None:
         items.append(("mi", prediction.mi, True))
+    if getattr(prediction, "epkl", None) is not None:  # bits, unbounded: stored as float32
+        items.append(("epkl", prediction.epkl.astype(np.float32), None))
     items.append(("pred", regions_to_labels(binary, scheme), False))
     if truth is not None:
         err = np.zeros(binary.shape, np.uint8)
@@ -97,27 +103,35 @@ def _setup_log(log_path: Path) -> logging.Logger:
     return logger
 
 
-def run_batch(cohort: str | Path, db: str | Path, checkpoints: list[str | Path], methods=METHODS, T: int = 10,
+def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=METHODS, T: int = 10,
               split: str | None = None, device: str | None = None, maps_dir: str | Path | None = None,
               mc_batch="auto", seed: int = 0, save_maps: bool = True, progress: bool = True,
-              patient_meta: dict | None = None, echo=print) -> dict:
-    """Run the batch; returns a summary dict (run_id, ok, failed, skipped, seconds, db)."""
+              patient_meta: dict | None = None, calibration_split: str = "calibration", quality: bool = True,
+              echo=print) -> dict:
+    """Run the batch; returns a summary dict (run_id, ok, failed, skipped, unavailable, seconds, db).
+
+    ``checkpoints``: model specs (a checkpoint path, or a mapping with ``checkpoint``, ``ensemble``,
+    ``snapshots``, ``auxiliary``; :mod:`core.modelset`). ``methods``: method names
+    (:mod:`core.uncertainty`); a (model, method) pair the model cannot run (no ensemble members, no
+    snapshots, no auxiliary network, no dropout) is left out and reported, not failed. ``+ts`` methods fit
+    the temperatures first on the ``calibration_split`` patients (stored in ``temperatures``). With
+    ``quality``, the quality-prediction tables are recomputed at the end (:mod:`core.quality`).
+    """
     t_start = time.time()
     cohort = Path(cohort).resolve()
     db = Path(db)
     db.parent.mkdir(parents=True, exist_ok=True)
     maps_root = Path(maps_dir) if maps_dir else db.parent / "maps"
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; known: {METHODS}")
+    methods = list(dict.fromkeys(canonical_method(m) for m in methods))
     dev = torch.device(device) if device else default_device()
-    models = [load_checkpoint(c, dev) for c in checkpoints]
+    models = [load_model_set(c, dev) for c in checkpoints]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ValueError(f"two checkpoints share a model name: {names}")
     config = {
         "cohort": str(cohort), "split": split, "methods": list(methods), "T": int(T), "seed": int(seed),
-        "models": {m.name: {"checkpoint": str(Path(m.path).resolve()), "sha256": file_sha256(m.path)} for m in models},
+        "calibration_split": calibration_split,
+        "models": {m.name: {**m.files(), "sha256": file_sha256(m.path)} for m in models},
         "metrics": {"n_cal_bins": M.N_CAL_BINS, "n_unc_bins": M.N_UNC_BINS, "roi_radius_vox": M.ROI_RADIUS_VOX,
                     "threshold": 0.5},
     }
@@ -132,6 +146,20 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list[str | Path],
     splits = read_splits(cohort)
     split_of = {pid: s for s, ids in splits.items() for pid in ids}
     log.info("run %s: %d patients, models %s, methods %s, T=%d, device %s", run_id, len(cases), names, list(methods), T, dev)
+    pairs, unavailable = [], []
+    for m in models:
+        for meth in methods:
+            why = unavailable_reason(meth, m)
+            if why:
+                unavailable.append(f"{m.name}/{meth}: {why}")
+                log.warning("left out %s/%s: %s", m.name, meth, why)
+            else:
+                pairs.append((m, meth))
+    if unavailable:
+        echo("left out (model cannot run the method): " + "; ".join(unavailable))
+    if any(parse_method(meth).ts for _, meth in pairs):
+        for m in {id(m): m for m, meth in pairs if parse_method(meth).ts}.values():
+            m.temperature = _temperatures(con, run_id, m, cohort, splits.get(calibration_split), calibration_split, log, echo)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     bar = None
     if progress:
@@ -140,27 +168,74 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list[str | Path],
         bar = tqdm(total=len(cases), desc=f"batch {run_id}", unit="patient")
     for files in cases:
         pid = files.patient_id
-        pending = [(m, meth) for m in models for meth in methods if (m.name, meth, pid) not in done]
+        pending = [(m, meth) for m, meth in pairs if (m.name, meth, pid) not in done]
         if not pending:
-            counts["skipped"] += len(models) * len(methods)
+            counts["skipped"] += len(pairs)
         else:
             results, patient_row = _evaluate_patient(files, pending, str(cohort), split_of.get(pid), run_id, maps_root,
                                                      T, mc_batch, seed, save_maps, (patient_meta or {}).get(pid), log)
             store.write_patient(con, run_id, pid, results, patient_row)
             for r in results:
                 counts[r["status"]] += 1
-            counts["skipped"] += len(models) * len(methods) - len(pending)
+            counts["skipped"] += len(pairs) - len(pending)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(counts)
     if bar is not None:
         bar.close()
+    if quality:
+        from .quality import update_quality
+
+        try:
+            update_quality(con, run_id)
+        except Exception as e:  # quality prediction is an add-on: never lose the batch over it
+            log.error("quality prediction failed: %s\n%s", e, traceback.format_exc())
+            echo(f"quality prediction failed: {e}")
     con.close()
-    summary = {"run_id": run_id, **counts, "seconds": round(time.time() - t_start, 1), "db": str(db)}
+    summary = {"run_id": run_id, **counts, "unavailable": unavailable, "seconds": round(time.time() - t_start, 1),
+               "db": str(db)}
     log.info("summary %s", summary)
     echo(f"batch {run_id}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
          f"(model x method x patient) in {summary['seconds']} s -> {db}")
     return summary
+
+
+def _temperatures(con, run_id, ms, cohort, cal_ids, cal_split, log, echo) -> np.ndarray:
+    """The model's per-region temperatures for this run: read from ``temperatures`` or fitted now on the
+    calibration split (deterministic logits in the ROI, :mod:`core.temperature`) and stored."""
+    from .temperature import fit_region_temperatures, gather_roi
+
+    regions = ms.card["regions"]
+    stored = store.read_temperatures(con, run_id, ms.name)
+    if len(stored) == len(regions):
+        return np.array([stored[r] if stored[r] is not None else 1.0 for r in regions], np.float32)
+    if not cal_ids:
+        raise ValueError(f"+ts methods need a '{cal_split}' split in {cohort}/splits.json to fit temperatures on; "
+                         f"none found (set calibration_split or drop the +ts methods)")
+    zs, ys, used = [], [], []
+    for files in discover(cohort):
+        if files.patient_id not in set(cal_ids):
+            continue
+        try:
+            case = load_case(files, ms.card["channels"], require_seg=True)
+        except CaseError as e:
+            log.error("temperature fit: skipping %s", e)
+            echo(f"temperature fit: skipping {e}")
+            continue
+        z = deterministic_logits(ms, case.image)
+        zr, yr = gather_roi(z, labels_to_regions(case.seg, case.label_scheme), case.brain_mask)
+        zs.append(zr)
+        ys.append(yr)
+        used.append(files.patient_id)
+    if not zs:
+        raise ValueError(f"no usable '{cal_split}' patient with ground truth to fit temperatures of {ms.name}")
+    fits = fit_region_temperatures(zs, ys)
+    store.write_temperatures(con, run_id, ms.name, regions, fits, used)
+    msg = ", ".join(f"{r} T={f['temperature']:.3f} (NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})"
+                    for r, f in zip(regions, fits))
+    log.info("temperatures of %s on %d %s patients: %s", ms.name, len(used), cal_split, msg)
+    echo(f"temperatures of {ms.name}: {msg}")
+    return np.array([f["temperature"] if np.isfinite(f["temperature"]) else 1.0 for f in fits], np.float32)
 
 
 def _evaluate_patient(files, pending, cohort, split, run_id, maps_root, T, mc_batch, seed, save_maps, meta, log):
@@ -177,15 +252,21 @@ def _evaluate_patient(files, pending, cohort, split, run_id, maps_root, T, mc_ba
         return [{"model": lm.name, "method": meth, "status": "failed", "seconds": 0.0, "error": msg}
                 for lm, meth in pending], None
     truth = labels_to_regions(case.seg, case.label_scheme) if case.seg is not None else None
+    raters = (np.stack([labels_to_regions(r, case.label_scheme) for r in case.raters])
+              if case.raters is not None and truth is not None else None)
     brain = case.brain_mask
+    caches = {}  # per model set: deterministic passes shared between methods
+    meta = {**(meta or {}), **({"n_raters": int(len(case.raters))} if case.raters is not None else {})} or None
     patient_row = {"cohort": cohort, "source": case.source, "shape": case.image.shape[1:], "spacing": case.spacing,
                    "label_scheme": case.label_scheme, "split": split, "has_gt": truth is not None, "meta": meta}
     results = []
     for lm, meth in pending:
         t0 = time.perf_counter()
         try:
-            pred = predict(lm, case.image, meth, T=T, mc_batch=mc_batch, seed=seed)
-            ev = M.evaluate_patient(pred.prob, pred.entropy, pred.mi, truth, brain, spacing=case.spacing)
+            pred = predict(lm, case.image, meth, T=T, mc_batch=mc_batch, seed=seed,
+                           cache=caches.setdefault(id(lm), {}))
+            ev = M.evaluate_patient(pred.prob, pred.entropy, pred.mi, truth, brain, spacing=case.spacing,
+                                    epkl=pred.epkl, sample_volumes=pred.sample_volumes, raters=raters)
             maps = []
             if save_maps:
                 maps = write_maps(Path(maps_root) / run_id / lm.name / meth, pid, pred, truth,

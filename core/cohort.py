@@ -45,6 +45,7 @@ class CaseFiles:
     naming: str | None  # 'brats2021' | 'brats2023' | None (nothing recognised)
     images: dict[str, Path] = field(default_factory=dict)  # canonical modality -> path
     seg: Path | None = None
+    raters: list[Path] = field(default_factory=list)  # <pid>{_,-}rater<k>.nii.gz, sorted by k
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Case:
     spacing: tuple[float, float, float]  # mm
     label_scheme: str
     source: str
+    raters: np.ndarray | None = None  # (K, X, Y, Z) uint8 label maps of K raters, None when there are none
 
     @property
     def brain_mask(self) -> np.ndarray:
@@ -71,7 +73,9 @@ def _detect(folder: Path) -> CaseFiles:
         found = {m: p for m, p in imgs.items() if p.exists()}
         if found:
             seg = folder / f"{pid}{sep}seg.nii.gz"
-            return CaseFiles(pid, folder, naming, found, seg if seg.exists() else None)
+            raters = sorted(folder.glob(f"{pid}{sep}rater*.nii.gz"),
+                            key=lambda p: int("".join(c for c in p.name[len(pid) + 6:] if c.isdigit()) or 0))
+            return CaseFiles(pid, folder, naming, found, seg if seg.exists() else None, raters)
     return CaseFiles(pid, folder, None)
 
 
@@ -136,20 +140,29 @@ def load_case(files: CaseFiles, channel_order=CANONICAL_MODALITIES, require_seg:
     image = np.stack(chans)
     seg = None
     if files.seg is not None:
-        simg, sdata = _load_nifti(pid, files.seg, "seg")
-        if sdata.shape != image.shape[1:]:
-            raise CaseError(pid, f"seg shape {sdata.shape} differs from image shape {image.shape[1:]}")
-        if not np.isfinite(sdata).all():
-            raise CaseError(pid, "seg contains NaN/Inf")
-        allowed = {0, *LABEL_SCHEMES[files.naming]}
-        values = set(np.unique(sdata).astype(int).tolist())
-        if not values <= allowed or not np.all(np.mod(sdata, 1) == 0):
-            raise CaseError(pid, f"seg has label values {sorted(values - allowed)} outside {sorted(allowed)}")
-        seg = sdata.astype(np.uint8)
+        seg = _load_labels(pid, files.seg, "seg", image.shape[1:], files.naming)
     elif require_seg:
         raise CaseError(pid, "ground truth segmentation missing")
+    raters = None
+    if files.raters:
+        raters = np.stack([_load_labels(pid, p, p.name[len(pid) + 1:].split(".")[0], image.shape[1:], files.naming)
+                           for p in files.raters])
     zooms = tuple(float(z) for z in ref.header.get_zooms()[:3])
-    return Case(pid, image, seg, ref.affine.copy(), zooms, files.naming, str(files.folder))
+    return Case(pid, image, seg, ref.affine.copy(), zooms, files.naming, str(files.folder), raters)
+
+
+def _load_labels(pid: str, path: Path, what: str, shape, naming: str) -> np.ndarray:
+    """A label map (seg or a rater's), validated against the image shape and the naming's label scheme."""
+    _, sdata = _load_nifti(pid, path, what)
+    if sdata.shape != tuple(shape):
+        raise CaseError(pid, f"{what} shape {sdata.shape} differs from image shape {tuple(shape)}")
+    if not np.isfinite(sdata).all():
+        raise CaseError(pid, f"{what} contains NaN/Inf")
+    allowed = {0, *LABEL_SCHEMES[naming]}
+    values = set(np.unique(sdata).astype(int).tolist())
+    if not values <= allowed or not np.all(np.mod(sdata, 1) == 0):
+        raise CaseError(pid, f"{what} has label values {sorted(values - allowed)} outside {sorted(allowed)}")
+    return sdata.astype(np.uint8)
 
 
 def labels_to_regions(seg: np.ndarray, scheme: str = "brats2021") -> np.ndarray:

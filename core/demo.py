@@ -51,12 +51,14 @@ TISSUE_MEANS = {
 
 @dataclass(frozen=True)
 class DemoSpec:
-    """How big the demo is. Defaults: 76 patients = 28 train / 6 calibration / 42 test."""
+    """How big the demo is. Defaults: 76 patients = 28 train / 6 calibration / 42 test; the test patients
+    carry ``n_raters`` rater segmentations beside the consensus."""
 
     n_train: int = 28
     n_calibration: int = 6
     n_test: int = 42
     seed: int = 2026
+    n_raters: int = 3
 
     @property
     def n_patients(self) -> int:
@@ -206,8 +208,37 @@ def _synthesise(rng, kind: str, tissue: dict, labels: np.ndarray) -> dict[str, n
     return out
 
 
-def make_patient(index: int, out_dir: str | os.PathLike, seed: int = 2026, kind: str | None = None) -> dict:
-    """Write one demo patient in BraTS 2021 layout; returns its manifest entry."""
+def rater_labels(labels: np.ndarray, rng: np.random.Generator, bias_vox: float, noise_vox: float = 0.8) -> np.ndarray:
+    """One rater's plausible variant of a BraTS 2021 label map: every region boundary (WT, TC, ET) moved
+    outwards by ``bias_vox`` voxels (negative: inwards) plus a smooth random offset (s.d. ``noise_vox``);
+    regions kept nested (ET in TC in WT). Same labels (0, 1, 2, 4)."""
+    offset = bias_vox + noise_vox * _smooth_noise(rng, labels.shape, 3.0)
+    regions = [labels > 0, (labels == 1) | (labels == 4), labels == 4]
+    out = []
+    for m in regions:
+        if not m.any():
+            out.append(np.zeros_like(m))
+            continue
+        sd = ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m)  # < 0 inside, voxels
+        out.append(sd < offset)
+    wt, tc, et = out
+    tc &= wt
+    et &= tc
+    res = np.zeros(labels.shape, np.uint8)
+    res[wt] = 2
+    res[tc] = 1
+    res[et] = 4
+    return res
+
+
+RATER_BIAS_VOX = (-0.6, 0.0, 0.6)  # a tight, a neutral and a generous rater
+
+
+def make_patient(index: int, out_dir: str | os.PathLike, seed: int = 2026, kind: str | None = None,
+                 n_raters: int = 0) -> dict:
+    """Write one demo patient in BraTS 2021 layout; returns its manifest entry. ``n_raters`` > 0 also writes
+    ``<pid>_rater<k>.nii.gz`` (k = 1..n), plausible boundary variations of the consensus ``_seg``, from their
+    own random stream (the images and consensus do not depend on ``n_raters``)."""
     rng = np.random.default_rng([seed, index])
     kind = kind or CASE_KINDS[index % len(CASE_KINDS)]
     tissue = _warp_anatomy(rng)
@@ -224,6 +255,12 @@ def make_patient(index: int, out_dir: str | os.PathLike, seed: int = 2026, kind:
     seg = nib.Nifti1Image(labels, aff)
     seg.header.set_xyzt_units("mm")
     nib.save(seg, pdir / f"{pid}_seg.nii.gz")
+    for k in range(n_raters):
+        r_rng = np.random.default_rng([seed, index, 1000 + k])
+        rl = rater_labels(labels, r_rng, RATER_BIAS_VOX[k % len(RATER_BIAS_VOX)])
+        img = nib.Nifti1Image(rl, aff)
+        img.header.set_xyzt_units("mm")
+        nib.save(img, pdir / f"{pid}_rater{k + 1}.nii.gz")
     vox_ml = DEMO_SPACING_MM**3 / 1000.0
     return {"patient_id": pid, "kind": kind, **params,
             "wt_ml": round(float((labels > 0).sum() * vox_ml), 3),
@@ -249,11 +286,13 @@ def build_demo_cohort(out_dir: str | os.PathLike, spec: DemoSpec = DemoSpec(), w
             "calibration" if rank < spec.n_train + spec.n_calibration else "test")
     workers = workers or min(2, os.cpu_count() or 1)
     idx = list(range(n))
+    kinds = [None] * n
+    raters = [spec.n_raters if split_of[i] == "test" else 0 for i in idx]
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
-            entries = list(_progress(ex.map(make_patient, idx, [out] * n, [spec.seed] * n), n, progress))
+            entries = list(_progress(ex.map(make_patient, idx, [out] * n, [spec.seed] * n, kinds, raters), n, progress))
     else:
-        entries = list(_progress((make_patient(i, out, spec.seed) for i in idx), n, progress))
+        entries = list(_progress((make_patient(i, out, spec.seed, None, raters[i]) for i in idx), n, progress))
     for i, e in enumerate(entries):
         e["split"] = split_of[i]
     splits = {s: [e["patient_id"] for e in entries if e["split"] == s] for s in ("train", "calibration", "test")}

@@ -176,10 +176,17 @@ def brier(prob: np.ndarray, truth: np.ndarray) -> float:
 
 
 def nll(prob: np.ndarray, truth: np.ndarray, eps: float = NLL_EPS) -> float:
-    """Mean binary negative log-likelihood (nats) with p clipped to [eps, 1 - eps] (NaN if no voxels)."""
+    """Mean binary negative log-likelihood (nats) with p clipped to [eps, 1 - eps] (NaN if no voxels).
+
+    ``truth`` bool (hard labels) or float in [0, 1] (soft labels, e.g. the raters' mean):
+    -mean[y ln p + (1 - y) ln(1 - p)]."""
     p = np.asarray(prob, np.float64).ravel()
     if p.size == 0:
         return math.nan
+    if np.asarray(truth).dtype != bool:
+        y = np.asarray(truth, np.float64).ravel()
+        pc = np.clip(p, eps, 1 - eps)
+        return float(-np.mean(y * np.log(pc) + (1 - y) * np.log1p(-pc)))
     y = np.asarray(truth, bool).ravel()
     q = np.clip(np.where(y, p, 1.0 - p), eps, 1 - eps)  # probability given to the true label
     return float(-np.mean(np.log(q)))
@@ -342,10 +349,60 @@ def _mean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
+def epkl_to_unit(epkl: np.ndarray) -> np.ndarray:
+    """Map EPKL (bits, >= 0, unbounded) monotonically into [0, 1): u = 1 - 2^-EPKL, so it can use the
+    uncertainty bins (AUROC and every ranking are unchanged by a monotone map)."""
+    return -np.expm1(-np.asarray(epkl, np.float64) * math.log(2.0))
+
+
+def crps_ensemble(samples: np.ndarray, observed: float) -> float:
+    """CRPS of a sample (ensemble) forecast: mean|X - y| - 1/2 mean_{i,j}|X_i - X_j| (all pairs, as
+    properscoring.crps_ensemble); same units as the samples. O(n log n) via the sorted-sample identity."""
+    x = np.sort(np.asarray(samples, np.float64).ravel())
+    n = x.size
+    if n == 0 or not math.isfinite(observed):
+        return math.nan
+    # sum_{i,j}|x_i - x_j| = 2 sum_k (2k - n - 1) x_(k), k = 1..n
+    pair = 2.0 * np.sum((2 * np.arange(1, n + 1) - n - 1) * x) / n**2
+    return float(np.mean(np.abs(x - observed)) - 0.5 * pair)
+
+
+def volume_distribution(sample_volumes_ml: np.ndarray, gt_ml: float | None = None, level: float = 0.9) -> dict:
+    """Predicted-volume distribution of one region from the N samples' volumes (ml, shape (N,)).
+
+    vol_sample_mean_ml, vol_sample_sd_ml (ddof 0), vol_q05_ml / vol_q95_ml (the central ``level`` interval,
+    numpy linear quantiles); with ground truth: vol_in_90 (1.0 if q05 <= gt <= q95 else 0.0; its mean over
+    patients is the interval's coverage) and vol_crps_ml (:func:`crps_ensemble`)."""
+    v = np.asarray(sample_volumes_ml, np.float64).ravel()
+    lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
+    out = {"vol_sample_mean_ml": float(v.mean()), "vol_sample_sd_ml": float(v.std()),
+           "vol_q05_ml": float(lo), "vol_q95_ml": float(hi)}
+    if gt_ml is not None:
+        out["vol_in_90"] = float(lo <= gt_ml <= hi)
+        out["vol_crps_ml"] = crps_ensemble(v, gt_ml)
+    return out
+
+
+def soft_label_metrics(prob: np.ndarray, soft: np.ndarray, n_bins: int = N_CAL_BINS) -> dict:
+    """Calibration against soft labels (the raters' mean, in [0, 1]) over a voxel set (1-D arrays):
+    soft_ece / soft_ace / soft_mce (bins as :func:`calibration_from_bins`, the bin's accuracy being the mean
+    soft label), soft_brier = mean (p - s)^2, soft_nll = -mean[s ln p + (1 - s) ln(1 - p)]."""
+    n, sp, st = calibration_bins(prob, soft, n_bins)
+    cal = calibration_from_bins(n, sp, st)
+    return {"soft_ece": cal["ece"], "soft_ace": cal["ace"], "soft_mce": cal["mce"],
+            "soft_brier": brier(prob, soft), "soft_nll": nll(prob, np.asarray(soft, np.float64))}
+
+
 def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | None, truth: np.ndarray | None,
                      brain: np.ndarray, regions=("WT", "TC", "ET"), spacing=(1.0, 1.0, 1.0), threshold: float = 0.5,
-                     n_bins: int = N_CAL_BINS, roi_radius: int = ROI_RADIUS_VOX, with_hd95: bool = True) -> dict:
+                     n_bins: int = N_CAL_BINS, roi_radius: int = ROI_RADIUS_VOX, with_hd95: bool = True,
+                     epkl: np.ndarray | None = None, sample_volumes: np.ndarray | None = None,
+                     raters: np.ndarray | None = None) -> dict:
     """All per-patient numbers and bins of one prediction (the full suite; metric names in the README).
+
+    Optional: ``epkl`` (R, X, Y, Z) expected pairwise KL in bits; ``sample_volumes`` (N, R) voxel counts of
+    each sample's prediction (volume distribution, CRPS); ``raters`` (K, R, X, Y, Z) bool segmentations of
+    K raters (soft-label calibration against their mean, Dice against each rater).
 
     Returns a dict of three lists of tuples:
     ``metrics`` (region, mask, metric, value); ``calibration_bins`` (region, mask, bin, n, sum_prob, sum_true);
@@ -353,6 +410,11 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     ``truth`` None (no ground truth): only uncertainty aggregates and predicted volumes are produced.
     """
     check_inputs(prob, truth, entropy, mi)
+    if epkl is not None:
+        if epkl.shape != prob.shape or not np.isfinite(epkl).all():
+            raise MetricInputError(f"EPKL map of shape {epkl.shape} with non-finite values or a shape other than {prob.shape}")
+    if raters is not None and raters.shape[1:] != prob.shape:
+        raise MetricInputError(f"rater segmentations of shape {raters.shape[1:]} do not match {prob.shape}")
     if brain.shape != prob.shape[1:]:
         raise MetricInputError(f"brain mask shape {brain.shape} does not match {prob.shape[1:]}")
     pred = prob >= threshold
@@ -366,9 +428,22 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
         bnd = boundary_mask(pred_r)
         rows.append((name, "pred", "mean_entropy", _mean(entropy[r][pred_r])))
         rows.append((name, "boundary", "mean_entropy", _mean(entropy[r][bnd])))
+        rows.append((name, "pred", "mean_confidence", _mean(p_r[pred_r])))
         if mi is not None:
             rows.append((name, "pred", "mean_mi", _mean(mi[r][pred_r])))
             rows.append((name, "boundary", "mean_mi", _mean(mi[r][bnd])))
+        if epkl is not None:
+            rows.append((name, "pred", "mean_epkl", _mean(epkl[r][pred_r])))
+            rows.append((name, "boundary", "mean_epkl", _mean(epkl[r][bnd])))
+        if sample_volumes is not None:
+            gt_ml = float(truth[r].sum()) * vox_ml if truth is not None else None
+            for k, v in volume_distribution(np.asarray(sample_volumes)[:, r] * vox_ml, gt_ml).items():
+                rows.append((name, "brain", k, v))
+        if raters is not None:
+            rd = [dice(pred_r, raters[k, r]) for k in range(len(raters))]
+            rows.append((name, "brain", "rater_dice_mean", float(np.mean(rd))))
+            pairs = [dice(raters[a, r], raters[b, r]) for a in range(len(raters)) for b in range(a + 1, len(raters))]
+            rows.append((name, "brain", "interrater_dice", float(np.mean(pairs)) if pairs else math.nan))
         if truth is not None:
             t_r = truth[r]
             vg = float(t_r.sum()) * vox_ml
@@ -381,9 +456,13 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
         mib = mi[r][brain] if mi is not None else None
         pb, db = p_r[brain], pred_r[brain]
         tb = truth[r][brain] if truth is not None else None
+        epb = epkl[r][brain] if epkl is not None else None
+        softb = raters[:, r][:, brain].mean(0) if raters is not None else None
         u_idx = {"entropy": uncertainty_bin_index(eb)}
         if mib is not None:
             u_idx["mi"] = uncertainty_bin_index(mib)
+        if epb is not None:
+            u_idx["epkl"] = uncertainty_bin_index(epkl_to_unit(epb))
         c_idx = calibration_bin_index(pb, n_bins) if truth is not None else None
         for mname, sub in (("brain", slice(None)), ("roi", roi_in_brain)):
             ent = eb[sub]
@@ -391,6 +470,10 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
             rows.append((name, mname, "uncertain_fraction", _mean(ent >= UNCERTAIN_T)))
             if mib is not None:
                 rows.append((name, mname, "mean_mi", _mean(mib[sub])))
+            if epb is not None:
+                rows.append((name, mname, "mean_epkl", _mean(epb[sub])))
+            if softb is not None:
+                rows += [(name, mname, k, v) for k, v in soft_label_metrics(pb[sub], softb[sub], n_bins).items()]
             if truth is None:
                 continue
             pm, tm, dm = pb[sub], tb[sub], db[sub]

@@ -25,21 +25,48 @@ ARCHITECTURES = {
     "unet_res": UNet,
 }
 
-# Demo models: small enough to train and run on 2 CPU cores at 3 mm.
+# Demo models: small enough to train and run on 2 CPU cores at 3 mm. ``snapshots``: extra checkpoints of the
+# same run (checkpoint ensemble = snapshots + final); ``ensemble``: extra independently trained members
+# (deep ensemble = primary + these), each with its own seed and training subset; ``auxiliary``: whether the
+# demo trains an auxiliary error network (paper 002) for the model.
+_UNET_RES_ARGS = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [16, 32, 64, 128],
+                  "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.1}
 DEMO_MODELS = {
     "SegResNet": {
         "arch": "segresnet",
         "arch_args": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 8,
                       "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2},
         "train": {"epochs": 60, "lr": 1e-2, "seed": 1},
+        "snapshots": [40, 50],
+        "ensemble": [{"seed": 2, "subset_fraction": 0.8, "epochs": 40}, {"seed": 3, "subset_fraction": 0.8, "epochs": 40}],
+        "auxiliary": True,
     },
     "UNet-Res": {
         "arch": "unet_res",
-        "arch_args": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [16, 32, 64, 128],
-                      "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.1},
+        "arch_args": _UNET_RES_ARGS,
         "train": {"epochs": 60, "lr": 3e-3, "seed": 1},
+        "snapshots": [40, 50],
+        "ensemble": [{"seed": 2, "subset_fraction": 0.8}, {"seed": 3, "subset_fraction": 0.8}],
+        "auxiliary": True,
+    },
+    "UNet-Res-ACE": {
+        "arch": "unet_res",
+        "arch_args": _UNET_RES_ARGS,
+        "train": {"epochs": 60, "lr": 3e-3, "seed": 1, "calibration_loss": "soft", "calibration_weight": 1.0},
     },
 }
+
+
+def demo_weight_files(name: str) -> dict:
+    """File names (in ``weights/``) of a demo model's primary, snapshots, ensemble members and auxiliary net."""
+    spec = DEMO_MODELS[name]
+    stem = name.lower().replace("-", "_") + "_demo"
+    return {
+        "checkpoint": f"{stem}.pt",
+        "snapshots": [f"{stem}_snap{e}.pt" for e in spec.get("snapshots", [])],
+        "ensemble": [f"{stem}_ens{m['seed']}.pt" for m in spec.get("ensemble", [])],
+        "auxiliary": f"{stem}_aux.pt" if spec.get("auxiliary") else None,
+    }
 
 
 def make_card(name: str, arch: str, arch_args: dict, spacing_mm=(3.0, 3.0, 3.0), roi_size=(56, 64, 56),

@@ -41,6 +41,15 @@ CREATE TABLE IF NOT EXISTS uncertainty_bins (
     measure VARCHAR, bin INTEGER, n_error BIGINT, n_correct BIGINT, n_fp BIGINT, n_fn BIGINT, n_tp BIGINT);
 CREATE TABLE IF NOT EXISTS maps (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, kind VARCHAR, path VARCHAR);
+CREATE TABLE IF NOT EXISTS temperatures (
+    run_id VARCHAR, model VARCHAR, region VARCHAR, temperature DOUBLE, n_voxels BIGINT, n_positive BIGINT,
+    nll_before DOUBLE, nll_after DOUBLE, patients JSON, PRIMARY KEY (run_id, model, region));
+CREATE TABLE IF NOT EXISTS quality (
+    run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR,
+    dice DOUBLE, predicted_dice DOUBLE, uncertainty_score DOUBLE, flagged BOOLEAN);
+CREATE TABLE IF NOT EXISTS quality_summary (
+    run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR, n_patients INTEGER, r2 DOUBLE,
+    pearson_r DOUBLE, score_spearman DOUBLE, regressor VARCHAR, features JSON);
 """
 
 RESULT_TABLES = ("metrics", "calibration_bins", "uncertainty_bins", "maps")
@@ -154,6 +163,47 @@ def write_patient(con, run_id: str, patient_id: str, results: list[dict], patien
                 con.unregister("_frame")
 
 
+def write_temperatures(con, run_id: str, model: str, regions, fits: list[dict], patients: list[str]) -> None:
+    """One row per region of the fitted temperatures (:func:`core.temperature.fit_region_temperatures`)."""
+    with transaction(con):
+        con.execute("DELETE FROM temperatures WHERE run_id = ? AND model = ?", [run_id, model])
+        for reg, f in zip(regions, fits):
+            con.execute("INSERT INTO temperatures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, model, reg, _finite(f["temperature"]), f["n_voxels"], f["n_positive"],
+                         _finite(f["nll_before"]), _finite(f["nll_after"]), json.dumps(sorted(patients))])
+
+
+def _finite(x):
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def read_temperatures(con, run_id: str, model: str) -> dict[str, float | None]:
+    rows = con.execute("SELECT region, temperature FROM temperatures WHERE run_id = ? AND model = ?",
+                       [run_id, model]).fetchall()
+    return {r: t for r, t in rows}
+
+
+def run_temperatures(con, run_id: str) -> pd.DataFrame:
+    return con.execute("""SELECT model, region, temperature, n_voxels, n_positive, nll_before, nll_after
+                          FROM temperatures WHERE run_id = ? ORDER BY model, region""", [run_id]).df()
+
+
+def write_quality(con, run_id: str, per_patient: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """Replace the run's quality-prediction rows (:mod:`core.quality`) in one transaction."""
+    with transaction(con):
+        for t, df, cols in (("quality", per_patient, ["model", "method", "patient_id", "region", "dice",
+                                                      "predicted_dice", "uncertainty_score", "flagged"]),
+                            ("quality_summary", summary, ["model", "method", "region", "n_patients", "r2",
+                                                          "pearson_r", "score_spearman", "regressor", "features"])):
+            con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
+            if len(df):
+                frame = df[cols].copy()
+                frame.insert(0, "run_id", run_id)
+                con.register("_frame", frame)
+                con.execute(f"INSERT INTO {t} SELECT * FROM _frame")
+                con.unregister("_frame")
+
+
 # ------------------------------------------------------------------------------------------- reads
 def list_runs(con) -> pd.DataFrame:
     return con.execute("""
@@ -194,7 +244,8 @@ def cohort_patients(con, run_id: str) -> pd.DataFrame:
 
 
 def table_counts(con) -> pd.DataFrame:
-    names = ["runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps"]
+    names = ["runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps",
+             "temperatures", "quality", "quality_summary"]
     # table names come from the fixed list above, never from user input
     return pd.DataFrame({"table": names, "rows": [con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names]})
 

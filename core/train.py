@@ -4,8 +4,13 @@ Data: the training split of a BraTS-layout cohort, loaded once into memory (norm
 says). Each step takes ``batch_size`` random crops of ``crop`` voxels (centred on tumour with probability
 ``p_tumour``), random flips on all three axes and a random intensity scale/shift per channel.
 Loss: ``monai.losses.DiceLoss(sigmoid=True)`` + ``torch.nn.BCEWithLogitsLoss`` (equal weights) on the
-(B, 3, X, Y, Z) logits against WT/TC/ET targets. AdamW with cosine learning-rate decay. Deterministic
-from ``seed`` on CPU.
+(B, 3, X, Y, Z) logits against WT/TC/ET targets, optionally + ``calibration_weight`` x mL1-ACE (paper 004,
+:func:`ml1_ace_loss`, hard- or soft-binned). AdamW with cosine learning-rate decay. Deterministic from
+``seed`` on CPU.
+
+Ensembles and snapshots: ``subset_fraction`` < 1 trains on a random subset of the training ids (drawn
+from ``seed``; deep-ensemble members differ in seed and subset); ``snapshot_epochs`` writes extra
+checkpoints ``<out>_snap<E>.pt`` at the end of those epochs of the same run (checkpoint ensemble, paper 003).
 """
 from __future__ import annotations
 
@@ -49,25 +54,78 @@ def _crop(rng, x, y, crop, p_tumour):
     return x[(slice(None),) + sl], y[(slice(None),) + sl]
 
 
+def ml1_ace_loss(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 20, soft: bool = False) -> torch.Tensor:
+    """Marginal L1 average calibration error (mL1-ACE, paper 004), differentiable, per image and region.
+
+    ``logits``, ``target``: (B, R, X, Y, Z); targets in {0, 1}. For each image b and region r the sigmoid
+    probabilities are binned into ``n_bins`` equal-width bins on [0, 1]; per bin the gap is
+    |mean p - mean y| (mean over the bin's voxels); ACE_{b,r} = mean gap over the non-empty bins; the loss
+    is the mean of ACE_{b,r} over images and regions (in [0, 1]).
+
+    * hard binning (``soft=False``): voxel i belongs to bin floor(p_i * n_bins) (p = 1 in the last bin); the
+      assignment carries no gradient, the bin means of p do.
+    * soft binning (``soft=True``): voxel i belongs to every bin with weight
+      w_ib = max(0, 1 - |p_i - c_b| * n_bins) (triangular kernel around the bin centres c_b, width one bin
+      each side), so the assignment is differentiable too; bin means are w-weighted, a bin is non-empty
+      when its total weight exceeds 1e-6.
+    """
+    p = torch.sigmoid(logits.float()).flatten(2)  # (B, R, N)
+    y = target.float().flatten(2)
+    if soft:
+        centres = (torch.arange(n_bins, device=p.device, dtype=p.dtype) + 0.5) / n_bins
+        w = (1 - (p.unsqueeze(-1) - centres).abs() * n_bins).clamp(min=0)  # (B, R, N, n_bins)
+        cnt, sp, sy = w.sum(2), (w * p.unsqueeze(-1)).sum(2), (w * y.unsqueeze(-1)).sum(2)
+        nonempty = cnt > 1e-6
+    else:
+        idx = (p.detach() * n_bins).long().clamp_(0, n_bins - 1)
+        zeros = torch.zeros(*p.shape[:2], n_bins, device=p.device, dtype=p.dtype)
+        cnt = zeros.scatter_add(2, idx, torch.ones_like(p))
+        sp, sy = zeros.scatter_add(2, idx, p), zeros.scatter_add(2, idx, y)
+        nonempty = cnt > 0
+    gap = (sp - sy).abs() / cnt.clamp(min=1e-6)
+    ace = (gap * nonempty).sum(-1) / nonempty.sum(-1).clamp(min=1)
+    return ace.mean()
+
+
+def snapshot_path(out_path, epoch: int) -> Path:
+    """``weights/x.pt`` -> ``weights/x_snap40.pt``."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}_snap{epoch}{out_path.suffix}")
+
+
 def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, train_ids=None, epochs: int = 40,
                 batch_size: int = 2, crop=(48, 48, 48), lr: float = 3e-3, seed: int = 0, p_tumour: float = 0.7,
                 spacing_mm=(3.0, 3.0, 3.0), roi_size=(56, 64, 56), channels=("t1", "t1ce", "t2", "flair"),
-                progress: bool = True, log=print) -> Path:
+                subset_fraction: float = 1.0, snapshot_epochs=(), calibration_loss: str | None = None,
+                calibration_weight: float = 1.0, progress: bool = True, log=print) -> Path:
     """Train one model and write its checkpoint (with model card) to ``out_path``.
 
-    ``train_ids``: patient ids to train on (default: the ``train`` split of ``splits.json``, else all).
-    One epoch = one pass of ``len(train_ids)`` crops. Returns the checkpoint path.
+    ``train_ids``: patient ids to train on (default: the ``train`` split of ``splits.json``, else all);
+    ``subset_fraction``: train on that share of them, drawn with ``seed``. One epoch = one pass of
+    ``len(train_ids)`` crops. ``calibration_loss``: None, ``"hard"`` or ``"soft"`` (mL1-ACE added with
+    ``calibration_weight``). ``snapshot_epochs``: 1-based epochs after which a snapshot checkpoint
+    ``<stem>_snap<E><suffix>`` is also written. Returns the checkpoint path.
     """
+    if calibration_loss not in (None, "hard", "soft"):
+        raise ValueError(f"calibration_loss must be None, 'hard' or 'soft', not {calibration_loss!r}")
     t0 = time.time()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if train_ids is None:
         train_ids = read_splits(cohort_dir).get("train") or [c.patient_id for c in discover(cohort_dir)]
+    train_ids = sorted(train_ids)
+    if subset_fraction < 1.0:
+        k = max(2, int(round(subset_fraction * len(train_ids))))
+        train_ids = sorted(np.random.default_rng(seed + 10_000).choice(train_ids, k, replace=False).tolist())
     data = load_training_data(cohort_dir, train_ids, channels)
+    loss_name = "DiceLoss(sigmoid) + BCEWithLogits"
+    if calibration_loss:
+        loss_name += f" + {calibration_weight:g} x mL1-ACE({calibration_loss})"
     card = make_card(name, arch, arch_args, spacing_mm=spacing_mm, roi_size=roi_size, channels=channels,
                      training={"cohort": str(cohort_dir), "n_patients": len(data), "epochs": epochs,
                                "batch_size": batch_size, "crop": list(crop), "lr": lr, "seed": seed,
-                               "loss": "DiceLoss(sigmoid) + BCEWithLogits"})
+                               "loss": loss_name, "subset_fraction": subset_fraction,
+                               "train_ids": list(train_ids)})
     model = build_model(card)
     model.train()
     from monai.losses import DiceLoss
@@ -99,6 +157,8 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
             xb, yb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
             logits = model(xb)
             loss = dice_loss(logits, yb) + bce(logits, yb)
+            if calibration_loss:
+                loss = loss + calibration_weight * ml1_ace_loss(logits, yb, soft=calibration_loss == "soft")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -107,6 +167,12 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(last[-20:]):.3f}")
+        if epoch + 1 in snapshot_epochs and epoch + 1 < epochs:
+            snap_card = {**card, "training": {**card["training"], "snapshot_epoch": epoch + 1,
+                                              "final_loss": round(float(np.mean(last[-steps_per_epoch:])), 4)}}
+            model.eval()
+            save_checkpoint(snapshot_path(out_path, epoch + 1), model, snap_card)
+            model.train()
     if bar is not None:
         bar.close()
     card["training"]["final_loss"] = round(float(np.mean(last[-steps_per_epoch:])), 4)

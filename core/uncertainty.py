@@ -1,22 +1,42 @@
 """Inference methods -> mean region probabilities and per-voxel uncertainty maps.
 
-Methods (names shared by the batch, the database and the app):
+A method name is a base, optionally followed by modifiers, e.g. ``checkpoint_ensemble+tta+ts``:
 
-* ``deterministic``: one pass, network in eval mode.
-* ``mc_dropout``: T passes with only the dropout layers in train mode (batch norm / instance norm stay in
-  eval mode). The T samples are batched through MONAI ``sliding_window_inference`` in chunks; the chunk
-  size is ``mc_batch`` or, with ``"auto"``, chosen per model and input shape by timing a one-sample chunk
-  against a multi-sample chunk on the first patient (both count towards T), falling back to smaller
-  chunks when the device runs out of memory.
+Bases (names shared by the batch, the database and the app):
 
-Outputs (:class:`Prediction`), all (R, X, Y, Z) float32 with R = 3 regions (WT, TC, ET):
+* ``deterministic``: one pass of the primary network, eval mode.
+* ``mc_dropout``: T passes with only the dropout layers in train mode (norm layers stay in eval mode).
+* ``tta``: test-time augmentation: the 8 combinations of flips along the three spatial axes; each output is
+  flipped back before averaging (same as ``deterministic+tta``).
+* ``ensemble``: deep ensemble, the primary plus its independently trained members (:mod:`core.modelset`).
+* ``checkpoint_ensemble``: the snapshots of the primary's training run plus its final weights.
+* ``auxiliary``: the primary's deterministic segmentation with the voxel error probability q of an
+  auxiliary error network (:mod:`core.auxiliary`, paper 002) turned into a confidence.
 
-* ``prob``: mean sigmoid probability over the samples, p = 1/T sum_t p_t
+Modifiers: ``+tta`` runs every pass of the base on the 8 flips (``mc_dropout+tta``: sample t uses flip
+t mod 8); ``+ts`` divides every pass's logits by the model's fitted temperature per region
+(:mod:`core.temperature`) before the sigmoid. ``auxiliary`` takes no modifier. Canonical order: base,
+``+tta``, ``+ts``.
+
+Every pass i gives logits z_i and p_i = sigmoid(z_i) (R, X, Y, Z); with N passes:
+
+* ``prob``: p = 1/N sum_i p_i
 * ``entropy``: normalised binary entropy of the mean, H(p) = -(p ln p + (1-p) ln(1-p)) / ln 2, in [0, 1]
-* ``mi``: mutual information H(p) - 1/T sum_t H(p_t) in the same units (bits, [0, 1]); None for a single pass
+* ``mi``: mutual information H(p) - 1/N sum_i H(p_i), bits, in [0, 1]; None when N = 1
+* ``epkl``: expected pairwise KL divergence 1/(N(N-1)) sum_{i != j} KL(p_i || p_j) in bits (>= 0, not
+  bounded by 1); for Bernoulli outputs this equals the sample covariance of p_i and z_i (denominator
+  N - 1) / ln 2, which is how it is computed, streaming; None when N = 1
+* ``sample_volumes``: (N, R) voxel counts of p_i >= 0.5 (the predicted-volume distribution)
+
+Passes of one network are batched through MONAI ``sliding_window_inference`` in chunks; the chunk size is
+``mc_batch`` or, with ``"auto"``, chosen per network and input shape by timing a one-pass chunk against a
+multi-pass chunk on the first patient (both count as real passes), halving on out-of-memory. Deterministic
+passes are cached per patient (``cache``), so e.g. ``deterministic``, ``deterministic+ts``, ``tta`` and
+``ensemble`` share the primary's identity pass.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -25,10 +45,61 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from .modelset import ModelSet, as_model_set
 from .models import LoadedModel, dropout_modules, preprocess
 
+BASES = ("deterministic", "mc_dropout", "tta", "ensemble", "checkpoint_ensemble", "auxiliary")
+MODIFIERS = ("tta", "ts")
+# the methods the demo and `python -m core run` use by default
 METHODS = ("deterministic", "mc_dropout")
+DEMO_METHODS = ("deterministic", "deterministic+ts", "mc_dropout", "tta", "ensemble", "checkpoint_ensemble",
+                "checkpoint_ensemble+tta+ts", "auxiliary")
+FLIPS = tuple(tuple(d for d, on in zip((2, 3, 4), bits) if on) for bits in itertools.product((0, 1), repeat=3))
 LN2 = math.log(2.0)
+AUX_Q_MAX = 1.0 - 1e-6  # q capped so that a background voxel's confidence stays below 0.5
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    base: str
+    tta: bool = False
+    ts: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.base + ("+tta" if self.tta and self.base != "tta" else "") + ("+ts" if self.ts else "")
+
+
+def parse_method(name: str) -> MethodSpec:
+    """``"checkpoint_ensemble+tta+ts"`` -> MethodSpec; raises ValueError naming what is wrong."""
+    parts = str(name).strip().split("+")
+    base, mods = parts[0], parts[1:]
+    if base not in BASES:
+        raise ValueError(f"unknown method {name!r}: base must be one of {BASES}")
+    bad = [m for m in mods if m not in MODIFIERS]
+    if bad or len(set(mods)) != len(mods):
+        raise ValueError(f"unknown or repeated modifier in {name!r}: modifiers are +tta and +ts")
+    if base == "auxiliary" and mods:
+        raise ValueError(f"{name!r}: the auxiliary method takes no modifier")
+    return MethodSpec(base, tta=base == "tta" or "tta" in mods, ts="ts" in mods)
+
+
+def canonical_method(name: str) -> str:
+    return parse_method(name).name
+
+
+def unavailable_reason(method: str, ms: ModelSet) -> str | None:
+    """Why ``method`` cannot run on this model set (None when it can). Temperatures are checked at run time."""
+    spec = parse_method(method)
+    if spec.base == "mc_dropout" and not dropout_modules(ms.primary.model):
+        return f"{ms.name} has no dropout layer"
+    if spec.base == "ensemble" and len(ms.ensemble) < 2:
+        return f"{ms.name} has {1 + len(ms.ensemble)} ensemble member(s); a deep ensemble needs at least 3"
+    if spec.base == "checkpoint_ensemble" and not ms.snapshots:
+        return f"{ms.name} has no training snapshots"
+    if spec.base == "auxiliary" and ms.auxiliary is None:
+        return f"{ms.name} has no auxiliary error network"
+    return None
 
 
 @dataclass
@@ -39,6 +110,8 @@ class Prediction:
     n_samples: int
     seconds: float
     chunk: int = 1
+    epkl: np.ndarray | None = None
+    sample_volumes: np.ndarray | None = None  # (N, R) voxel counts of p_i >= 0.5
 
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -62,88 +135,190 @@ def default_device() -> torch.device:
 _CHUNK_CACHE: dict = {}
 
 
-def _forward_chunk(lm: LoadedModel, x: torch.Tensor, n: int, overlap: float) -> torch.Tensor:
-    """n stochastic (or deterministic) sigmoid outputs (n, R, X, Y, Z) for one (1, C, X, Y, Z) input."""
-    model = lm.model
-    xb = x.expand(n, *x.shape[1:])
-
-    def predictor(t):
-        return torch.sigmoid(model(t))
-
-    return sliding_window_inference(xb, tuple(lm.card["roi_size"]), sw_batch_size=n, predictor=predictor,
-                                    overlap=overlap, mode="gaussian")
+def _forward(lm: LoadedModel, x: torch.Tensor, views: list[tuple], overlap: float) -> torch.Tensor:
+    """Logits (n, R, X, Y, Z) of one network on the flipped views of a (1, C, X, Y, Z) input, flipped back."""
+    xb = torch.cat([torch.flip(x, v) if v else x for v in views]) if len(views) > 1 or views[0] else x
+    out = sliding_window_inference(xb, tuple(lm.card["roi_size"]), sw_batch_size=len(views), predictor=lm.model,
+                                   overlap=overlap, mode="gaussian")
+    if any(views):
+        out = torch.stack([torch.flip(o, [d - 1 for d in v]) if v else o for o, v in zip(out, views)])
+    return out
 
 
-def predict(lm: LoadedModel, image: np.ndarray, method: str = "mc_dropout", T: int = 10, mc_batch="auto",
-            overlap: float = 0.25, device: torch.device | str | None = None, seed: int | None = 0) -> Prediction:
-    """Run one method on one (C, X, Y, Z) image (channels in the model card's order)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {METHODS}")
-    device = torch.device(device) if device is not None else next(lm.model.parameters()).device
-    t0 = time.perf_counter()
-    x = preprocess(image, lm.card).to(device)
-    if seed is not None:
-        torch.manual_seed(seed)
-    with torch.inference_mode():
-        if method == "deterministic":
-            lm.model.eval()
-            p = _forward_chunk(lm, x, 1, overlap)[0].clamp_(0, 1)
-            ent = binary_entropy(p)
-            return Prediction(p.float().cpu().numpy(), ent.float().cpu().numpy(), None, 1,
-                              time.perf_counter() - t0)
-        if set_mc_dropout(lm.model) == 0:
-            raise ValueError(f"model {lm.name} has no dropout layer: MC dropout would repeat one prediction")
-        try:
-            psum, hsum, chunk = _mc_samples(lm, x, T, mc_batch, overlap)
-        finally:
-            lm.model.eval()
-        p = (psum / T).clamp_(0, 1)
-        ent = binary_entropy(p)
-        mi = (ent - hsum / T).clamp_(min=0.0)
-        return Prediction(p.float().cpu().numpy(), ent.float().cpu().numpy(), mi.float().cpu().numpy(), T,
-                          time.perf_counter() - t0, chunk)
-
-
-def _mc_samples(lm: LoadedModel, x: torch.Tensor, T: int, mc_batch, overlap: float):
-    """Sum of p_t and of H(p_t) over T samples, batched in chunks."""
-    key = (id(lm.model), tuple(x.shape), str(x.device), T)
-    psum = hsum = None
-    done = 0
-
-    def add(out):
-        nonlocal psum, hsum, done
-        out = out.clamp_(0, 1)
-        s, h = out.sum(0), binary_entropy(out).sum(0)
-        psum = s if psum is None else psum + s
-        hsum = h if hsum is None else hsum + h
-        done += out.shape[0]
-
+def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, overlap: float, stochastic: bool):
+    """Yield (view, logits (R, X, Y, Z)) for every view, in chunks (auto-sized, halved on out-of-memory)."""
+    key = (id(lm.model), tuple(x.shape), str(x.device))
+    todo = list(views)
     if mc_batch == "auto":
         chunk = _CHUNK_CACHE.get(key)
-        if chunk is None and T > 1:
-            # time a 1-sample chunk against a k-sample chunk; both are real samples of this prediction
-            k = min(T - 1, 8)
+        if chunk is None and len(todo) > 1:
+            # time a 1-pass chunk against a k-pass chunk; both are real passes of this prediction
+            k = min(len(todo) - 1, 8)
             t = time.perf_counter()
-            add(_forward_chunk(lm, x, 1, overlap))
+            out = _forward(lm, x, todo[:1], overlap)
             t1 = time.perf_counter() - t
+            yield todo[0], out[0]
             t = time.perf_counter()
             try:
-                add(_forward_chunk(lm, x, k, overlap))
+                out = _forward(lm, x, todo[1:1 + k], overlap)
                 tk = (time.perf_counter() - t) / k
                 chunk = k if tk < t1 else 1
+                for v, o in zip(todo[1:1 + k], out):
+                    yield v, o
+                todo = todo[1 + k:]
             except torch.OutOfMemoryError:
                 chunk = 1
+                todo = todo[1:]
             _CHUNK_CACHE[key] = chunk
         chunk = chunk or 1
     else:
         chunk = max(1, int(mc_batch))
-    while done < T:
-        n = min(chunk, T - done)
+    while todo:
+        n = min(chunk, len(todo))
         try:
-            add(_forward_chunk(lm, x, n, overlap))
+            out = _forward(lm, x, todo[:n], overlap)
         except torch.OutOfMemoryError:
-            if chunk == 1:
+            if n == 1:
                 raise
-            chunk = max(1, chunk // 2)
+            chunk = max(1, n // 2)
             _CHUNK_CACHE[key] = chunk
-    return psum, hsum, chunk
+            continue
+        for v, o in zip(todo[:n], out):
+            yield v, o
+        todo = todo[n:]
+    _run_views.last_chunk = chunk if views else 1
+
+
+class _Accumulator:
+    """Streaming sums over passes: mean p, mean H(p_i), Welford co-moment of (p_i, z_i), volumes."""
+
+    def __init__(self):
+        self.n = 0
+        self.psum = self.hsum = self.pmean = self.zmean = self.comoment = None
+        self.volumes = []
+
+    def add(self, z: torch.Tensor) -> None:
+        z = z.float()
+        p = torch.sigmoid(z)
+        h = binary_entropy(p)
+        self.n += 1
+        self.volumes.append((p >= 0.5).flatten(1).sum(1).cpu().numpy())
+        if self.psum is None:
+            self.psum, self.hsum, self.pmean, self.zmean = p.clone(), h, p.clone(), z.clone()
+            self.comoment = torch.zeros_like(p)
+            return
+        self.psum += p
+        self.hsum += h
+        dp = p - self.pmean
+        self.pmean += dp / self.n
+        self.zmean += (z - self.zmean) / self.n
+        self.comoment += dp * (z - self.zmean)
+
+    def result(self) -> tuple:
+        p = (self.psum / self.n).clamp_(0, 1)
+        ent = binary_entropy(p)
+        if self.n == 1:
+            return p, ent, None, None
+        mi = (ent - self.hsum / self.n).clamp_(min=0.0)
+        epkl = (self.comoment / (self.n - 1) / LN2).clamp_(min=0.0)
+        return p, ent, mi, epkl
+
+
+def _members(spec: MethodSpec, ms: ModelSet) -> list[LoadedModel]:
+    if spec.base == "ensemble":
+        return [ms.primary] + ms.ensemble
+    if spec.base == "checkpoint_ensemble":
+        return ms.snapshots + [ms.primary]
+    return [ms.primary]
+
+
+def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, mc_batch="auto",
+            overlap: float = 0.25, device: torch.device | str | None = None, seed: int | None = 0,
+            cache: dict | None = None) -> Prediction:
+    """Run one method on one (C, X, Y, Z) image (channels in the model card's order).
+
+    ``model``: a :class:`~core.modelset.ModelSet` or a bare :class:`~core.models.LoadedModel`.
+    ``cache``: a dict kept for one patient to share deterministic passes between methods.
+    """
+    ms = as_model_set(model)
+    spec = parse_method(method)
+    reason = unavailable_reason(spec.name, ms)
+    if reason:
+        raise ValueError(f"method {spec.name} unavailable: {reason}")
+    if spec.ts and ms.temperature is None:
+        raise ValueError(f"method {spec.name} needs the temperatures of {ms.name} (fitted on the calibration split)")
+    device = torch.device(device) if device is not None else next(ms.model.parameters()).device
+    t0 = time.perf_counter()
+    cache = {} if cache is None else cache
+    xkey = ("x", id(image))
+    if xkey not in cache:
+        cache[xkey] = preprocess(image, ms.card).to(device)
+    x = cache[xkey]
+    temp = None
+    if spec.ts:
+        temp = torch.as_tensor(np.asarray(ms.temperature, np.float32), device=device).view(-1, 1, 1, 1)
+    acc = _Accumulator()
+    chunk = 1
+    with torch.inference_mode():
+        if spec.base == "auxiliary":
+            return _predict_auxiliary(ms, x, overlap, cache, t0)
+        if spec.base == "mc_dropout":
+            if seed is not None:
+                torch.manual_seed(seed)
+            views = [FLIPS[t % len(FLIPS)] if spec.tta else () for t in range(T)]
+            set_mc_dropout(ms.model)
+            try:
+                for _, z in _run_views(ms.primary, x, views, mc_batch, overlap, stochastic=True):
+                    acc.add(z / temp if temp is not None else z)
+            finally:
+                ms.model.eval()
+            chunk = getattr(_run_views, "last_chunk", 1)
+        else:
+            views = list(FLIPS) if spec.tta else [()]
+            for lm in _members(spec, ms):
+                lm.model.eval()
+                missing = [v for v in views if (id(lm.model), v) not in cache]
+                if missing:
+                    for v, z in _run_views(lm, x, missing, mc_batch, overlap, stochastic=False):
+                        cache[(id(lm.model), v)] = z
+                    chunk = getattr(_run_views, "last_chunk", 1)
+                for v in views:
+                    z = cache[(id(lm.model), v)]
+                    acc.add(z / temp if temp is not None else z)
+    p, ent, mi, epkl = acc.result()
+    np_ = (lambda t: None if t is None else t.float().cpu().numpy())
+    return Prediction(np_(p), np_(ent), np_(mi), acc.n, time.perf_counter() - t0, chunk, np_(epkl),
+                      np.stack(acc.volumes))
+
+
+def deterministic_logits(model, image: np.ndarray, overlap: float = 0.25, cache: dict | None = None) -> np.ndarray:
+    """(R, X, Y, Z) float32 logits of the primary network (eval mode, no temperature): the input of TS fitting."""
+    ms = as_model_set(model)
+    cache = {} if cache is None else cache
+    device = next(ms.model.parameters()).device
+    with torch.inference_mode():
+        x = preprocess(image, ms.card).to(device)
+        ms.model.eval()
+        key = (id(ms.model), ())
+        if key not in cache:
+            cache[key] = _forward(ms.primary, x, [()], overlap)[0]
+        return cache[key].float().cpu().numpy()
+
+
+def _predict_auxiliary(ms: ModelSet, x: torch.Tensor, overlap: float, cache: dict, t0: float) -> Prediction:
+    """Paper 002: confidence = y (1 - q/2) + (1 - y) q/2 from the primary's prediction y and the error probability q."""
+    key = (id(ms.model), ())
+    if key not in cache:
+        ms.model.eval()
+        cache[key] = _forward(ms.primary, x, [()], overlap)[0]
+    p_seg = torch.sigmoid(cache[key].float())
+    y = p_seg >= 0.5
+    aux = ms.auxiliary
+    aux.model.eval()
+    inp = torch.cat([x, p_seg.unsqueeze(0)], dim=1)
+    q = torch.sigmoid(sliding_window_inference(inp, tuple(aux.card["roi_size"]), sw_batch_size=1, predictor=aux.model,
+                                               overlap=overlap, mode="gaussian")[0].float()).clamp_(0, AUX_Q_MAX)
+    prob = torch.where(y, 1 - 0.5 * q, 0.5 * q)
+    ent = binary_entropy(prob)
+    vols = y.flatten(1).sum(1).cpu().numpy()[None]
+    return Prediction(prob.cpu().numpy(), ent.cpu().numpy(), None, 1, time.perf_counter() - t0, 1, None, vols)

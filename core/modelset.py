@@ -1,0 +1,116 @@
+"""A model as the batch uses it: the primary checkpoint plus what some methods need beside it.
+
+* ``ensemble``: extra independently trained members of the same architecture; the deep ensemble is
+  ``[primary] + ensemble`` (method ``ensemble``, at least 3 members in all).
+* ``snapshots``: earlier checkpoints of the primary's own training run; the checkpoint ensemble is
+  ``snapshots + [primary]`` (method ``checkpoint_ensemble``, paper 003).
+* ``auxiliary``: an auxiliary error network (:mod:`core.auxiliary`, paper 002) trained for this model.
+* ``temperature``: (R,) float, one temperature per region fitted on the calibration split
+  (:mod:`core.temperature`); set by the batch, used by every ``+ts`` method.
+
+A model spec (in a study config or ``run_batch(models=...)``) is either a checkpoint path or a mapping
+``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path}``. Every file is one
+of our checkpoints and loads with ``torch.load(..., weights_only=True)`` (:func:`core.models.load_checkpoint`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import LoadedModel, load_checkpoint
+
+# card keys that must agree between a primary and its ensemble members / snapshots
+_SAME = ("channels", "regions", "output", "spacing_mm", "normalisation", "roi_size")
+
+
+@dataclass
+class ModelSet:
+    primary: LoadedModel
+    ensemble: list[LoadedModel] = field(default_factory=list)
+    snapshots: list[LoadedModel] = field(default_factory=list)
+    auxiliary: LoadedModel | None = None
+    temperature: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.primary.name
+
+    @property
+    def card(self) -> dict:
+        return self.primary.card
+
+    @property
+    def path(self) -> str:
+        return self.primary.path
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.primary.model
+
+    def files(self) -> dict:
+        """Resolved checkpoint paths of every part (stored in the run's config)."""
+        return {"checkpoint": str(Path(self.primary.path).resolve()),
+                "ensemble": [str(Path(m.path).resolve()) for m in self.ensemble],
+                "snapshots": [str(Path(m.path).resolve()) for m in self.snapshots],
+                "auxiliary": str(Path(self.auxiliary.path).resolve()) if self.auxiliary else None}
+
+
+def as_model_set(m) -> ModelSet:
+    return m if isinstance(m, ModelSet) else ModelSet(m)
+
+
+def normalise_spec(spec) -> dict:
+    """A checkpoint path or a mapping -> ``{"checkpoint", "ensemble", "snapshots", "auxiliary"}``."""
+    if isinstance(spec, (str, Path)):
+        return {"checkpoint": str(spec), "ensemble": [], "snapshots": [], "auxiliary": None}
+    if not isinstance(spec, dict) or "checkpoint" not in spec:
+        raise ValueError(f"a model is a checkpoint path or a table with a 'checkpoint' key, not {spec!r}")
+    unknown = set(spec) - {"checkpoint", "ensemble", "snapshots", "auxiliary"}
+    if unknown:
+        raise ValueError(f"unknown model keys {sorted(unknown)} (known: checkpoint, ensemble, snapshots, auxiliary)")
+    return {"checkpoint": str(spec["checkpoint"]), "ensemble": [str(p) for p in spec.get("ensemble") or []],
+            "snapshots": [str(p) for p in spec.get("snapshots") or []],
+            "auxiliary": str(spec["auxiliary"]) if spec.get("auxiliary") else None}
+
+
+def load_model_set(spec, device: str | torch.device = "cpu") -> ModelSet:
+    """Load every checkpoint of a model spec and check that members fit the primary."""
+    s = normalise_spec(spec)
+    primary = load_checkpoint(s["checkpoint"], device)
+    ms = ModelSet(primary,
+                  [load_checkpoint(p, device) for p in s["ensemble"]],
+                  [load_checkpoint(p, device) for p in s["snapshots"]],
+                  load_checkpoint(s["auxiliary"], device) if s["auxiliary"] else None)
+    for kind, members in (("ensemble member", ms.ensemble), ("snapshot", ms.snapshots)):
+        for m in members:
+            bad = [k for k in _SAME if m.card.get(k) != primary.card.get(k)]
+            if bad:
+                raise ValueError(f"{kind} {m.path} does not fit {primary.path}: different {', '.join(bad)}")
+    if ms.auxiliary is not None:
+        aux = ms.auxiliary.card
+        if aux.get("role") != "auxiliary" or aux.get("regions") != primary.card["regions"]:
+            raise ValueError(f"{ms.auxiliary.path} is not an auxiliary error network for {primary.name}")
+        if aux.get("channels") != primary.card["channels"] or aux.get("spacing_mm") != primary.card["spacing_mm"]:
+            raise ValueError(f"auxiliary network {ms.auxiliary.path} expects other channels or spacing than {primary.name}")
+    return ms
+
+
+def demo_model_spec(name: str, weights_dir: str | Path) -> dict:
+    """The model spec of a demo model from the files present in ``weights_dir`` (missing parts left out)."""
+    from .models import demo_weight_files
+
+    files = demo_weight_files(name)
+    d = Path(weights_dir)
+    spec = {"checkpoint": str(d / files["checkpoint"])}
+    ens = [str(d / f) for f in files["ensemble"] if (d / f).exists()]
+    snaps = [str(d / f) for f in files["snapshots"] if (d / f).exists()]
+    if ens:
+        spec["ensemble"] = ens
+    if snaps:
+        spec["snapshots"] = snaps
+    if files["auxiliary"] and (d / files["auxiliary"]).exists():
+        spec["auxiliary"] = str(d / files["auxiliary"])
+    return spec
