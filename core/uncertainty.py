@@ -81,7 +81,8 @@ def parse_method(name: str) -> MethodSpec:
         raise ValueError(f"unknown or repeated modifier in {name!r}: modifiers are +tta and +ts")
     if base == "auxiliary" and mods:
         raise ValueError(f"{name!r}: the auxiliary method takes no modifier")
-    return MethodSpec(base, tta=base == "tta" or "tta" in mods, ts="ts" in mods)
+    tta = base == "tta" or "tta" in mods
+    return MethodSpec("tta" if base == "deterministic" and tta else base, tta=tta, ts="ts" in mods)
 
 
 def canonical_method(name: str) -> str:
