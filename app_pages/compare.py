@@ -50,3 +50,25 @@ with c2:
     st.markdown(f"**ECE per patient ({sel.mask})**")
     st.plotly_chart(plots.per_patient_box(long[(long.metric == "ece") & (long["mask"] == sel.mask)], "ECE", sel.colours),
                     key="ece_box")
+
+st.subheader("All methods of the run")
+everything = query(sel.db, "cohort_summary", sel.run_id, sel.patients, mask=sel.mask)
+everything = everything[everything.model.isin(sel.models)]
+methods_table = everything[["model", "method", "region", "n_patients", "dice_mean", "auroc_entropy_dataset", "ece_dataset",
+                            "ace_dataset", "mce_dataset", "mean_entropy"]].sort_values(["region", "model", "method"])
+st.dataframe(methods_table, hide_index=True, column_config={
+    **{c: st.column_config.NumberColumn(format="%.3f") for c in methods_table.columns if methods_table[c].dtype.kind == "f"},
+    "ece_dataset": st.column_config.NumberColumn(f"ECE dataset ({sel.mask})", format="%.4f"),
+    "n_patients": st.column_config.NumberColumn("patients")})
+st.download_button("Download methods table (CSV)", methods_table.to_csv(index=False),
+                   file_name=f"methods_{sel.run_id}_{sel.mask}.csv", mime="text/csv")
+st.caption("Methods: deterministic, mc_dropout (T samples), tta (8 flips), ensemble (deep ensemble), "
+           "checkpoint_ensemble (snapshots of one run), auxiliary (error network, paper 002); +tta runs every pass on "
+           "the 8 flips, +ts divides logits by the temperature fitted on the calibration split.")
+temps = query(sel.db, "run_temperatures", sel.run_id)
+if not temps.empty:
+    with st.expander("Temperatures (+ts methods), fitted on the calibration split"):
+        st.dataframe(temps[temps.model.isin(sel.models)], hide_index=True, column_config={
+            "temperature": st.column_config.NumberColumn(format="%.3f"),
+            "nll_before": st.column_config.NumberColumn("NLL before (nats)", format="%.4f"),
+            "nll_after": st.column_config.NumberColumn("NLL after (nats)", format="%.4f")})

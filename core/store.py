@@ -243,6 +243,19 @@ def cohort_patients(con, run_id: str) -> pd.DataFrame:
         ORDER BY p.patient_id""", [run_id, run_id]).df()
 
 
+def quality_summary(con, run_id: str) -> pd.DataFrame:
+    """Cross-validated quality prediction per model, method and region (:mod:`core.quality`)."""
+    return con.execute("""SELECT model, method, region, n_patients, r2, pearson_r, score_spearman, regressor, features
+                          FROM quality_summary WHERE run_id = ? ORDER BY model, method, region""", [run_id]).df()
+
+
+def quality_patients(con, run_id: str, method: str, region: str) -> pd.DataFrame:
+    """Per-patient predicted vs true Dice and the aggregated uncertainty score of one method and region."""
+    return con.execute("""SELECT model, patient_id, dice, predicted_dice, uncertainty_score, flagged FROM quality
+                          WHERE run_id = ? AND method = ? AND region = ? ORDER BY model, patient_id""",
+                       [run_id, method, region]).df()
+
+
 def table_counts(con) -> pd.DataFrame:
     names = ["runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps",
              "temperatures", "quality", "quality_summary"]

@@ -124,3 +124,22 @@ def strata_box(df: pd.DataFrame, labels: list[str], colours: dict[str, str], x_t
                       xaxis=dict(title=x_title, categoryorder="array", categoryarray=labels),
                       yaxis=dict(title=y_title, range=[0, 1.02]), legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def predicted_vs_true(df: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
+    """Scatter of predicted vs true Dice (df: model, patient_id, dice, predicted_dice, flagged) with y = x."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#999", dash="dash"),
+                             name="perfect prediction", hoverinfo="skip"))
+    for model, g in df.groupby("model", sort=True):
+        fig.add_trace(go.Scatter(
+            x=g.dice, y=g.predicted_dice, mode="markers", name=model, customdata=g.patient_id,
+            marker=dict(color=colours.get(model), size=9, symbol=["x" if f else "circle" for f in g.flagged],
+                        line=dict(width=0.5, color="white")),
+            hovertemplate="%{customdata}<br>true %{x:.3f} · predicted %{y:.3f}<extra>" + model + "</extra>"))
+    fig.update_layout(height=420, margin=dict(t=30, b=40, l=60, r=20), legend=dict(orientation="h", y=-0.2),
+                      xaxis=dict(title="true Dice", range=[-0.02, 1.02]),
+                      yaxis=dict(title="predicted Dice (out-of-fold)", range=[-0.02, 1.02]))
+    fig.add_annotation(x=0.02, y=0.98, xref="paper", yref="paper", showarrow=False, xanchor="left",
+                       text="× flagged for review", font=dict(color="#555"))
+    return fig

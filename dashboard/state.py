@@ -24,6 +24,7 @@ STRAT_MEASURES = {
     "mean entropy (WT, brain)": ("mean_entropy", "WT", "brain"),
     "mean entropy (WT, predicted region)": ("mean_entropy", "WT", "pred"),
     "mean MI (WT, brain)": ("mean_mi", "WT", "brain"),
+    "mean EPKL (WT, brain)": ("mean_epkl", "WT", "brain"),
 }
 
 
@@ -167,8 +168,9 @@ def sidebar() -> Selection | None:
                         help="Keep patients whose measure lies between these quantiles of the cohort")
     metric, region, mmask = STRAT_MEASURES[strat_measure]
     values = query(db, "patient_measure", run_id, strat_model, method, metric=metric, region=region, mask=mmask)
-    if values.empty and metric == "mean_mi":
-        sb.warning(f"Mutual information needs samples; method {method} has none. Stratifying by mean entropy.")
+    if values.empty and metric in ("mean_mi", "mean_epkl"):
+        sb.warning(f"{'Mutual information' if metric == 'mean_mi' else 'EPKL'} needs samples; method {method} has "
+                   "none. Stratifying by mean entropy.")
         values = query(db, "patient_measure", run_id, strat_model, method, metric="mean_entropy", region=region, mask=mmask)
     all_patients = values.patient_id.tolist()
     patients = filter_by_quantile(values, q_range)

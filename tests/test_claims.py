@@ -1,0 +1,75 @@
+"""The papers' claims, checked on the real demo: full demo cohort, shipped weights, test split.
+
+* temperature scaling leaves every Dice unchanged (to 1e-6) and lowers the dataset ROI ECE (paper 003);
+* MC dropout changes the mean Dice by less than 0.01 (paper 000 / 002);
+* the most uncertain quartile of patients (mean WT entropy in the brain) has a lower median WT Dice than
+  the rest (paper 000's entropy strata).
+
+One batch run (both demo architectures, deterministic / deterministic+ts / mc_dropout, T = 10, no maps) is
+shared by the tests of this module; it takes about two minutes on 2 CPU cores.
+"""
+import numpy as np
+import pytest
+
+from core import store
+from core.__main__ import SHIPPED_WEIGHTS
+from core.modelset import demo_model_spec
+
+MODELS = ("UNet-Res", "SegResNet")
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory):
+    from core.batch import run_batch
+    from core.demo import DemoSpec, build_demo_cohort
+
+    root = tmp_path_factory.mktemp("claims")
+    cohort = build_demo_cohort(root / "demo", DemoSpec(), progress=False)
+    specs = [demo_model_spec(m, SHIPPED_WEIGHTS) for m in MODELS]
+    summary = run_batch(cohort, root / "results.duckdb", specs, methods=["deterministic", "deterministic+ts", "mc_dropout"],
+                        T=10, split="test", save_maps=False, progress=False, echo=lambda *_: None)
+    assert summary["failed"] == 0 and summary["ok"] == len(MODELS) * 3 * DemoSpec().n_test
+    con = store.connect(root / "results.duckdb", read_only=True)
+    yield con, summary["run_id"]
+    con.close()
+
+
+def _metric(con, run_id, metric, mask="brain"):
+    return con.execute("SELECT model, method, patient_id, region, value FROM metrics WHERE run_id = ? AND metric = ? "
+                       "AND mask = ?", [run_id, metric, mask]).df()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_temperature_scaling_keeps_dice_and_lowers_roi_ece(demo_db, model):
+    con, run_id = demo_db
+    d = _metric(con, run_id, "dice")
+    d = d[d.model == model].pivot_table(index=["patient_id", "region"], columns="method", values="value")
+    assert len(d) == 42 * 3
+    assert np.allclose(d["deterministic"], d["deterministic+ts"], atol=1e-6, equal_nan=True)
+    summ = store.cohort_summary(con, run_id, None, mask="roi")
+    s = summ[summ.model == model].set_index(["method", "region"])
+    for region in ("WT", "TC", "ET"):
+        assert s.loc[("deterministic+ts", region), "ece_dataset"] < s.loc[("deterministic", region), "ece_dataset"], region
+    temps = store.run_temperatures(con, run_id)
+    assert (temps[temps.model == model].temperature > 0).all()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_mc_dropout_barely_moves_mean_dice(demo_db, model):
+    con, run_id = demo_db
+    d = _metric(con, run_id, "dice")
+    means = d[d.model == model].groupby(["method", "region"]).value.mean()
+    for region in ("WT", "TC", "ET"):
+        assert abs(means[("mc_dropout", region)] - means[("deterministic", region)]) < 0.01, region
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_most_uncertain_quartile_has_lower_median_wt_dice(demo_db, model):
+    con, run_id = demo_db
+    ent = _metric(con, run_id, "mean_entropy")
+    ent = ent[(ent.model == model) & (ent.method == "mc_dropout") & (ent.region == "WT")].set_index("patient_id").value
+    dice = _metric(con, run_id, "dice")
+    dice = dice[(dice.model == model) & (dice.method == "mc_dropout") & (dice.region == "WT")].set_index("patient_id").value
+    top = ent >= ent.quantile(0.75)
+    assert top.sum() >= 10
+    assert dice[top[top].index].median() < dice[top[~top].index].median()
