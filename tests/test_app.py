@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 ROOT = Path(__file__).resolve().parent.parent
 
 PAGES = ["app_pages/home.py", "app_pages/compare.py", "app_pages/reliability.py", "app_pages/strata.py",
-         "app_pages/budget.py", "app_pages/viewer.py"]
+         "app_pages/budget.py", "app_pages/viewer.py", "app_pages/quality.py"]
 
 
 @pytest.fixture
@@ -162,3 +162,39 @@ def test_viewer_page(data_env):
     _ok(at)
     assert at.query_params["patient"] in (pid, [pid])
     assert len(at.get("download_button")) >= 5  # the NIfTI maps of the shown models
+
+
+def test_quality_page_empty_state(data_env):
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/quality.py"), default_timeout=120).run())
+    assert any("at least 10 patients" in i.value for i in at.info)
+
+
+def test_quality_page_with_predictions(results_db, tmp_path, monkeypatch):
+    """Quality rows written by core.quality on a copy of the tiny database (4 test patients are too few for
+    the batch to fit a regressor, so the frames are built from its real Dice with core.quality's writer)."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from core import store
+
+    shutil.copy(results_db, tmp_path / "results.duckdb")
+    con = store.connect(tmp_path / "results.duckdb")
+    run_id = con.execute("SELECT run_id FROM runs").fetchone()[0]
+    d = con.execute("SELECT model, method, patient_id, region, value AS dice FROM metrics WHERE metric = 'dice'").df()
+    d["predicted_dice"] = np.clip(d.dice + 0.05, 0, 1)
+    d["uncertainty_score"] = -d.dice
+    d["flagged"] = d.predicted_dice < d.predicted_dice.median()
+    summ = pd.DataFrame([{"model": m, "method": me, "region": r, "n_patients": 4, "r2": 0.5, "pearson_r": 0.8,
+                          "score_spearman": -0.7, "regressor": "test", "features": "[]"}
+                         for (m, me, r), _ in d.groupby(["model", "method", "region"])])
+    store.write_quality(con, run_id, d, summ)
+    con.close()
+    monkeypatch.setenv("TUMOURQA_DATA", str(tmp_path))
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/quality.py"), default_timeout=120).run())
+    assert len(at.dataframe) == 2  # summary + flagged patients
+    assert at.dataframe[0].value.r2.eq(0.5).all()
+    flagged = at.dataframe[1].value
+    assert len(flagged) and (flagged.predicted_dice <= d.predicted_dice.median()).all()
+    _ok(at.radio(key="quality_region").set_value("ET").run())
