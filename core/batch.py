@@ -148,7 +148,7 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
     log.info("run %s: %d patients, models %s, methods %s, T=%d, device %s", run_id, len(cases), names, list(methods), T, dev)
     pairs, unavailable = [], []
     for m in models:
-        for meth in methods:
+        for meth in (m.methods or methods):
             why = unavailable_reason(meth, m)
             if why:
                 unavailable.append(f"{m.name}/{meth}: {why}")

@@ -7,9 +7,10 @@
 * ``auxiliary``: an auxiliary error network (:mod:`core.auxiliary`, paper 002) trained for this model.
 * ``temperature``: (R,) float, one temperature per region fitted on the calibration split
   (:mod:`core.temperature`); set by the batch, used by every ``+ts`` method.
+* ``methods``: optional list of method names for this model only (default: the run's methods).
 
 A model spec (in a study config or ``run_batch(models=...)``) is either a checkpoint path or a mapping
-``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path}``. Every file is one
+``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path, "methods": [names]}``. Every file is one
 of our checkpoints and loads with ``torch.load(..., weights_only=True)`` (:func:`core.models.load_checkpoint`).
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ModelSet:
     snapshots: list[LoadedModel] = field(default_factory=list)
     auxiliary: LoadedModel | None = None
     temperature: np.ndarray | None = None
+    methods: list[str] | None = None  # this model's methods (None: the run's)
 
     @property
     def name(self) -> str:
@@ -55,7 +57,8 @@ class ModelSet:
         return {"checkpoint": str(Path(self.primary.path).resolve()),
                 "ensemble": [str(Path(m.path).resolve()) for m in self.ensemble],
                 "snapshots": [str(Path(m.path).resolve()) for m in self.snapshots],
-                "auxiliary": str(Path(self.auxiliary.path).resolve()) if self.auxiliary else None}
+                "auxiliary": str(Path(self.auxiliary.path).resolve()) if self.auxiliary else None,
+                "methods": self.methods}
 
 
 def as_model_set(m) -> ModelSet:
@@ -65,15 +68,16 @@ def as_model_set(m) -> ModelSet:
 def normalise_spec(spec) -> dict:
     """A checkpoint path or a mapping -> ``{"checkpoint", "ensemble", "snapshots", "auxiliary"}``."""
     if isinstance(spec, (str, Path)):
-        return {"checkpoint": str(spec), "ensemble": [], "snapshots": [], "auxiliary": None}
+        return {"checkpoint": str(spec), "ensemble": [], "snapshots": [], "auxiliary": None, "methods": None}
     if not isinstance(spec, dict) or "checkpoint" not in spec:
         raise ValueError(f"a model is a checkpoint path or a table with a 'checkpoint' key, not {spec!r}")
-    unknown = set(spec) - {"checkpoint", "ensemble", "snapshots", "auxiliary"}
+    unknown = set(spec) - {"checkpoint", "ensemble", "snapshots", "auxiliary", "methods"}
     if unknown:
-        raise ValueError(f"unknown model keys {sorted(unknown)} (known: checkpoint, ensemble, snapshots, auxiliary)")
+        raise ValueError(f"unknown model keys {sorted(unknown)} (known: checkpoint, ensemble, snapshots, auxiliary, methods)")
     return {"checkpoint": str(spec["checkpoint"]), "ensemble": [str(p) for p in spec.get("ensemble") or []],
             "snapshots": [str(p) for p in spec.get("snapshots") or []],
-            "auxiliary": str(spec["auxiliary"]) if spec.get("auxiliary") else None}
+            "auxiliary": str(spec["auxiliary"]) if spec.get("auxiliary") else None,
+            "methods": [str(m) for m in spec["methods"]] if spec.get("methods") else None}
 
 
 def load_model_set(spec, device: str | torch.device = "cpu") -> ModelSet:
@@ -84,6 +88,10 @@ def load_model_set(spec, device: str | torch.device = "cpu") -> ModelSet:
                   [load_checkpoint(p, device) for p in s["ensemble"]],
                   [load_checkpoint(p, device) for p in s["snapshots"]],
                   load_checkpoint(s["auxiliary"], device) if s["auxiliary"] else None)
+    if s["methods"]:
+        from .uncertainty import canonical_method
+
+        ms.methods = list(dict.fromkeys(canonical_method(m) for m in s["methods"]))
     for kind, members in (("ensemble member", ms.ensemble), ("snapshot", ms.snapshots)):
         for m in members:
             bad = [k for k in _SAME if m.card.get(k) != primary.card.get(k)]

@@ -42,6 +42,25 @@ def tiny_checkpoints(tiny_cohort, tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def unet_set(tiny_cohort, tiny_checkpoints, tmp_path_factory):
+    """UNet-Res primary (1 epoch, with a snapshot), two more members, and an auxiliary network."""
+    from core.auxiliary import train_auxiliary
+    from core.modelset import load_model_set
+    from core.train import train_model
+
+    out = tmp_path_factory.mktemp("members")
+    spec = DEMO_MODELS["UNet-Res"]
+    kw = dict(epochs=2, batch_size=1, crop=(32, 32, 32), progress=False, log=lambda *_: None)
+    prim = train_model("UNet-Res", spec["arch"], spec["arch_args"], tiny_cohort, out / "p.pt", seed=0,
+                       snapshot_epochs=[1], **kw)
+    members = [train_model("UNet-Res", spec["arch"], spec["arch_args"], tiny_cohort, out / f"e{s}.pt", seed=s,
+                           subset_fraction=0.7, **kw) for s in (2, 3)]
+    aux = train_auxiliary(load_model_set(str(prim)), tiny_cohort, out / "aux.pt", epochs=2, log=lambda *_: None)
+    return {"checkpoint": str(prim), "ensemble": [str(m) for m in members], "snapshots": [str(out / "p_snap1.pt")],
+            "auxiliary": str(aux)}
+
+
+@pytest.fixture(scope="session")
 def results_db(tiny_cohort, tiny_checkpoints, tmp_path_factory) -> Path:
     """data folder with results.duckdb of the tiny cohort's test split, both models, both methods, T=3."""
     from core.batch import run_batch

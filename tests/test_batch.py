@@ -116,3 +116,38 @@ def test_bin_auroc_within_0002_on_demo_predictions(tiny_cohort, tiny_checkpoints
 
 
 M_REGIONS = ("WT", "TC", "ET")
+
+
+def test_batch_runs_every_method_and_fits_temperatures(tiny_cohort, tiny_checkpoints, unet_set, tmp_path):
+    """A model with members, snapshots and an auxiliary network runs every method; a bare model has the
+    member-based methods left out (reported, not failed); +ts fits and stores one temperature per region."""
+    METHODS = ["deterministic", "deterministic+ts", "mc_dropout", "ensemble", "checkpoint_ensemble+tta+ts", "auxiliary"]
+    db = tmp_path / "all.duckdb"
+    s = run_batch(tiny_cohort, db, [unet_set, str(tiny_checkpoints[0])], methods=METHODS, T=2,
+                  split="test", progress=False, echo=lambda *_: None)
+    assert s["failed"] == 0
+    bare = {u.split(":")[0] for u in s["unavailable"]}
+    assert bare == {"SegResNet/ensemble", "SegResNet/checkpoint_ensemble+tta+ts", "SegResNet/auxiliary"}
+    con = store.connect(db, read_only=True)
+    ev = con.execute("SELECT model, method, count(*) FROM evaluations WHERE status = 'ok' GROUP BY ALL").fetchall()
+    assert {(m, me) for m, me, _ in ev} == {("UNet-Res", me) for me in METHODS} | {
+        ("SegResNet", me) for me in ("deterministic", "deterministic+ts", "mc_dropout")}
+    assert all(n == 4 for *_, n in ev)
+    temps = store.run_temperatures(con, s["run_id"])
+    assert len(temps) == 6 and (temps.temperature.isna() | (temps.temperature > 0)).all()
+    fitted = temps.dropna(subset=["temperature"])  # NaN: the calibration ROI had one class only (then T = 1 is used)
+    assert len(fitted) >= 2 and (fitted.nll_after <= fitted.nll_before + 1e-12).all()
+    assert (temps.temperature.isna() == (temps.n_positive == 0)).all()
+    d = con.execute("""SELECT a.value - b.value FROM metrics a JOIN metrics b USING (run_id, model, patient_id, region, mask, metric)
+                       WHERE a.metric = 'dice' AND a.method = 'deterministic' AND b.method = 'deterministic+ts'""").fetchall()
+    assert len(d) == 2 * 4 * 3 and max(abs(x[0]) for x in d) < 1e-9
+    kinds = con.execute("SELECT method, list(DISTINCT kind ORDER BY kind) FROM maps WHERE model = 'UNet-Res' GROUP BY ALL").fetchall()
+    kinds = dict(kinds)
+    assert "epkl" in kinds["ensemble"] and "epkl" in kinds["checkpoint_ensemble+tta+ts"] and "epkl" not in kinds["deterministic"] and "mi" not in kinds["auxiliary"]
+    soft = con.execute("SELECT count(*) FROM metrics WHERE metric = 'soft_ece'").fetchone()[0]
+    assert soft > 0, "the demo test patients carry raters"
+    con.close()
+    # rerun: everything skipped, temperatures read back, not refitted
+    s2 = run_batch(tiny_cohort, db, [unet_set, str(tiny_checkpoints[0])], methods=METHODS, T=2,
+                   split="test", progress=False, echo=lambda *_: None)
+    assert s2["ok"] == 0 and s2["skipped"] == s["ok"]

@@ -19,7 +19,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SHOTS = ROOT / "artifacts" / "screenshots"
 PAGES = [("", "Tumour segmentation QA"), ("compare", "Compare models"), ("reliability", "Reliability"),
          ("strata", "Patient strata"), ("budget", "Review budget"),
-         ("viewer", "Patient viewer"), ("quality", "Quality prediction")]
+         ("viewer", "Patient viewer"), ("quality", "Quality prediction"),
+         ("glossary", "Glossary")]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed (scripts/test.sh installs it when run as root)")

@@ -20,23 +20,6 @@ def case(tiny_cohort):
     return load_case(discover(tiny_cohort, "test")[0])
 
 
-@pytest.fixture(scope="module")
-def unet_set(tiny_cohort, tiny_checkpoints, tmp_path_factory):
-    """UNet-Res primary (1 epoch, with a snapshot), two more members, and an auxiliary network."""
-    from core.auxiliary import train_auxiliary
-
-    out = tmp_path_factory.mktemp("members")
-    spec = DEMO_MODELS["UNet-Res"]
-    kw = dict(epochs=2, batch_size=1, crop=(32, 32, 32), progress=False, log=lambda *_: None)
-    prim = train_model("UNet-Res", spec["arch"], spec["arch_args"], tiny_cohort, out / "p.pt", seed=0,
-                       snapshot_epochs=[1], **kw)
-    members = [train_model("UNet-Res", spec["arch"], spec["arch_args"], tiny_cohort, out / f"e{s}.pt", seed=s,
-                           subset_fraction=0.7, **kw) for s in (2, 3)]
-    aux = train_auxiliary(load_model_set(str(prim)), tiny_cohort, out / "aux.pt", epochs=2, log=lambda *_: None)
-    return {"checkpoint": str(prim), "ensemble": [str(m) for m in members], "snapshots": [str(out / "p_snap1.pt")],
-            "auxiliary": str(aux)}
-
-
 def _plain_probs(lm, image, flips=((),)):
     """Sigmoid outputs of a plain forward pass on each flipped input, flipped back: (n, R, X, Y, Z)."""
     x = preprocess(image, lm.card)

@@ -1,0 +1,18 @@
+"""Glossary: every metric and method with its exact definition (from the README, the one source)."""
+import streamlit as st
+
+from dashboard.glossary import glossary
+
+st.title("Glossary")
+st.caption("Exact definitions of every stored metric (mask = voxel set it is computed on) and of every uncertainty "
+           "method; the same text as the README. Search by name or by a word of the definition.")
+g = glossary()
+q = st.text_input("Search", key="glossary_q", placeholder="e.g. ece, budget, rater")
+if q:
+    g = g[g.term.str.contains(q, case=False, regex=False) | g.definition.str.contains(q, case=False, regex=False)]
+if g.empty:
+    st.info("Nothing matches this search.")
+else:
+    st.dataframe(g, hide_index=True, width="stretch", column_config={
+        "definition": st.column_config.TextColumn(width="large")})
+    st.download_button("Download glossary (CSV)", g.to_csv(index=False), file_name="glossary.csv", mime="text/csv")

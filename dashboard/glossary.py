@@ -1,0 +1,41 @@
+"""The glossary shown in the app, read from the README's tables so that there is one source of truth.
+
+:func:`glossary` returns (term, where, definition) rows from the README's metric table (section
+"Metrics") and method table (section "Uncertainty methods").
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _section(text: str, title_start: str) -> str:
+    m = re.search(rf"^## {re.escape(title_start)}.*?$(.*?)(?=^## )", text, flags=re.M | re.S)
+    return m.group(1) if m else ""
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            rows.append(cells)
+    return rows[1:] if rows else []  # drop the header row
+
+
+def glossary(readme: Path = README) -> pd.DataFrame:
+    text = readme.read_text()
+    out = []
+    for cells in _table_rows(_section(text, "Metrics")):
+        if len(cells) >= 3:
+            out.append({"term": cells[0].replace("`", ""), "kind": "metric", "where": cells[1].replace("`", ""),
+                        "definition": " | ".join(cells[2:]).replace("`", "")})
+    for cells in _table_rows(_section(text, "Uncertainty methods")):
+        if len(cells) >= 2:
+            out.append({"term": cells[0].replace("`", ""), "kind": "method", "where": "",
+                        "definition": " | ".join(cells[1:]).replace("`", "")})
+    return pd.DataFrame(out, columns=["term", "kind", "where", "definition"])
