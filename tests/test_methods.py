@@ -193,6 +193,28 @@ def test_ml1_ace_hard_equals_metric_ace():
     assert float(ml1_ace_loss(torch.zeros(1, 1, 4, 4, 4), t)) < 1e-7
 
 
+def test_ml1_ace_soft_equals_dense_triangular_kernel():
+    """The O(N) two-bin soft binning equals the dense definition w_ib = max(0, 1 - n |p_i - c_b|), value and gradient."""
+    rng = np.random.default_rng(6)
+    logits = torch.from_numpy(rng.normal(0, 3, (2, 3, 10, 10, 10)))
+    logits[0, 0, 0, 0, :4] = torch.tensor([-50.0, 50.0, 0.0, 1e-9])  # p = 0, 1, 0.5 (a bin edge), ~0.5
+    target = torch.from_numpy((rng.random((2, 3, 10, 10, 10)) < 0.2).astype(np.float32))
+
+    def dense(lg, n_bins=20):
+        p, y = torch.sigmoid(lg.float()).flatten(2), target.flatten(2)
+        w = (1 - (p.unsqueeze(-1) - (torch.arange(n_bins) + 0.5) / n_bins).abs() * n_bins).clamp(min=0)
+        cnt, sp, sy = w.sum(2), (w * p.unsqueeze(-1)).sum(2), (w * y.unsqueeze(-1)).sum(2)
+        ne = cnt > 1e-6
+        return (((sp - sy).abs() / cnt.clamp(min=1e-6) * ne).sum(-1) / ne.sum(-1).clamp(min=1)).mean()
+
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    la, lb = ml1_ace_loss(a, target, soft=True), dense(b)
+    la.backward()
+    lb.backward()
+    assert abs(float(la) - float(lb)) < 1e-6
+    assert torch.allclose(a.grad, b.grad, atol=1e-7)
+
+
 def test_crps_and_volume_distribution_against_properscoring():
     properscoring = pytest.importorskip("properscoring")
     rng = np.random.default_rng(3)
