@@ -41,10 +41,22 @@ def code_version() -> str:
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file; of a folder (a MONAI bundle): of its files' relative paths and contents, sorted.
+    A plain state dict's sidecar (``X.json`` / ``X.toml``) is hashed with it."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        from .bundle import sidecar_of
+
+        files = [path] + ([sidecar_of(path)] if path.suffix == ".pt" and sidecar_of(path) else [])
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
