@@ -1,7 +1,8 @@
 """The batch backend: models x methods over a BraTS-layout cohort -> DuckDB + NIfTI maps.
 
 Per patient: load and validate (a :class:`core.cohort.CaseError` fails that patient only), then for every
-pending (model, method): inference (:mod:`core.uncertainty`), the metric suite (:mod:`core.metrics`),
+pending (model, method): inference (:mod:`core.uncertainty`) on the model's grid (RAS at the card's spacing,
+:mod:`core.resample`) with the maps brought back to the patient's grid, the metric suite (:mod:`core.metrics`),
 NIfTI maps written to ``<maps_dir>/<run_id>/<model>/<method>/``, and finally ONE database transaction
 with the patient's row, its evaluations, metrics, bins and map paths. The run id is a hash of the run's
 configuration, so running the same command again skips every (model, method, patient) already 'ok' and
@@ -25,6 +26,7 @@ from . import metrics as M
 from . import store
 from .cohort import CaseError, discover, labels_to_regions, load_case, read_splits, regions_to_labels
 from .modelset import load_model_set
+from .resample import plan as grid_plan, prediction_to_patient
 from .uncertainty import METHODS, canonical_method, deterministic_logits, default_device, parse_method, predict, \
     unavailable_reason
 
@@ -234,7 +236,8 @@ def _temperatures(con, run_id, ms, cohort, cal_ids, cal_split, log, echo) -> np.
             log.error("temperature fit: skipping %s", e)
             echo(f"temperature fit: skipping {e}")
             continue
-        z = deterministic_logits(ms, case.image)
+        grid = grid_plan(case.affine, case.image.shape, ms.card)  # model grid (RAS, card spacing) and back
+        z = grid.to_patient(deterministic_logits(ms, grid.to_model(case.image)))
         zr, yr = gather_roi(z, labels_to_regions(case.seg, case.label_scheme), case.brain_mask)
         zs.append(zr)
         ys.append(yr)
@@ -268,6 +271,7 @@ def _evaluate_patient(files, pending, cohort, split, run_id, maps_root, T, mc_ba
               if case.raters is not None and truth is not None else None)
     brain = case.brain_mask
     caches = {}  # per model set: deterministic passes shared between methods
+    inputs = {}  # per model set: (grid plan, the image on the model's grid); the same array for every method
     meta = {**(meta or {}), **({"n_raters": int(len(case.raters))} if case.raters is not None else {})} or None
     patient_row = {"cohort": cohort, "source": case.source, "shape": case.image.shape[1:], "spacing": case.spacing,
                    "label_scheme": case.label_scheme, "split": split, "has_gt": truth is not None, "meta": meta}
@@ -275,8 +279,15 @@ def _evaluate_patient(files, pending, cohort, split, run_id, maps_root, T, mc_ba
     for lm, meth in pending:
         t0 = time.perf_counter()
         try:
-            pred = predict(lm, case.image, meth, T=T, mc_batch=mc_batch, seed=seed,
-                           cache=caches.setdefault(id(lm), {}))
+            if id(lm) not in inputs:
+                grid = grid_plan(case.affine, case.image.shape, lm.card)
+                inputs[id(lm)] = (grid, grid.to_model(case.image))
+                if not grid.identity:
+                    log.info("%s %s: patient grid %s (RAS %s mm) -> model grid %s (%s mm) and back", pid, lm.name,
+                             grid.patient_shape, grid.ras_spacing, grid.model_shape, grid.model_spacing)
+            grid, image = inputs[id(lm)]
+            pred = predict(lm, image, meth, T=T, mc_batch=mc_batch, seed=seed, cache=caches.setdefault(id(lm), {}))
+            pred = prediction_to_patient(pred, grid)  # metrics and maps on the patient's own grid
             ev = M.evaluate_patient(pred.prob, pred.entropy, pred.mi, truth, brain, spacing=case.spacing,
                                     epkl=pred.epkl, sample_volumes=pred.sample_volumes, raters=raters)
             maps = []
