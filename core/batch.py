@@ -106,6 +106,40 @@ def write_maps(out_dir: Path, pid: str, prediction, truth, affine, scheme) -> li
     return paths
 
 
+def clean_stale_maps(con, run_id: str, maps_root: Path, log=None) -> list[Path]:
+    """Delete what a killed or failed run left in ``<maps_root>/<run_id>/``; returns the deleted files.
+
+    * every ``*.part.nii.gz`` (a map write interrupted before its rename);
+    * every ``<pid>_<kind>.nii.gz`` of a (model, method, patient) that is not 'ok' in this database and that
+      no ``maps`` row refers to (maps are written before the patient's transaction: a kill between the two
+      leaves files that no row points at; the rerun writes them again).
+    Maps of evaluations that are 'ok' are never touched.
+    """
+    root = Path(maps_root) / run_id
+    if not root.is_dir():
+        return []
+    referenced = {str(Path(p)) for (p,) in con.execute("SELECT path FROM maps WHERE run_id = ?", [run_id]).fetchall()}
+    done = store.done_evaluations(con, run_id)
+    removed = []
+    for f in root.glob("*/*/*"):
+        if not f.is_file():
+            continue
+        if f.name.endswith(".part.nii.gz"):
+            stale = True
+        elif f.name.endswith(".nii.gz") and "_" in f.name:
+            pid, kind = f.name[: -len(".nii.gz")].rsplit("_", 1)
+            model, method = f.parent.parent.name, f.parent.name
+            stale = kind in MAP_KINDS and str(f) not in referenced and (model, method, pid) not in done
+        else:
+            stale = False
+        if stale:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    if removed and log is not None:
+        log.warning("removed %d stale map file(s) of unfinished evaluations under %s", len(removed), root)
+    return removed
+
+
 def _setup_log(log_path: Path) -> logging.Logger:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"tumourqa.batch.{log_path.stem}")
@@ -156,6 +190,7 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
     for m in models:
         store.upsert_model(con, run_id, m.name, str(Path(m.path).resolve()), m.card)
     done = store.done_evaluations(con, run_id)
+    clean_stale_maps(con, run_id, maps_root, log)  # leftovers of a killed run (never maps of 'ok' evaluations)
     cases = discover(cohort, split)
     splits = read_splits(cohort)
     split_of = {pid: s for s, ids in splits.items() for pid in ids}
@@ -197,6 +232,7 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
             bar.set_postfix(counts)
     if bar is not None:
         bar.close()
+    clean_stale_maps(con, run_id, maps_root, log)  # maps of evaluations that failed after writing some maps
     if quality:
         from .quality import update_quality
 
