@@ -9,8 +9,9 @@
   (:mod:`core.temperature`); set by the batch, used by every ``+ts`` method.
 
 A model spec (in a study config or ``run_batch(models=...)``) is either a checkpoint path or a mapping
-``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path}``. Every file is one
-of our checkpoints and loads with ``torch.load(..., weights_only=True)`` (:func:`core.models.load_checkpoint`).
+``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path}``. Every path is one
+of our checkpoints, a MONAI bundle folder or a plain state dict with a sidecar (:mod:`core.bundle`), and
+loads with ``torch.load(..., weights_only=True)`` (:func:`core.models.load_checkpoint`).
 """
 from __future__ import annotations
 
