@@ -92,7 +92,7 @@ def parse_network_def(net: dict, where) -> tuple[str, dict]:
         raise BundleError(f"{where}: no network_def with a _target_")
     target = str(net["_target_"])
     short = target.rsplit(".", 1)[-1]
-    if short not in ALLOWED_TARGETS or (target != short and target != f"monai.networks.nets.{short}"):
+    if short not in ALLOWED_TARGETS or (target != short and not target.startswith("monai.networks.nets.")):
         raise BundleError(f"{where}: network_def _target_ {target!r} is not allowed "
                           f"(allowed: {', '.join(f'monai.networks.nets.{t}' for t in ALLOWED_TARGETS)})")
     args = {k: _literal(v, where, k) for k, v in net.items() if not k.startswith("_")}

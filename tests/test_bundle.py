@@ -67,9 +67,11 @@ def make_bundle(root, net=None, target="SegResNet", pixdim=(1.0, 1.0, 1.0), roi=
     return root
 
 
-def test_bundle_card_and_permuted_prediction(tmp_path):
+@pytest.mark.parametrize("target", ["SegResNet", "monai.networks.nets.SegResNet",
+                                    "monai.networks.nets.segresnet.SegResNet"])
+def test_bundle_card_and_permuted_prediction(tmp_path, target):
     net = _net()
-    lm = load_checkpoint(make_bundle(tmp_path / "brats_mri_segmentation", net))
+    lm = load_checkpoint(make_bundle(tmp_path / "brats_mri_segmentation", net, target=target))
     c = lm.card
     assert c["channels"] == ["t1", "t1ce", "t2", "flair"] and c["regions"] == ["WT", "TC", "ET"]
     assert c["spacing_mm"] == [1.0, 1.0, 1.0] and c["roi_size"] == [64, 64, 64]
@@ -93,7 +95,8 @@ def test_bundle_card_and_permuted_prediction(tmp_path):
     np.testing.assert_allclose(pred.prob, torch.sigmoid(z[OUT_PERM]).numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("target", ["monai.networks.nets.SwinUNETR", "os.system", "SegResNetDS"])
+@pytest.mark.parametrize("target", ["monai.networks.nets.SwinUNETR", "os.system", "SegResNetDS",
+                                    "evil.module.SegResNet"])
 def test_unknown_target_refused(tmp_path, target):
     with pytest.raises(BundleError, match="not allowed"):
         load_checkpoint(make_bundle(tmp_path / "b", target=target))
