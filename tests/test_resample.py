@@ -59,11 +59,15 @@ def test_batch_resamples_to_model_spacing_and_back(tiny_cohort, tiny_checkpoints
     up = tmp_path / "up"
     _write_upsampled_las(tiny_cohort, up, pid)
     ckpt = [str(tiny_checkpoints[1])]  # UNet-Res, card spacing 3 mm
-    kw = dict(methods=["deterministic", "mc_dropout"], T=2, split="calibration", progress=False,
+    kw = dict(methods=["deterministic", "deterministic+ts", "mc_dropout"], T=2, split="calibration", progress=False,
               echo=lambda *_: None, quality=False)
     s1 = run_batch(tiny_cohort, tmp_path / "native.duckdb", ckpt, maps_dir=tmp_path / "m1", **kw)
     s2 = run_batch(up, tmp_path / "up.duckdb", ckpt, maps_dir=tmp_path / "m2", **kw)
-    assert s1["ok"] == s2["ok"] == 2 and s2["failed"] == 0
+    assert s1["ok"] == s2["ok"] == 3 and s2["failed"] == 0
+    for db in ("native", "up"):  # temperatures fitted through the same grid path
+        con = store.connect(tmp_path / f"{db}.duckdb", read_only=True)
+        assert con.execute("SELECT count(*) FROM temperatures").fetchone()[0] == 3
+        con.close()
 
     def dice(db):
         con = store.connect(db, read_only=True)
