@@ -179,7 +179,9 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
     config = {
         "cohort": str(cohort), "split": split, "methods": list(methods), "T": int(T), "seed": int(seed),
         "calibration_split": calibration_split,
-        "models": {m.name: {**m.files(), "sha256": file_sha256(m.path)} for m in models},
+        "models": {m.name: {**m.files(), "sha256": file_sha256(m.path),
+                            **({"card": m.card} if m.card.get("source", {}).get("sidecar") == "spec" else {})}
+                   for m in models},
         "metrics": {"n_cal_bins": M.N_CAL_BINS, "n_unc_bins": M.N_UNC_BINS, "roi_radius_vox": M.ROI_RADIUS_VOX,
                     "threshold": 0.5},
     }

@@ -18,7 +18,8 @@ permutation, so normalising in our order is the same as normalising in the bundl
 
 A plain state dict ``X.pt`` with a sidecar ``X.json`` or ``X.toml`` (keys: ``name``, ``arch``
 (``segresnet``/``unet_res`` or a MONAI class name), ``arch_args``, ``channels``, ``regions``,
-``spacing_mm``, optional ``roi_size``, ``normalisation``, ``output``) loads the same way.
+``spacing_mm``, optional ``roi_size``, ``normalisation``, ``output``) loads the same way; the same keys
+may instead be given in the model spec as ``card = {...}`` (:mod:`core.modelset`).
 All weights load with ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
@@ -169,7 +170,7 @@ def sidecar_of(path: str | Path) -> Path | None:
 def read_sidecar_card(pt_path: str | Path, sidecar: str | Path | dict) -> dict:
     """Our card for a plain state dict from its sidecar file (or a dict of the same keys)."""
     if isinstance(sidecar, dict):
-        sc, where = sidecar, pt_path
+        sc, where = sidecar, f"{pt_path} (card given in the model spec)"
     else:
         where = Path(sidecar)
         sc = tomllib.loads(where.read_text()) if where.suffix == ".toml" else json.loads(where.read_text())
@@ -179,7 +180,7 @@ def read_sidecar_card(pt_path: str | Path, sidecar: str | Path | dict) -> dict:
     return _card(sc.get("name", Path(pt_path).stem), sc["arch"], sc["arch_args"], sc["channels"], sc["regions"],
                  sc["spacing_mm"], sc.get("roi_size", [128, 128, 128]),
                  sc.get("normalisation", "nonzero_channelwise_zscore"), sc.get("output", "sigmoid"),
-                 {"kind": "state_dict", "file": str(pt_path), "sidecar": str(where)})
+                 {"kind": "state_dict", "file": str(pt_path), "sidecar": "spec" if isinstance(sidecar, dict) else str(where)})
 
 
 def load_state_dict_file(path: str | Path) -> dict:

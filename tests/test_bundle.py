@@ -164,3 +164,20 @@ def test_bundle_runs_in_batch_next_to_demo_model(tiny_cohort, tiny_checkpoints, 
     s2 = run_batch(tiny_cohort, db, [str(b), str(tiny_checkpoints[1])], methods=["deterministic", "mc_dropout"], T=2,
                    split="calibration", progress=False, echo=lambda *_: None, quality=False)
     assert s2["skipped"] == 4  # same run id: the bundle's hash is stable
+
+
+def test_state_dict_with_card_in_model_spec(tmp_path):
+    from core.modelset import load_model_set
+
+    net = _net(2)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    card = {"name": "from-spec", "arch": "segresnet", "arch_args": {"spatial_dims": 3, **ARGS},
+            "channels": ["T1c", "T1", "T2", "FLAIR"], "regions": ["Tumor core", "Whole tumor", "Enhancing tumor"],
+            "spacing_mm": [1, 1, 1]}
+    ms = load_model_set({"checkpoint": str(tmp_path / "weights.pt"), "card": card})
+    assert ms.name == "from-spec" and ms.card["source"]["sidecar"] == "spec"
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ms.model(x), net(x[:, IN_PERM])[:, OUT_PERM], atol=1e-6)
+    with pytest.raises(ValueError, match="not a tumourqa-checkpoint"):  # no card, no sidecar: refused as before
+        load_model_set(str(tmp_path / "weights.pt"))
