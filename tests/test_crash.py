@@ -57,7 +57,7 @@ def _run_and_kill(cmd, when, timeout=240) -> bool:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
                 return True
-            time.sleep(0.01)
+            time.sleep(0.002)
         return False
     finally:
         if p.poll() is None:
@@ -120,6 +120,8 @@ def test_killed_batch_resumes_to_same_database(tiny_cohort, tiny_checkpoints, tm
             partial = _snapshot(db, check_files=False)
             assert len(partial["evaluations"]) < len(ref["evaluations"])
             orphans += partial["orphans"]
+            print("after kill:", len(partial["evaluations"]), "evaluations,",
+                  sum(".part" in o for o in partial["orphans"]), "part files,", len(partial["orphans"]), "orphans")
     print(f"leftover map files after the kills (removed by the next run): {len(orphans)}: {orphans[:4]}")
     r = subprocess.run(_cmd(tiny_cohort, ckpt, db, maps), cwd=ROOT, env=_env(), capture_output=True, text=True,
                        timeout=300)
@@ -146,3 +148,31 @@ def test_stale_part_files_and_uncommitted_maps_are_removed(tiny_cohort, tiny_che
     s2 = run_batch(tiny_cohort, db, [str(tiny_checkpoints[1])], **kw)
     assert s2["skipped"] == 1
     assert sorted(folder.iterdir()) == sorted(kept + [folder / "notes.txt"])
+
+
+def test_killed_before_commit_then_failing_patient_leaves_no_maps(corrupt_copy, tiny_checkpoints, tmp_path,
+                                                                  monkeypatch):
+    """A 'kill' between a patient's map writes and its commit (simulated in-process: the transaction raises
+    SystemExit), then the patient fails on the rerun (its input was damaged meanwhile): the rerun must not
+    keep the maps nobody refers to (a rerun that succeeds overwrites them anyway)."""
+    from core import batch, store
+
+    db = tmp_path / "r.duckdb"
+    kw = dict(methods=["deterministic"], split="calibration", progress=False, echo=lambda *_: None, quality=False)
+    real = store.write_patient
+
+    def killed(*a, **k):
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(store, "write_patient", killed)
+    with pytest.raises(SystemExit):
+        batch.run_batch(corrupt_copy, db, [str(tiny_checkpoints[1])], **kw)
+    monkeypatch.setattr(store, "write_patient", real)
+    maps_root = tmp_path / "maps"
+    left = [p for p in maps_root.rglob("*") if p.is_file()]
+    assert left  # the maps were written before the transaction that never happened
+    pid = left[0].name.split("_")[0] + "_" + left[0].name.split("_")[1]
+    (corrupt_copy / pid / f"{pid}_t1ce.nii.gz").write_bytes(b"damaged")
+    s = batch.run_batch(corrupt_copy, db, [str(tiny_checkpoints[1])], **kw)
+    assert s["failed"] == 1
+    assert [p for p in maps_root.rglob("*") if p.is_file()] == []
