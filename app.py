@@ -2,7 +2,8 @@
 then the selected page. Pages live in app_pages/ and stay thin (widgets + plots)."""
 import streamlit as st
 
-from dashboard.state import sidebar
+from core.store import DatabaseBusy
+from dashboard.state import run_in_progress, sidebar
 
 st.set_page_config(page_title="Tumour QA: uncertainty & calibration", page_icon=":material/neurology:", layout="wide")
 
@@ -19,4 +20,7 @@ PAGES = [
 page = st.navigation(PAGES)
 selection = sidebar()
 st.session_state["_selection"] = selection
-page.run()
+try:
+    page.run()
+except DatabaseBusy:  # a batch took the write lock between the sidebar's queries and the page's
+    run_in_progress(st.session_state.get("db", "the database"))

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     r.add_argument("--cohort")
     r.add_argument("--db")
     r.add_argument("--config", help="TOML file with the same keys (cohort, db, models, methods, T, split, device)")
-    r.add_argument("--models", nargs="+", help="checkpoint files (.pt with model card)")
+    r.add_argument("--models", nargs="+", help="checkpoints: our .pt files, MONAI bundle folders, or plain state dicts with a .json/.toml sidecar")
     r.add_argument("--methods", nargs="+")
     r.add_argument("--T", type=int)
     r.add_argument("--split", help="only the patients of this split in splits.json (train/calibration/test)")

@@ -1,7 +1,8 @@
 """The batch backend: models x methods over a BraTS-layout cohort -> DuckDB + NIfTI maps.
 
 Per patient: load and validate (a :class:`core.cohort.CaseError` fails that patient only), then for every
-pending (model, method): inference (:mod:`core.uncertainty`), the metric suite (:mod:`core.metrics`),
+pending (model, method): inference (:mod:`core.uncertainty`) on the model's grid (RAS at the card's spacing,
+:mod:`core.resample`) with the maps brought back to the patient's grid, the metric suite (:mod:`core.metrics`),
 NIfTI maps written to ``<maps_dir>/<run_id>/<model>/<method>/``, and finally ONE database transaction
 with the patient's row, its evaluations, metrics, bins and map paths. The run id is a hash of the run's
 configuration, so running the same command again skips every (model, method, patient) already 'ok' and
@@ -25,6 +26,7 @@ from . import metrics as M
 from . import store
 from .cohort import CaseError, discover, labels_to_regions, load_case, read_splits, regions_to_labels
 from .modelset import load_model_set
+from .resample import plan as grid_plan, prediction_to_patient
 from .uncertainty import METHODS, canonical_method, deterministic_logits, default_device, parse_method, predict, \
     unavailable_reason
 
@@ -41,10 +43,22 @@ def code_version() -> str:
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file; of a folder (a MONAI bundle): of its files' relative paths and contents, sorted.
+    A plain state dict's sidecar (``X.json`` / ``X.toml``) is hashed with it."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        from .bundle import sidecar_of
+
+        files = [path] + ([sidecar_of(path)] if path.suffix == ".pt" and sidecar_of(path) else [])
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -92,6 +106,40 @@ def write_maps(out_dir: Path, pid: str, prediction, truth, affine, scheme) -> li
     return paths
 
 
+def clean_stale_maps(con, run_id: str, maps_root: Path, log=None) -> list[Path]:
+    """Delete what a killed or failed run left in ``<maps_root>/<run_id>/``; returns the deleted files.
+
+    * every ``*.part.nii.gz`` (a map write interrupted before its rename);
+    * every ``<pid>_<kind>.nii.gz`` of a (model, method, patient) that is not 'ok' in this database and that
+      no ``maps`` row refers to (maps are written before the patient's transaction: a kill between the two
+      leaves files that no row points at; the rerun writes them again).
+    Maps of evaluations that are 'ok' are never touched.
+    """
+    root = Path(maps_root) / run_id
+    if not root.is_dir():
+        return []
+    referenced = {str(Path(p)) for (p,) in con.execute("SELECT path FROM maps WHERE run_id = ?", [run_id]).fetchall()}
+    done = store.done_evaluations(con, run_id)
+    removed = []
+    for f in root.glob("*/*/*"):
+        if not f.is_file():
+            continue
+        if f.name.endswith(".part.nii.gz"):
+            stale = True
+        elif f.name.endswith(".nii.gz") and "_" in f.name:
+            pid, kind = f.name[: -len(".nii.gz")].rsplit("_", 1)
+            model, method = f.parent.parent.name, f.parent.name
+            stale = kind in MAP_KINDS and str(f) not in referenced and (model, method, pid) not in done
+        else:
+            stale = False
+        if stale:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    if removed and log is not None:
+        log.warning("removed %d stale map file(s) of unfinished evaluations under %s", len(removed), root)
+    return removed
+
+
 def _setup_log(log_path: Path) -> logging.Logger:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"tumourqa.batch.{log_path.stem}")
@@ -131,7 +179,9 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
     config = {
         "cohort": str(cohort), "split": split, "methods": list(methods), "T": int(T), "seed": int(seed),
         "calibration_split": calibration_split,
-        "models": {m.name: {**m.files(), "sha256": file_sha256(m.path)} for m in models},
+        "models": {m.name: {**m.files(), "sha256": file_sha256(m.path),
+                            **({"card": m.card} if m.card.get("source", {}).get("sidecar") == "spec" else {})}
+                   for m in models},
         "metrics": {"n_cal_bins": M.N_CAL_BINS, "n_unc_bins": M.N_UNC_BINS, "roi_radius_vox": M.ROI_RADIUS_VOX,
                     "threshold": 0.5},
     }
@@ -142,6 +192,7 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
     for m in models:
         store.upsert_model(con, run_id, m.name, str(Path(m.path).resolve()), m.card)
     done = store.done_evaluations(con, run_id)
+    clean_stale_maps(con, run_id, maps_root, log)  # leftovers of a killed run (never maps of 'ok' evaluations)
     cases = discover(cohort, split)
     splits = read_splits(cohort)
     split_of = {pid: s for s, ids in splits.items() for pid in ids}
@@ -183,6 +234,7 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
             bar.set_postfix(counts)
     if bar is not None:
         bar.close()
+    clean_stale_maps(con, run_id, maps_root, log)  # maps of evaluations that failed after writing some maps
     if quality:
         from .quality import update_quality
 
@@ -222,7 +274,8 @@ def _temperatures(con, run_id, ms, cohort, cal_ids, cal_split, log, echo) -> np.
             log.error("temperature fit: skipping %s", e)
             echo(f"temperature fit: skipping {e}")
             continue
-        z = deterministic_logits(ms, case.image)
+        grid = grid_plan(case.affine, case.image.shape, ms.card)  # model grid (RAS, card spacing) and back
+        z = grid.to_patient(deterministic_logits(ms, grid.to_model(case.image)))
         zr, yr = gather_roi(z, labels_to_regions(case.seg, case.label_scheme), case.brain_mask)
         zs.append(zr)
         ys.append(yr)
@@ -256,6 +309,7 @@ def _evaluate_patient(files, pending, cohort, split, run_id, maps_root, T, mc_ba
               if case.raters is not None and truth is not None else None)
     brain = case.brain_mask
     caches = {}  # per model set: deterministic passes shared between methods
+    inputs = {}  # per model set: (grid plan, the image on the model's grid); the same array for every method
     meta = {**(meta or {}), **({"n_raters": int(len(case.raters))} if case.raters is not None else {})} or None
     patient_row = {"cohort": cohort, "source": case.source, "shape": case.image.shape[1:], "spacing": case.spacing,
                    "label_scheme": case.label_scheme, "split": split, "has_gt": truth is not None, "meta": meta}
@@ -263,8 +317,15 @@ def _evaluate_patient(files, pending, cohort, split, run_id, maps_root, T, mc_ba
     for lm, meth in pending:
         t0 = time.perf_counter()
         try:
-            pred = predict(lm, case.image, meth, T=T, mc_batch=mc_batch, seed=seed,
-                           cache=caches.setdefault(id(lm), {}))
+            if id(lm) not in inputs:
+                grid = grid_plan(case.affine, case.image.shape, lm.card)
+                inputs[id(lm)] = (grid, grid.to_model(case.image))
+                if not grid.identity:
+                    log.info("%s %s: patient grid %s (RAS %s mm) -> model grid %s (%s mm) and back", pid, lm.name,
+                             grid.patient_shape, grid.ras_spacing, grid.model_shape, grid.model_spacing)
+            grid, image = inputs[id(lm)]
+            pred = predict(lm, image, meth, T=T, mc_batch=mc_batch, seed=seed, cache=caches.setdefault(id(lm), {}))
+            pred = prediction_to_patient(pred, grid)  # metrics and maps on the patient's own grid
             ev = M.evaluate_patient(pred.prob, pred.entropy, pred.mi, truth, brain, spacing=case.spacing,
                                     epkl=pred.epkl, sample_volumes=pred.sample_volumes, raters=raters)
             maps = []

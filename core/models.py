@@ -117,10 +117,27 @@ class LoadedModel:
         return self.card["name"]
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load one of our checkpoints safely (``weights_only=True``) and return the network in eval mode."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", card: dict | None = None) -> LoadedModel:
+    """Load a model safely (``weights_only=True``) and return the network in eval mode.
+
+    ``path``: one of our checkpoints; a MONAI bundle folder (``configs/inference.json`` + ``models/model.pt``);
+    or a plain state dict ``X.pt`` with a sidecar ``X.json`` / ``X.toml`` or with ``card`` (the sidecar's keys,
+    from a model spec) (:mod:`core.bundle`; the network is wrapped so that it takes our channel order and
+    returns our region order).
+    """
     path = Path(path)
+    if path.is_dir():
+        from .bundle import load_bundle
+
+        model, card = load_bundle(path)
+        return LoadedModel(model.to(device).eval(), card, str(path))
     blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not (isinstance(blob, dict) and "format" in blob):
+        from .bundle import load_with_sidecar, sidecar_of
+
+        if card is not None or sidecar_of(path) is not None:
+            model, card = load_with_sidecar(path, card)
+            return LoadedModel(model.to(device).eval(), card, str(path))
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (keys: {list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__})")
     card = blob["card"]

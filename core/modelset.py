@@ -10,8 +10,11 @@
 * ``methods``: optional list of method names for this model only (default: the run's methods).
 
 A model spec (in a study config or ``run_batch(models=...)``) is either a checkpoint path or a mapping
-``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path, "methods": [names]}``. Every file is one
-of our checkpoints and loads with ``torch.load(..., weights_only=True)`` (:func:`core.models.load_checkpoint`).
+``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path, "methods": [names]}``; for
+a plain state dict ``checkpoint``, ``card`` may give what a sidecar would (arch, arch_args, channels, regions,
+spacing_mm, ...). Every path is one of our checkpoints, a MONAI bundle folder or a plain state dict with a
+sidecar (:mod:`core.bundle`), and loads with ``torch.load(..., weights_only=True)``
+(:func:`core.models.load_checkpoint`).
 """
 from __future__ import annotations
 
@@ -71,19 +74,25 @@ def normalise_spec(spec) -> dict:
         return {"checkpoint": str(spec), "ensemble": [], "snapshots": [], "auxiliary": None, "methods": None}
     if not isinstance(spec, dict) or "checkpoint" not in spec:
         raise ValueError(f"a model is a checkpoint path or a table with a 'checkpoint' key, not {spec!r}")
-    unknown = set(spec) - {"checkpoint", "ensemble", "snapshots", "auxiliary", "methods"}
+    keys = {"checkpoint", "ensemble", "snapshots", "auxiliary", "methods", "card"}
+    unknown = set(spec) - keys
     if unknown:
-        raise ValueError(f"unknown model keys {sorted(unknown)} (known: checkpoint, ensemble, snapshots, auxiliary, methods)")
-    return {"checkpoint": str(spec["checkpoint"]), "ensemble": [str(p) for p in spec.get("ensemble") or []],
-            "snapshots": [str(p) for p in spec.get("snapshots") or []],
-            "auxiliary": str(spec["auxiliary"]) if spec.get("auxiliary") else None,
-            "methods": [str(m) for m in spec["methods"]] if spec.get("methods") else None}
+        raise ValueError(f"unknown model keys {sorted(unknown)} (known: {', '.join(sorted(keys))})")
+    out = {"checkpoint": str(spec["checkpoint"]), "ensemble": [str(p) for p in spec.get("ensemble") or []],
+           "snapshots": [str(p) for p in spec.get("snapshots") or []],
+           "auxiliary": str(spec["auxiliary"]) if spec.get("auxiliary") else None,
+           "methods": [str(m) for m in spec["methods"]] if spec.get("methods") else None}
+    if spec.get("card"):
+        if not isinstance(spec["card"], dict):
+            raise ValueError(f"model key 'card' must be a table (arch, arch_args, channels, regions, spacing_mm), not {spec['card']!r}")
+        out["card"] = dict(spec["card"])
+    return out
 
 
 def load_model_set(spec, device: str | torch.device = "cpu") -> ModelSet:
     """Load every checkpoint of a model spec and check that members fit the primary."""
     s = normalise_spec(spec)
-    primary = load_checkpoint(s["checkpoint"], device)
+    primary = load_checkpoint(s["checkpoint"], device, card=s.get("card"))
     ms = ModelSet(primary,
                   [load_checkpoint(p, device) for p in s["ensemble"]],
                   [load_checkpoint(p, device) for p in s["snapshots"]],

@@ -100,8 +100,25 @@ def _init(key: str, value):
         st.session_state[key] = value
 
 
+def run_in_progress(db_name: str) -> None:
+    """Tell the user that a batch holds the database's write lock (DuckDB: one writer, no reader meanwhile)."""
+    msg = (f"A run is in progress: a batch is writing `{db_name}` right now, so it cannot be read until the "
+           "batch finishes (results are committed patient by patient). Reload in a moment, or pick another database.")
+    st.sidebar.warning("A run is in progress on this database.", icon=":material/hourglass_top:")
+    st.warning(msg, icon=":material/hourglass_top:")
+
+
 def sidebar() -> Selection | None:
-    """Draw the shared sidebar; returns None (after telling the user what to do) when there is no data."""
+    """Draw the shared sidebar; returns None (after telling the user what to do) when there is no data or
+    when a batch holds the database's write lock (:class:`core.store.DatabaseBusy`: "a run is in progress")."""
+    try:
+        return _sidebar()
+    except store.DatabaseBusy:
+        run_in_progress(st.session_state.get("db", "the database"))
+        return None
+
+
+def _sidebar() -> Selection | None:
     sb = st.sidebar
     dbs = available_dbs()
     if not dbs:
@@ -116,11 +133,7 @@ def sidebar() -> Selection | None:
         st.session_state["db"] = default_db
     db_name = sb.selectbox("Database", dbs, key="db", help=f"Results databases in {data_dir()}")
     db = resolve_db(db_name)
-    try:
-        runs = query(db, "list_runs")
-    except store.DatabaseBusy:
-        st.warning("A batch is writing this database right now; try again in a moment.")
-        return None
+    runs = query(db, "list_runs")  # DatabaseBusy while a batch writes: handled by sidebar()
     if runs.empty:
         st.info("This database has no runs yet. Run `python -m core demo` or `python -m core run ...`.")
         return None
