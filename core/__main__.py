@@ -21,7 +21,8 @@ def demo_checkpoint_name(model: str) -> str:
     return demo_weight_files(model)["checkpoint"]
 
 
-def demo_weights(weights_dir: Path, cohort: Path, retrain: bool = False, log=print) -> list[dict]:
+def demo_weights(weights_dir: Path, cohort: Path, retrain: bool = False, use_demo_methods: bool = True,
+                 log=print) -> list[dict]:
     """Model specs of the demo models: shipped weights (``weights/``) unless ``retrain``, else trained into
     ``weights_dir`` (primary with snapshots, ensemble members, auxiliary error network)."""
     from .auxiliary import train_auxiliary
@@ -35,7 +36,7 @@ def demo_weights(weights_dir: Path, cohort: Path, retrain: bool = False, log=pri
         shipped = SHIPPED_WEIGHTS / files["checkpoint"]
         if shipped.exists() and not retrain:
             log(f"using shipped weights of {name} from {SHIPPED_WEIGHTS.relative_to(ROOT)}/ (retrain with --retrain)")
-            specs.append(demo_model_spec(name, SHIPPED_WEIGHTS))
+            specs.append(demo_model_spec(name, SHIPPED_WEIGHTS, with_demo_methods=use_demo_methods))
             continue
         out = weights_dir / files["checkpoint"]
         if retrain or not out.exists():
@@ -46,12 +47,13 @@ def demo_weights(weights_dir: Path, cohort: Path, retrain: bool = False, log=pri
                 train_model(name, spec["arch"], spec["arch_args"], cohort, weights_dir / f, **{**spec["train"], **member})
         if files["auxiliary"] and (retrain or not (weights_dir / files["auxiliary"]).exists()):
             train_auxiliary(load_model_set(str(out)), cohort, weights_dir / files["auxiliary"])
-        specs.append(demo_model_spec(name, weights_dir))
+        specs.append(demo_model_spec(name, weights_dir, with_demo_methods=use_demo_methods))
     return specs
 
 
 def cmd_demo(args) -> int:
     from .batch import run_batch
+    from .uncertainty import DEMO_METHODS
     from .demo import DemoSpec, build_demo_cohort
 
     stages = {}
@@ -59,10 +61,11 @@ def cmd_demo(args) -> int:
     build_demo_cohort(DEMO_COHORT, DemoSpec(seed=args.seed))
     stages["cohort"] = time.time() - t
     t = time.time()
-    specs = demo_weights(DATA / "weights", DEMO_COHORT, args.retrain)
+    # --methods given: every model runs those; else each model its demo methods (core/models.DEMO_MODELS)
+    specs = demo_weights(DATA / "weights", DEMO_COHORT, args.retrain, use_demo_methods=args.methods is None)
     stages["models"] = time.time() - t
     t = time.time()
-    summary = run_batch(DEMO_COHORT, args.db, specs, methods=args.methods, T=args.T, split="test",
+    summary = run_batch(DEMO_COHORT, args.db, specs, methods=args.methods or list(DEMO_METHODS), T=args.T, split="test",
                         patient_meta=_demo_meta())
     stages["batch"] = time.time() - t
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + f", total {sum(stages.values()):.1f}")
@@ -117,8 +120,9 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="build the demo cohort, load or train the demo models, run the batch")
     d.add_argument("--db", default=str(DEMO_DB))
     d.add_argument("--T", type=int, default=10, help="MC dropout samples (default 10)")
-    d.add_argument("--methods", nargs="+", default=list(DEMO_METHODS),
-                   help="methods (default: %(default)s); see core/uncertainty.py for the grammar")
+    d.add_argument("--methods", nargs="+", default=None,
+                   help=f"methods for every model (default: each model's demo methods, all of {', '.join(DEMO_METHODS)} "
+                        "for UNet-Res); see core/uncertainty.py for the grammar")
     d.add_argument("--retrain", action="store_true", help="train the demo models instead of using shipped weights")
     d.add_argument("--seed", type=int, default=2026, help="demo cohort seed")
     d.set_defaults(fn=cmd_demo)

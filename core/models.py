@@ -28,7 +28,8 @@ ARCHITECTURES = {
 # Demo models: small enough to train and run on 2 CPU cores at 3 mm. ``snapshots``: extra checkpoints of the
 # same run (checkpoint ensemble = snapshots + final); ``ensemble``: extra independently trained members
 # (deep ensemble = primary + these), each with its own seed and training subset; ``auxiliary``: whether the
-# demo trains an auxiliary error network (paper 002) for the model.
+# demo trains an auxiliary error network (paper 002) for the model; ``demo_methods``: the methods the demo runs
+# for this model (default: all of ``uncertainty.DEMO_METHODS`` it can run).
 _UNET_RES_ARGS = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [16, 32, 64, 128],
                   "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.1}
 DEMO_MODELS = {
@@ -37,9 +38,11 @@ DEMO_MODELS = {
         "arch_args": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 8,
                       "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2},
         "train": {"epochs": 60, "lr": 1e-2, "seed": 1},
-        "snapshots": [40, 50],
+        # no snapshots: its 15-minute training run was not repeated to save them (checkpoint ensembles: UNet-Res)
         "ensemble": [{"seed": 2, "subset_fraction": 0.8, "epochs": 40}, {"seed": 3, "subset_fraction": 0.8, "epochs": 40}],
         "auxiliary": True,
+        # the demo runs the costlier passes of this slower network for fewer methods (5-minute CPU budget)
+        "demo_methods": ["deterministic", "deterministic+ts", "mc_dropout", "ensemble", "auxiliary"],
     },
     "UNet-Res": {
         "arch": "unet_res",
@@ -53,6 +56,7 @@ DEMO_MODELS = {
         "arch": "unet_res",
         "arch_args": _UNET_RES_ARGS,
         "train": {"epochs": 60, "lr": 3e-3, "seed": 1, "calibration_loss": "soft", "calibration_weight": 1.0},
+        "demo_methods": ["deterministic", "deterministic+ts", "mc_dropout"],
     },
 }
 

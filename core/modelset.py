@@ -115,9 +115,10 @@ def load_model_set(spec, device: str | torch.device = "cpu") -> ModelSet:
     return ms
 
 
-def demo_model_spec(name: str, weights_dir: str | Path) -> dict:
-    """The model spec of a demo model from the files present in ``weights_dir`` (missing parts left out)."""
-    from .models import demo_weight_files
+def demo_model_spec(name: str, weights_dir: str | Path, with_demo_methods: bool = False) -> dict:
+    """The model spec of a demo model from the files present in ``weights_dir`` (missing parts left out);
+    ``with_demo_methods``: also the model's own demo method list (``DEMO_MODELS[name]["demo_methods"]``)."""
+    from .models import DEMO_MODELS, demo_weight_files
 
     files = demo_weight_files(name)
     d = Path(weights_dir)
@@ -130,4 +131,6 @@ def demo_model_spec(name: str, weights_dir: str | Path) -> dict:
         spec["snapshots"] = snaps
     if files["auxiliary"] and (d / files["auxiliary"]).exists():
         spec["auxiliary"] = str(d / files["auxiliary"])
+    if with_demo_methods and DEMO_MODELS[name].get("demo_methods"):
+        spec["methods"] = list(DEMO_MODELS[name]["demo_methods"])
     return spec

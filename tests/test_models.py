@@ -64,8 +64,20 @@ def test_preprocess_nonzero_zscore():
 
 @pytest.mark.parametrize("name", list(DEMO_MODELS))
 def test_shipped_weights_load(name):
-    path = SHIPPED_WEIGHTS / demo_checkpoint_name(name)
-    if not path.exists():
-        pytest.skip(f"{path} not shipped")
-    lm = load_checkpoint(path)
-    assert lm.name == name and lm.card["training"]["epochs"] >= 1
+    """Every demo model ships with all of its parts (snapshots, ensemble members, auxiliary network)."""
+    from core.modelset import demo_model_spec, load_model_set
+    from core.models import demo_weight_files
+
+    files = demo_weight_files(name)
+    for f in [files["checkpoint"], *files["snapshots"], *files["ensemble"]] + ([files["auxiliary"]] if files["auxiliary"] else []):
+        assert (SHIPPED_WEIGHTS / f).exists(), f"{f} is not shipped"
+    ms = load_model_set(demo_model_spec(name, SHIPPED_WEIGHTS))
+    spec = DEMO_MODELS[name]
+    assert ms.name == name and ms.card["training"]["epochs"] >= 1
+    assert len(ms.snapshots) == len(spec.get("snapshots", [])) and len(ms.ensemble) == len(spec.get("ensemble", []))
+    assert [s.card["training"]["snapshot_epoch"] for s in ms.snapshots] == spec.get("snapshots", [])
+    seeds = {ms.card["training"]["seed"]} | {m.card["training"]["seed"] for m in ms.ensemble}
+    assert len(seeds) == 1 + len(ms.ensemble), "ensemble members are independently seeded"
+    assert (ms.auxiliary is not None) == bool(spec.get("auxiliary"))
+    if ms.auxiliary is not None:
+        assert ms.auxiliary.card["for_model"] == name
