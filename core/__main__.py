@@ -95,7 +95,8 @@ def cmd_run(args) -> int:
     summary = run_batch(cohort, db, models, methods=args.methods or cfg.get("methods", ["deterministic", "mc_dropout"]),
                         T=args.T or cfg.get("T", 10), split=args.split or cfg.get("split"),
                         device=args.device or cfg.get("device"), maps_dir=args.maps_dir or cfg.get("maps_dir"),
-                        save_maps=not args.no_maps, calibration_split=cfg.get("calibration_split", "calibration"))
+                        save_maps=not args.no_maps, calibration_split=cfg.get("calibration_split", "calibration"),
+                        ts_fit_mask=cfg.get("ts_fit_mask", "brain"))
     return 0 if summary["failed"] == 0 else 1
 
 

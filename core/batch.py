@@ -155,7 +155,7 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
               split: str | None = None, device: str | None = None, maps_dir: str | Path | None = None,
               mc_batch="auto", seed: int = 0, save_maps: bool = True, progress: bool = True,
               patient_meta: dict | None = None, calibration_split: str = "calibration", quality: bool = True,
-              echo=print) -> dict:
+              ts_fit_mask: str = "brain", echo=print) -> dict:
     """Run the batch; returns a summary dict (run_id, ok, failed, skipped, unavailable, seconds, db).
 
     ``checkpoints``: model specs (a checkpoint path, or a mapping with ``checkpoint``, ``ensemble``,
@@ -178,7 +178,7 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
         raise ValueError(f"two checkpoints share a model name: {names}")
     config = {
         "cohort": str(cohort), "split": split, "methods": list(methods), "T": int(T), "seed": int(seed),
-        "calibration_split": calibration_split,
+        "calibration_split": calibration_split, "ts_fit_mask": ts_fit_mask,
         "models": {m.name: {**m.files(), "sha256": file_sha256(m.path),
                             **({"card": m.card} if m.card.get("source", {}).get("sidecar") == "spec" else {})}
                    for m in models},
@@ -187,12 +187,13 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
     }
     run_id = make_run_id(config)
     log = _setup_log(db.parent / "logs" / f"{run_id}.log")
-    con = store.connect(db)
-    store.upsert_run(con, run_id, str(cohort), config, code_version(), str(dev))
-    for m in models:
-        store.upsert_model(con, run_id, m.name, str(Path(m.path).resolve()), m.card)
-    done = store.done_evaluations(con, run_id)
-    clean_stale_maps(con, run_id, maps_root, log)  # leftovers of a killed run (never maps of 'ok' evaluations)
+    # the database is opened for each write only (store.writer), so the app can read between two patients
+    with store.writer(db) as con:
+        store.upsert_run(con, run_id, str(cohort), config, code_version(), str(dev))
+        for m in models:
+            store.upsert_model(con, run_id, m.name, str(Path(m.path).resolve()), m.card)
+        done = store.done_evaluations(con, run_id)
+        clean_stale_maps(con, run_id, maps_root, log)  # leftovers of a killed run (never maps of 'ok' evaluations)
     cases = discover(cohort, split)
     splits = read_splits(cohort)
     split_of = {pid: s for s, ids in splits.items() for pid in ids}
@@ -210,40 +211,25 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
         echo("left out (model cannot run the method): " + "; ".join(unavailable))
     if any(parse_method(meth).ts for _, meth in pairs):
         for m in {id(m): m for m, meth in pairs if parse_method(meth).ts}.values():
-            m.temperature = _temperatures(con, run_id, m, cohort, splits.get(calibration_split), calibration_split, log, echo)
+            m.temperature = _temperatures(db, run_id, m, cohort, splits.get(calibration_split), calibration_split, log, echo,
+                                          ts_fit_mask)
     counts = {"ok": 0, "failed": 0, "skipped": 0}
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    status = store.RunStatus(db, run_id, len(cases))
+    try:
+        _loop(cases, pairs, done, counts, status, db, cohort, split_of, run_id, maps_root, T, mc_batch, seed,
+              save_maps, patient_meta, progress, log)
+    finally:
+        status.clear()
+    with store.writer(db) as con:
+        clean_stale_maps(con, run_id, maps_root, log)  # maps of evaluations that failed after writing some maps
+        if quality:
+            from .quality import update_quality
 
-        bar = tqdm(total=len(cases), desc=f"batch {run_id}", unit="patient")
-    for files in cases:
-        pid = files.patient_id
-        pending = [(m, meth) for m, meth in pairs if (m.name, meth, pid) not in done]
-        if not pending:
-            counts["skipped"] += len(pairs)
-        else:
-            results, patient_row = _evaluate_patient(files, pending, str(cohort), split_of.get(pid), run_id, maps_root,
-                                                     T, mc_batch, seed, save_maps, (patient_meta or {}).get(pid), log)
-            store.write_patient(con, run_id, pid, results, patient_row)
-            for r in results:
-                counts[r["status"]] += 1
-            counts["skipped"] += len(pairs) - len(pending)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(counts)
-    if bar is not None:
-        bar.close()
-    clean_stale_maps(con, run_id, maps_root, log)  # maps of evaluations that failed after writing some maps
-    if quality:
-        from .quality import update_quality
-
-        try:
-            update_quality(con, run_id)
-        except Exception as e:  # quality prediction is an add-on: never lose the batch over it
-            log.error("quality prediction failed: %s\n%s", e, traceback.format_exc())
-            echo(f"quality prediction failed: {e}")
-    con.close()
+            try:
+                update_quality(con, run_id)
+            except Exception as e:  # quality prediction is an add-on: never lose the batch over it
+                log.error("quality prediction failed: %s\n%s", e, traceback.format_exc())
+                echo(f"quality prediction failed: {e}")
     summary = {"run_id": run_id, **counts, "unavailable": unavailable, "seconds": round(time.time() - t_start, 1),
                "db": str(db)}
     log.info("summary %s", summary)
@@ -252,13 +238,43 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
     return summary
 
 
-def _temperatures(con, run_id, ms, cohort, cal_ids, cal_split, log, echo) -> np.ndarray:
+def _loop(cases, pairs, done, counts, status, db, cohort, split_of, run_id, maps_root, T, mc_batch, seed, save_maps,
+          patient_meta, progress, log):
+    """The patient loop: evaluate the pending (model, method) pairs, commit the patient, update the status."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), desc=f"batch {run_id}", unit="patient")
+    for i, files in enumerate(cases):
+        pid = files.patient_id
+        pending = [(m, meth) for m, meth in pairs if (m.name, meth, pid) not in done]
+        if not pending:
+            counts["skipped"] += len(pairs)
+        else:
+            results, patient_row = _evaluate_patient(files, pending, str(cohort), split_of.get(pid), run_id, maps_root,
+                                                     T, mc_batch, seed, save_maps, (patient_meta or {}).get(pid), log)
+            with store.writer(db) as con:
+                store.write_patient(con, run_id, pid, results, patient_row)
+            for r in results:
+                counts[r["status"]] += 1
+            counts["skipped"] += len(pairs) - len(pending)
+        status.update(i + 1, counts)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(counts)
+    if bar is not None:
+        bar.close()
+
+
+def _temperatures(db, run_id, ms, cohort, cal_ids, cal_split, log, echo, fit_mask="brain") -> np.ndarray:
     """The model's per-region temperatures for this run: read from ``temperatures`` or fitted now on the
     calibration split (deterministic logits in the ROI, :mod:`core.temperature`) and stored."""
     from .temperature import fit_region_temperatures, gather_roi
 
     regions = ms.card["regions"]
-    stored = store.read_temperatures(con, run_id, ms.name)
+    with store.writer(db) as con:
+        stored = store.read_temperatures(con, run_id, ms.name)
     if len(stored) == len(regions):
         return np.array([stored[r] if stored[r] is not None else 1.0 for r in regions], np.float32)
     if not cal_ids:
@@ -276,17 +292,18 @@ def _temperatures(con, run_id, ms, cohort, cal_ids, cal_split, log, echo) -> np.
             continue
         grid = grid_plan(case.affine, case.image.shape, ms.card)  # model grid (RAS, card spacing) and back
         z = grid.to_patient(deterministic_logits(ms, grid.to_model(case.image)))
-        zr, yr = gather_roi(z, labels_to_regions(case.seg, case.label_scheme), case.brain_mask)
+        zr, yr = gather_roi(z, labels_to_regions(case.seg, case.label_scheme), case.brain_mask, mask=fit_mask)
         zs.append(zr)
         ys.append(yr)
         used.append(files.patient_id)
     if not zs:
         raise ValueError(f"no usable '{cal_split}' patient with ground truth to fit temperatures of {ms.name}")
     fits = fit_region_temperatures(zs, ys)
-    store.write_temperatures(con, run_id, ms.name, regions, fits, used)
+    with store.writer(db) as con:
+        store.write_temperatures(con, run_id, ms.name, regions, fits, used)
     msg = ", ".join(f"{r} T={f['temperature']:.3f} (NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})"
                     for r, f in zip(regions, fits))
-    log.info("temperatures of %s on %d %s patients: %s", ms.name, len(used), cal_split, msg)
+    log.info("temperatures of %s on %d %s patients (%s voxels): %s", ms.name, len(used), cal_split, fit_mask, msg)
     echo(f"temperatures of {ms.name}: {msg}")
     return np.array([f["temperature"] if np.isfinite(f["temperature"]) else 1.0 for f in fits], np.float32)
 

@@ -133,6 +133,11 @@ def _sidebar() -> Selection | None:
         st.session_state["db"] = default_db
     db_name = sb.selectbox("Database", dbs, key="db", help=f"Results databases in {data_dir()}")
     db = resolve_db(db_name)
+    status = store.read_run_status(db)
+    if status:
+        sb.info(f"A run is in progress on this database ({status['run_id']}: {status['done']} of {status['total']} "
+                f"patients, last update {status['updated'][11:19]} UTC). Showing the last committed state; "
+                "rerun the page to see newer patients.", icon=":material/hourglass_top:")
     runs = query(db, "list_runs")  # DatabaseBusy while a batch writes: handled by sidebar()
     if runs.empty:
         st.info("This database has no runs yet. Run `python -m core demo` or `python -m core run ...`.")

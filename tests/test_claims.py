@@ -1,6 +1,9 @@
 """The papers' claims, checked on the real demo: full demo cohort, shipped weights, test split.
 
-* temperature scaling leaves every Dice unchanged (to 1e-6) and lowers the dataset ROI ECE (paper 003);
+* temperature scaling leaves every Dice unchanged (to 1e-6) and lowers the dataset ROI ECE (paper 003):
+  of WT and of the mean over the three regions, for each model. Not per sub-region: on our demo the
+  NLL-fitted temperature raises UNet-Res's TC and ET ROI ECE (0.016 -> 0.017, 0.022 -> 0.025) and SegResNet's
+  TC (0.041 -> 0.048); the test pins that down too, so the README's statement stays true;
 * MC dropout changes the mean Dice by less than 0.01 (paper 000 / 002);
 * the most uncertain quartile of patients (mean WT entropy in the brain) has a lower median WT Dice than
   the rest (paper 000's entropy strata).
@@ -47,9 +50,12 @@ def test_temperature_scaling_keeps_dice_and_lowers_roi_ece(demo_db, model):
     assert len(d) == 42 * 3
     assert np.allclose(d["deterministic"], d["deterministic+ts"], atol=1e-6, equal_nan=True)
     summ = store.cohort_summary(con, run_id, None, mask="roi")
-    s = summ[summ.model == model].set_index(["method", "region"])
-    for region in ("WT", "TC", "ET"):
-        assert s.loc[("deterministic+ts", region), "ece_dataset"] < s.loc[("deterministic", region), "ece_dataset"], region
+    s = summ[summ.model == model].set_index(["method", "region"]).ece_dataset
+    before, after = s["deterministic"], s["deterministic+ts"]
+    assert after["WT"] < before["WT"]
+    assert after.mean() < before.mean()
+    # where the claim does not hold on our data (see the module docstring): TC gets worse for both models
+    assert after["TC"] > before["TC"]
     temps = store.run_temperatures(con, run_id)
     assert (temps[temps.model == model].temperature > 0).all()
 
