@@ -22,7 +22,6 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from core.batch import _temperatures  # noqa: F401  (same code path as the batch for +ts)
     from core.cohort import discover, load_case
     from core.modelset import demo_model_spec, load_model_set
     from core.models import DEMO_MODELS

@@ -56,6 +56,7 @@ DEMO_METHODS = ("deterministic", "deterministic+ts", "mc_dropout", "tta", "ensem
                 "checkpoint_ensemble+tta+ts", "auxiliary")
 FLIPS = tuple(tuple(d for d, on in zip((2, 3, 4), bits) if on) for bits in itertools.product((0, 1), repeat=3))
 LN2 = math.log(2.0)
+P_BELOW_HALF = float(np.nextafter(np.float32(0.5), np.float32(0)))  # largest float32 below 0.5
 AUX_Q_MAX = 1.0 - 1e-6  # q capped so that a background voxel's confidence stays below 0.5
 
 
@@ -206,6 +207,7 @@ class _Accumulator:
         self.volumes.append((p >= 0.5).flatten(1).sum(1).cpu().numpy())
         if self.psum is None:
             self.psum, self.hsum, self.pmean, self.zmean = p.clone(), h, p.clone(), z.clone()
+            self.z_first = z
             self.comoment = torch.zeros_like(p)
             return
         self.psum += p
@@ -217,6 +219,10 @@ class _Accumulator:
 
     def result(self) -> tuple:
         p = (self.psum / self.n).clamp_(0, 1)
+        if self.n == 1:
+            # float32 rounds sigmoid(z) to exactly 0.5 for -6e-8 < z < 0; keep such voxels below 0.5 so the
+            # segmentation is exactly z >= 0 whatever the temperature (TS never moves a deterministic voxel)
+            p = torch.where(self.z_first < 0, torch.clamp(p, max=P_BELOW_HALF), p)
         ent = binary_entropy(p)
         if self.n == 1:
             return p, ent, None, None
