@@ -16,8 +16,16 @@ if "viewer_patient" not in st.session_state or st.session_state["viewer_patient"
 c1, c2, c3 = st.columns([2, 2, 2])
 pid = c1.selectbox("Patient (inside the entropy filter)", patients, key="viewer_patient")
 st.query_params["patient"] = pid
-left = c2.selectbox("Model", sel.models, key="viewer_left")
-right = c3.selectbox("Compare with", ["(none)"] + [m for m in sel.models if m != left], key="viewer_right")
+status = query(sel.db, "evaluation_status", sel.run_id)
+ran = set(status[(status.method == sel.method) & (status.ok > 0)].model)
+models = [m for m in sel.models if m in ran] or sel.models  # models that ran the selected method first
+if st.session_state.get("viewer_left") not in models:
+    st.session_state.pop("viewer_left", None)
+left = c2.selectbox("Model", models, key="viewer_left", help=f"models of the selection that ran {sel.method}")
+right_options = ["(none)"] + [m for m in models if m != left]
+if st.session_state.get("viewer_right") not in right_options:
+    st.session_state.pop("viewer_right", None)
+right = c3.selectbox("Compare with", right_options, key="viewer_right")
 source = query(sel.db, "patient_source", sel.run_id, pid)
 if not source or not Path(source).is_dir():
     st.warning(f"The images of {pid} are not available at the recorded folder {source!r}.")

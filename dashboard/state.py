@@ -186,6 +186,13 @@ def _sidebar() -> Selection | None:
                         help="Keep patients whose measure lies between these quantiles of the cohort")
     metric, region, mmask = STRAT_MEASURES[strat_measure]
     values = query(db, "patient_measure", run_id, strat_model, method, metric=metric, region=region, mask=mmask)
+    if values.empty:  # the stratifying model did not run this method (per-model methods): use one that did
+        for other in [m for m in all_models if m != strat_model]:
+            values = query(db, "patient_measure", run_id, other, method, metric=metric, region=region, mask=mmask)
+            if not values.empty:
+                sb.warning(f"{strat_model} has no {method} results in this run; the entropy filter uses {other}.")
+                strat_model = other
+                break
     if values.empty and metric in ("mean_mi", "mean_epkl"):
         sb.warning(f"{'Mutual information' if metric == 'mean_mi' else 'EPKL'} needs samples; method {method} has "
                    "none. Stratifying by mean entropy.")
