@@ -223,3 +223,19 @@ def test_glossary_page_and_every_stored_metric_is_defined(data_env):
     con.close()
     terms = {t.strip() for row in full.term for t in row.split(",")}
     assert stored - terms == set()
+
+
+def test_database_paths_cannot_leave_the_data_folder(data_env, tmp_path, monkeypatch):
+    """Path traversal: names typed into the URL or passed to resolve_db stay inside TUMOURQA_DATA."""
+    from dashboard.state import resolve_db
+
+    outside = tmp_path / "secret.duckdb"
+    outside.write_bytes(b"")
+    for name in ("../secret.duckdb", "../../etc/passwd", str(outside), "sub/../../secret.duckdb"):
+        with pytest.raises(ValueError, match="outside the data folder"):
+            resolve_db(name)
+    assert resolve_db("results.duckdb") == data_env.resolve()
+    at = AppTest.from_file(str(ROOT / "app_pages/home.py"), default_timeout=120)
+    at.query_params["db"] = "../secret.duckdb"
+    at = _ok(at.run())
+    assert at.sidebar.selectbox(key="db").value == "results.duckdb", "an unknown db in the URL falls back to a listed one"
