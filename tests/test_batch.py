@@ -5,6 +5,7 @@ import numpy as np
 
 from core import store
 from core.batch import run_batch
+from core.cohort import discover
 
 TABLES = ("runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps")
 
@@ -151,3 +152,26 @@ def test_batch_runs_every_method_and_fits_temperatures(tiny_cohort, tiny_checkpo
     s2 = run_batch(tiny_cohort, db, [unet_set, str(tiny_checkpoints[0])], methods=METHODS, T=2,
                    split="test", progress=False, echo=lambda *_: None)
     assert s2["ok"] == 0 and s2["skipped"] == s["ok"]
+
+
+def test_patient_without_ground_truth_is_inference_only(corrupt_copy, tiny_checkpoints, tmp_path):
+    """No _seg file: the evaluation is ok, uncertainty aggregates and volumes are stored, no Dice / calibration
+    / error-based rows and no bins; patients.has_gt is false (the app's home page counts it)."""
+    pid = discover(corrupt_copy, "test")[0].patient_id
+    for f in (corrupt_copy / pid).glob(f"{pid}_*"):
+        if f.name.endswith("_seg.nii.gz") or "_rater" in f.name:
+            f.unlink()
+    db = tmp_path / "nogt.duckdb"
+    s = run_batch(corrupt_copy, db, [str(tiny_checkpoints[1])], methods=["deterministic", "mc_dropout"], T=2,
+                  split="test", progress=False, echo=lambda *_: None)
+    assert s["failed"] == 0
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT has_gt FROM patients WHERE patient_id = ?", [pid]).fetchone()[0] is False
+    names = {r[0] for r in con.execute("SELECT DISTINCT metric FROM metrics WHERE patient_id = ?", [pid]).fetchall()}
+    assert {"mean_entropy", "mean_mi", "volume_pred_ml", "uncertain_fraction"} <= names
+    assert not names & {"dice", "hd95", "ece", "brier", "nll", "auroc_entropy", "vol_crps_ml", "soft_ece"}
+    for t in ("calibration_bins", "uncertainty_bins"):
+        assert con.execute(f"SELECT count(*) FROM {t} WHERE patient_id = ?", [pid]).fetchone()[0] == 0
+    kinds = {r[0] for r in con.execute("SELECT kind FROM maps WHERE patient_id = ?", [pid]).fetchall()}
+    assert "error" not in kinds and {"prob", "entropy", "pred"} <= kinds
+    con.close()
