@@ -13,6 +13,5 @@ if q:
 if g.empty:
     st.info("Nothing matches this search.")
 else:
-    st.dataframe(g, hide_index=True, width="stretch", column_config={
-        "definition": st.column_config.TextColumn(width="large")})
+    st.table(g.set_index("term"))  # a static table wraps long definitions instead of cutting them
     st.download_button("Download glossary (CSV)", g.to_csv(index=False), file_name="glossary.csv", mime="text/csv")
