@@ -6,7 +6,7 @@ from dashboard.glossary import glossary
 st.title("Glossary")
 st.caption("Exact definitions of every stored metric (mask = voxel set it is computed on) and of every uncertainty "
            "method; the same text as the README. Search by name or by a word of the definition.")
-g = glossary()
+g = st.cache_data(max_entries=4, show_spinner=False)(glossary)()  # the README is parsed once, not on every rerun
 q = st.text_input("Search", key="glossary_q", placeholder="e.g. ece, budget, rater")
 if q:
     g = g[g.term.str.contains(q, case=False, regex=False) | g.definition.str.contains(q, case=False, regex=False)]
