@@ -1,8 +1,20 @@
-"""Compare models: Dice, AUROC and ECE per region side by side, on the patients inside the entropy filter."""
+"""Compare models: leaderboard with bootstrap intervals, Dice / AUROC / ECE side by side, a per-patient scatter
+whose box / lasso selection fills a patient table (a row opens the viewer), and a paired Wilcoxon test."""
+from urllib.parse import urlencode
+
 import streamlit as st
 
-from dashboard import plots
-from dashboard.state import query, require_selection
+from core import stats
+from dashboard import plots, tables
+from dashboard.state import REGIONS, query, require_selection
+
+SCATTER_METRICS = {
+    "dice": "Dice", "hd95": "HD95 (mm)", "ece": "ECE", "brier": "Brier", "nll": "NLL",
+    "auroc_entropy": "AUROC entropy vs error", "mean_entropy": "mean entropy", "mean_mi": "mean MI",
+    "volume_error_ml": "volume error (ml)", "uncertain_fraction": "uncertain-voxel fraction",
+}
+PAIRED_METRICS = {"dice": "Dice", "ece": "ECE", "auroc_entropy": "AUROC entropy vs error", "brier": "Brier",
+                  "hd95": "HD95 (mm)"}
 
 st.title("Compare models")
 sel = require_selection(patients=False)
@@ -12,13 +24,21 @@ if not sel.patients:
     st.warning("No patient inside the entropy filter: widen the quantile range.")
     st.stop()
 
-summary = query(sel.db, "cohort_summary", sel.run_id, sel.patients, mask=sel.mask)
-summary = summary[(summary.method == sel.method) & summary.model.isin(sel.models)]
+summary_all = query(sel.db, "cohort_summary", sel.run_id, sel.patients, mask=sel.mask)
+summary_all = summary_all[summary_all.model.isin(sel.models)]
+summary = summary_all[summary_all.method == sel.method]
 if summary.empty:
     st.info("No ok evaluation for this selection.")
     st.stop()
 
-st.plotly_chart(plots.side_by_side(summary, sel.colours), key="side_by_side")
+lb = tables.leaderboard(sel.db, sel.run_id, sel.patients, sel.mask)
+lb = lb[lb.model.isin(sel.models)] if len(lb) else lb
+ci_cols = ["model", "method", "region", "dice_lo", "dice_hi", "ece_dataset_lo", "ece_dataset_hi"]
+with_ci = summary.merge(lb[[c for c in ci_cols if c in lb]], on=["model", "method", "region"], how="left") if len(lb) \
+    else summary
+st.plotly_chart(plots.side_by_side(with_ci, sel.colours), key="side_by_side")
+st.caption("Error bars: 95 % patient-bootstrap intervals (1000 resamples of the patients) of mean Dice and of "
+           "dataset ECE; pooled AUROC is shown without an interval.")
 
 table = summary[["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset",
                  "auroc_entropy_mean", "auroc_nan", "ece_dataset", "ece_mean", "ace_dataset", "mce_dataset",
@@ -39,6 +59,109 @@ st.caption("Dice: mean over patients (BraTS empty rules). AUROC pooled: entropy 
            "per-patient histograms; AUROC mean: mean of per-patient AUROC (NaN patients skipped). ECE dataset: 20 "
            "equal-width bins summed over the patients; ECE mean: mean of per-patient ECE.")
 
+st.subheader("Leaderboard: every model, method and region")
+if lb.empty:
+    st.info("No per-patient metrics for this selection.")
+else:
+    disp = tables.leaderboard_display(lb, summary_all)
+    st.dataframe(disp, hide_index=True, column_config={
+        "AUROC pooled": st.column_config.NumberColumn(format="%.3f"),
+        "patients": st.column_config.NumberColumn(help="patients behind each number (inside the entropy filter)"),
+        "AUROC NaN skipped": st.column_config.NumberColumn(help="patients without an error (or a correct) voxel")})
+    st.download_button("Download leaderboard (CSV, with interval bounds)", lb.to_csv(index=False),
+                       file_name=f"leaderboard_{sel.run_id}_{sel.mask}.csv", mime="text/csv", key="dl_leaderboard")
+    st.caption(f"Sorted by region, then Dice. [95 % CI]: percentile interval over 1000 patient-bootstrap resamples "
+               f"(seed 0). Dice and AUROC: mean over patients; ECE: dataset-level from the resampled patients' summed "
+               f"bins ({sel.mask}).")
+
+st.subheader("Per-patient scatter: select patients with a box or lasso")
+c1, c2, c3 = st.columns(3)
+names = list(SCATTER_METRICS)
+x_metric = c1.selectbox("x axis", names, index=names.index("dice"), format_func=SCATTER_METRICS.get, key="scatter_x")
+y_metric = c2.selectbox("y axis", names, index=names.index("ece"), format_func=SCATTER_METRICS.get, key="scatter_y")
+s_region = c3.radio("Region", REGIONS, horizontal=True, key="scatter_region")
+wide = query(sel.db, "metric_wide", sel.run_id, list(SCATTER_METRICS), mask=sel.mask, patient_ids=sel.patients)
+points = wide[(wide.method == sel.method) & wide.model.isin(sel.models) & (wide.region == s_region)] if len(wide) else wide
+points = points.dropna(subset=[c for c in (x_metric, y_metric) if c in points]) if len(points) else points
+if points.empty or x_metric not in points or y_metric not in points:
+    st.info("No patient has both metrics for this region (e.g. HD95 is undefined when a region is empty).")
+else:
+    event = st.plotly_chart(plots.patient_scatter(points, x_metric, y_metric, SCATTER_METRICS[x_metric],
+                                                  SCATTER_METRICS[y_metric], sel.colours),
+                            key="patient_scatter", on_select="rerun", selection_mode=("box", "lasso"))
+    keys = plots.selected_keys(event.selection if event else None)
+    ptable = points.set_index(["patient_id", "model"])
+    if keys:
+        ptable = ptable.loc[[k for k in keys if k in ptable.index]]
+        st.caption(f"{len(ptable)} selected point(s). Double-click the chart to clear the selection.")
+    else:
+        st.caption(f"No selection: all {len(ptable)} points. Drag a box (or pick lasso in the chart's toolbar) to "
+                   "narrow the table; click a row to open that patient in the viewer.")
+    ptable = ptable.reset_index()
+    cols = ["patient_id", "model"] + [c for c in SCATTER_METRICS if c in ptable]
+    ptable = ptable[cols].sort_values([y_metric, "patient_id"], ascending=[False, True]).reset_index(drop=True)
+    link_params = {"db": str(st.query_params.get("db", "")), "run": sel.run_id, "method": sel.method, "mask": sel.mask}
+    ptable["open"] = [f"./viewer?{urlencode({**link_params, 'patient': p, 'model': m})}"
+                      for p, m in zip(ptable.patient_id, ptable.model)]
+
+    def _open_selected_row():
+        rows = st.session_state["patient_table"].selection.rows
+        if rows:
+            r = ptable.iloc[rows[0]]
+            st.session_state["viewer_request"] = (r.patient_id, r.model)
+            st.session_state["_go_viewer"] = True
+
+    st.dataframe(ptable, hide_index=True, key="patient_table", on_select=_open_selected_row,
+                 selection_mode="single-row", column_config={
+                     **{c: st.column_config.NumberColumn(SCATTER_METRICS[c], format="%.3f") for c in SCATTER_METRICS
+                        if c in ptable},
+                     "open": st.column_config.LinkColumn("link", display_text="viewer ↗",
+                                                         help="this patient in the viewer, in a new tab")})
+    st.download_button("Download patient table (CSV)", ptable.drop(columns="open").to_csv(index=False),
+                       file_name=f"patients_{sel.run_id}_{sel.method}_{s_region}.csv", mime="text/csv",
+                       key="dl_patients")
+    if st.session_state.pop("_go_viewer", False):
+        st.switch_page("app_pages/viewer.py")
+
+st.subheader("Paired comparison of two models (Wilcoxon signed-rank)")
+status = query(sel.db, "evaluation_status", sel.run_id)
+ran = sorted(set(status[(status.method == sel.method) & (status.ok > 0)].model) & set(sel.models))
+if len(ran) < 2:
+    st.info(f"Needs two selected models that ran {sel.method}; this selection has {len(ran)}.")
+else:
+    c1, c2, c3 = st.columns(3)
+    a = c1.selectbox("Model A", ran, key="paired_a")
+    b_options = [m for m in ran if m != a]
+    if st.session_state.get("paired_b") not in b_options:
+        st.session_state.pop("paired_b", None)
+    b = c2.selectbox("Model B", b_options, key="paired_b")
+    pm = c3.selectbox("Metric", list(PAIRED_METRICS), format_func=PAIRED_METRICS.get, key="paired_metric")
+    pw = wide[(wide.method == sel.method) & wide.model.isin([a, b])] if len(wide) else wide
+    if pw.empty or pm not in pw:
+        st.info("No per-patient values of this metric.")
+    else:
+        ptest, diffs = stats.paired_table(pw, pm, a, b)
+        show = ptest[["region", "n", "n_nan", "n_zero", "mean_diff", "diff_lo", "diff_hi", "median_diff", "statistic",
+                      "p_value", "p_holm"]]
+        st.dataframe(show, hide_index=True, column_config={
+            "n": st.column_config.NumberColumn("pairs", help="patients with a value for both models"),
+            "n_nan": st.column_config.NumberColumn("NaN skipped"),
+            "n_zero": st.column_config.NumberColumn("zero differences", help="dropped by the test (Wilcoxon's method)"),
+            "mean_diff": st.column_config.NumberColumn(f"mean A − B", format="%.4f"),
+            "diff_lo": st.column_config.NumberColumn("95 % CI low", format="%.4f"),
+            "diff_hi": st.column_config.NumberColumn("95 % CI high", format="%.4f"),
+            "median_diff": st.column_config.NumberColumn("median A − B", format="%.4f"),
+            "statistic": st.column_config.NumberColumn("W", format="%.1f"),
+            "p_value": st.column_config.NumberColumn("p", format="%.4g"),
+            "p_holm": st.column_config.NumberColumn("p (Holm, 3 regions)", format="%.4g")})
+        st.plotly_chart(plots.paired_differences(diffs, PAIRED_METRICS[pm], a, b), key="paired_plot")
+        st.download_button("Download paired differences (CSV)", diffs.rename(columns={"a": a, "b": b}).to_csv(index=False),
+                           file_name=f"paired_{sel.run_id}_{sel.method}_{pm}_{a}_vs_{b}.csv", mime="text/csv",
+                           key="dl_paired")
+        st.caption(f"Method {sel.method}, voxel set {sel.mask} for calibration metrics. Two-sided Wilcoxon signed-rank "
+                   "test on the per-patient differences (scipy, zero differences dropped); interval: patient bootstrap "
+                   "of the mean difference. Holm adjusts the three regions' p-values for testing three times.")
+
 st.subheader("Per-patient distributions")
 long = query(sel.db, "patient_metrics", sel.run_id, sel.patients, metrics=["dice", "ece"], mask=sel.mask)
 long = long[(long.method == sel.method) & long.model.isin(sel.models)]
@@ -51,20 +174,6 @@ with c2:
     st.plotly_chart(plots.per_patient_box(long[(long.metric == "ece") & (long["mask"] == sel.mask)], "ECE", sel.colours),
                     key="ece_box")
 
-st.subheader("All methods of the run")
-everything = query(sel.db, "cohort_summary", sel.run_id, sel.patients, mask=sel.mask)
-everything = everything[everything.model.isin(sel.models)]
-methods_table = everything[["model", "method", "region", "n_patients", "dice_mean", "auroc_entropy_dataset", "ece_dataset",
-                            "ace_dataset", "mce_dataset", "mean_entropy"]].sort_values(["region", "model", "method"])
-st.dataframe(methods_table, hide_index=True, column_config={
-    **{c: st.column_config.NumberColumn(format="%.3f") for c in methods_table.columns if methods_table[c].dtype.kind == "f"},
-    "ece_dataset": st.column_config.NumberColumn(f"ECE dataset ({sel.mask})", format="%.4f"),
-    "n_patients": st.column_config.NumberColumn("patients")})
-st.download_button("Download methods table (CSV)", methods_table.to_csv(index=False),
-                   file_name=f"methods_{sel.run_id}_{sel.mask}.csv", mime="text/csv")
-st.caption("Methods: deterministic, mc_dropout (T samples), tta (8 flips), ensemble (deep ensemble), "
-           "checkpoint_ensemble (snapshots of one run), auxiliary (error network, paper 002); +tta runs every pass on "
-           "the 8 flips, +ts divides logits by the temperature fitted on the calibration split.")
 temps = query(sel.db, "run_temperatures", sel.run_id)
 if not temps.empty:
     with st.expander("Temperatures (+ts methods), fitted on the calibration split"):

@@ -11,7 +11,11 @@ st.title("Patient viewer")
 sel = require_selection(patients=False)
 patients = sel.patients or sel.all_patients
 qp = st.query_params.get("patient")
-if "viewer_patient" not in st.session_state or st.session_state["viewer_patient"] not in patients:
+request = st.session_state.pop("viewer_request", None)  # a row clicked on the Compare page: (patient, model)
+if request and request[0] in patients:
+    st.session_state["viewer_patient"] = request[0]
+    st.session_state["viewer_left"] = request[1]
+elif "viewer_patient" not in st.session_state or st.session_state["viewer_patient"] not in patients:
     st.session_state["viewer_patient"] = qp if qp in patients else patients[0]
 c1, c2, c3 = st.columns([2, 2, 2])
 pid = c1.selectbox("Patient (inside the entropy filter)", patients, key="viewer_patient")
@@ -21,7 +25,10 @@ ran = set(status[(status.method == sel.method) & (status.ok > 0)].model)
 models = [m for m in sel.models if m in ran] or sel.models  # models that ran the selected method first
 if st.session_state.get("viewer_left") not in models:
     st.session_state.pop("viewer_left", None)
+if st.query_params.get("model") in models and "viewer_left" not in st.session_state:
+    st.session_state["viewer_left"] = st.query_params.get("model")
 left = c2.selectbox("Model", models, key="viewer_left", help=f"models of the selection that ran {sel.method}")
+st.query_params["model"] = left
 right_options = ["(none)"] + [m for m in models if m != left]
 if st.session_state.get("viewer_right") not in right_options:
     st.session_state.pop("viewer_right", None)

@@ -425,6 +425,21 @@ def patient_calibration_bins(con, run_id: str, model: str, method: str, region: 
         ORDER BY patient_id, bin""", [run_id, model, method, region, mask, patient_ids, patient_ids]).df()
 
 
+def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
+                            methods: list[str] | None = None) -> pd.DataFrame:
+    """Per-patient calibration bins of ok evaluations for a patient subset (and optionally some methods):
+    model, method, region, patient_id, bin, n, sum_prob, sum_true. Input of the bootstrap intervals of
+    dataset-level ECE (:func:`core.stats.leaderboard`)."""
+    patient_ids, methods = _list(patient_ids), _list(methods)
+    return con.execute("""
+        SELECT c.model, c.method, c.region, c.patient_id, c.bin, c.n, c.sum_prob, c.sum_true
+        FROM calibration_bins c JOIN evaluations e USING (run_id, model, method, patient_id)
+        WHERE c.run_id = ? AND c.mask = ? AND e.status = 'ok'
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], c.patient_id))
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], c.method))""",
+                       [run_id, mask, patient_ids, patient_ids, methods, methods]).df()
+
+
 def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patient_ids: list[str] | None = None) -> pd.DataFrame:
     """Per-patient metrics as columns: model, method, patient_id, region, <metric>... ('pred'/'boundary' masks
     are included under their own column names, e.g. mean_entropy@pred)."""

@@ -7,20 +7,25 @@ from plotly.subplots import make_subplots
 
 REGIONS = ["WT", "TC", "ET"]
 SIDE_BY_SIDE = [
-    ("dice_mean", "Dice (mean over patients)", (0, 1)),
-    ("auroc_entropy_dataset", "AUROC entropy vs error (pooled voxels)", (0, 1)),
-    ("ece_dataset", "ECE (dataset, summed bins)", None),
+    ("dice_mean", "Dice (mean over patients)", (0, 1), ("dice_lo", "dice_hi")),
+    ("auroc_entropy_dataset", "AUROC entropy vs error (pooled voxels)", (0, 1), None),
+    ("ece_dataset", "ECE (dataset, summed bins)", None, ("ece_dataset_lo", "ece_dataset_hi")),
 ]
 
 
 def side_by_side(summary: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
-    """Three panels (Dice, AUROC, ECE), x = region, one bar per model."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t, _ in SIDE_BY_SIDE], horizontal_spacing=0.07)
-    for col, (metric, title, rng) in enumerate(SIDE_BY_SIDE, start=1):
+    """Three panels (Dice, AUROC, ECE), x = region, one bar per model; where the summary carries bootstrap
+    intervals (columns dice_lo/hi, ece_dataset_lo/hi), they are drawn as error bars."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t, _, _ in SIDE_BY_SIDE], horizontal_spacing=0.07)
+    for col, (metric, title, rng, ci) in enumerate(SIDE_BY_SIDE, start=1):
         for model, g in summary.groupby("model", sort=True):
             g = g.set_index("region").reindex(REGIONS)
+            err = None
+            if ci and ci[0] in g and ci[1] in g:
+                err = dict(type="data", symmetric=False, array=(g[ci[1]] - g[metric]).clip(lower=0),
+                           arrayminus=(g[metric] - g[ci[0]]).clip(lower=0), thickness=1.2, width=4, color="#333")
             fig.add_trace(go.Bar(x=REGIONS, y=g[metric], name=model, marker_color=colours.get(model),
-                                 legendgroup=model, showlegend=col == 1,
+                                 legendgroup=model, showlegend=col == 1, error_y=err,
                                  hovertemplate=f"{model}<br>%{{x}}: %{{y:.3f}}<extra>{title}</extra>"),
                           row=1, col=col)
         fig.update_xaxes(title_text="region", row=1, col=col)
@@ -142,4 +147,48 @@ def predicted_vs_true(df: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
                       yaxis=dict(title="predicted Dice (out-of-fold)", range=[-0.02, 1.02]))
     fig.add_annotation(x=0.02, y=0.98, xref="paper", yref="paper", showarrow=False, xanchor="left",
                        text="× flagged for review", font=dict(color="#555"))
+    return fig
+
+
+def patient_scatter(df: pd.DataFrame, x: str, y: str, x_label: str, y_label: str, colours: dict[str, str]) -> go.Figure:
+    """Per-patient scatter (df: model, patient_id, <x>, <y>), one trace per model, box / lasso selection on.
+
+    Each point's customdata is [patient_id, model], which is what a selection event returns
+    (:func:`selected_keys`)."""
+    fig = go.Figure()
+    for model, g in df.groupby("model", sort=True):
+        fig.add_trace(go.Scatter(
+            x=g[x], y=g[y], mode="markers", name=model, customdata=g[["patient_id", "model"]].to_numpy(),
+            marker=dict(color=colours.get(model), size=8, line=dict(width=0.5, color="white")),
+            hovertemplate="%{customdata[0]}<br>" + x_label + " %{x:.3f}<br>" + y_label + " %{y:.3f}<extra>"
+                          + model + "</extra>"))
+    fig.update_layout(height=430, margin=dict(t=30, b=40, l=60, r=20), dragmode="select", clickmode="event+select",
+                      xaxis=dict(title=x_label), yaxis=dict(title=y_label), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def selected_keys(selection) -> list[tuple[str, str]]:
+    """(patient_id, model) of the points of a Streamlit plotly selection (``event.selection``), in order, unique."""
+    points = (selection or {}).get("points", []) if isinstance(selection, dict) else getattr(selection, "points", [])
+    out: list[tuple[str, str]] = []
+    for pt in points or []:
+        cd = pt.get("customdata") if isinstance(pt, dict) else None
+        if cd is not None and len(cd) >= 2 and (str(cd[0]), str(cd[1])) not in out:
+            out.append((str(cd[0]), str(cd[1])))
+    return out
+
+
+def paired_differences(df: pd.DataFrame, label: str, a: str, b: str) -> go.Figure:
+    """Per-patient paired differences (df: region, patient_id, diff = a - b) as a box with every point per
+    region, and a zero line: above zero, model ``a`` has the higher value."""
+    fig = go.Figure()
+    for region in REGIONS:
+        g = df[df.region == region]
+        fig.add_trace(go.Box(x=[region] * len(g), y=g["diff"], name=region, boxpoints="all", jitter=0.4, pointpos=0,
+                             customdata=g.patient_id, marker_color="#555", showlegend=False,
+                             hovertemplate="%{customdata}<br>difference %{y:.3f}<extra>" + region + "</extra>"))
+    fig.add_hline(y=0, line=dict(color="#d62728", dash="dash"))
+    fig.update_layout(height=360, margin=dict(t=30, b=40, l=60, r=20),
+                      xaxis=dict(title="region", categoryorder="array", categoryarray=REGIONS),
+                      yaxis=dict(title=f"{label}: {a} − {b} (per patient)"))
     return fig

@@ -1,0 +1,138 @@
+"""core.stats: patient bootstrap intervals, dataset ECE from resampled bins, Holm, paired Wilcoxon test."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sst
+
+from core import metrics as M
+from core import stats as S
+
+
+def test_bootstrap_counts_are_resamples():
+    W = S.bootstrap_counts(7, B=500, seed=3)
+    assert W.shape == (500, 7) and (W.sum(1) == 7).all() and (W >= 0).all()
+    assert np.array_equal(W, S.bootstrap_counts(7, B=500, seed=3))  # seeded: same numbers on every rerun
+    assert abs(W.mean() - 1.0) < 1e-12 and 0.7 < W.var() < 1.0  # multinomial(n, 1/n): var = 1 - 1/n = 0.857
+
+
+def test_mean_ci_matches_scipy_percentile_bootstrap():
+    x = np.random.default_rng(0).gamma(2.0, 0.1, size=60)
+    ours = S.mean_ci(x, B=20000, seed=1)
+    ref = sst.bootstrap((x,), np.mean, n_resamples=20000, method="percentile", confidence_level=0.95,
+                        random_state=2).confidence_interval
+    width = ref.high - ref.low
+    assert ours["estimate"] == pytest.approx(x.mean())
+    assert abs(ours["lo"] - ref.low) < 0.05 * width and abs(ours["hi"] - ref.high) < 0.05 * width
+    assert ours["n"] == 60 and ours["n_nan"] == 0
+
+
+def test_mean_ci_coverage_near_nominal():
+    rng = np.random.default_rng(5)
+    covered = 0
+    for i in range(300):
+        x = rng.normal(0.7, 0.1, size=40)
+        r = S.mean_ci(x, B=400, seed=i)
+        covered += r["lo"] <= 0.7 <= r["hi"]
+    assert 0.89 <= covered / 300 <= 0.985  # percentile bootstrap slightly under-covers at n = 40
+
+
+def test_mean_ci_nan_and_degenerate():
+    r = S.mean_ci([0.5, np.nan, 0.7, np.nan])
+    assert r["n"] == 2 and r["n_nan"] == 2 and r["estimate"] == pytest.approx(0.6)
+    assert 0.5 <= r["lo"] <= r["hi"] <= 0.7
+    r = S.mean_ci([np.nan, np.nan])
+    assert r["n"] == 0 and r["n_nan"] == 2 and math.isnan(r["estimate"]) and math.isnan(r["lo"])
+    r = S.mean_ci([0.9, 0.9, 0.9])
+    assert r["lo"] == r["hi"] == pytest.approx(0.9)
+    assert math.isnan(S.mean_ci([])["estimate"])
+
+
+def test_ece_batch_equals_metrics_definition():
+    rng = np.random.default_rng(1)
+    n = rng.integers(0, 50, size=(30, 20)).astype(float)
+    n[:, 3] = 0  # an empty bin in every row
+    n[0] = 0  # an empty voxel set
+    sp = n * rng.uniform(0, 1, size=n.shape)
+    st = np.minimum(n, np.round(sp + rng.normal(0, 2, size=n.shape)).clip(0))
+    got = S.ece_from_bins_batch(n, sp, st)
+    assert math.isnan(got[0])
+    for i in range(1, 30):
+        assert got[i] == pytest.approx(M.calibration_from_bins(n[i], sp[i], st[i])["ece"], abs=1e-12)
+
+
+def _patients(rng, P=12, V=3000):
+    probs, truths = [], []
+    for _ in range(P):
+        y = rng.random(V) < rng.uniform(0.05, 0.4)
+        p = np.clip(np.where(y, rng.beta(5, 2, V), rng.beta(1, 6, V)), 0, 1)
+        p[:5] = 0.0
+        p[5:10] = 1.0  # saturated probabilities
+        probs.append(p)
+        truths.append(y)
+    return probs, truths
+
+
+def test_dataset_ece_ci_is_pooled_voxel_ece_and_replicates_are_resampled_patients():
+    rng = np.random.default_rng(2)
+    probs, truths = _patients(rng)
+    bins = np.array([M.calibration_bins(p, y) for p, y in zip(probs, truths)])  # (P, 3, 20)
+    r = S.dataset_ece_ci(bins[:, 0], bins[:, 1], bins[:, 2], B=300, seed=4)
+    pooled = M.calibration_from_bins(*M.calibration_bins(np.concatenate(probs), np.concatenate(truths)))["ece"]
+    assert r["estimate"] == pytest.approx(pooled, abs=1e-12) and r["n"] == 12
+    assert r["lo"] <= r["estimate"] <= r["hi"] or r["lo"] <= r["hi"]
+    # one replicate by hand: concatenate the voxels of the drawn patients and compute ECE from scratch
+    W = S.bootstrap_counts(12, B=300, seed=4)
+    drawn = np.repeat(np.arange(12), W[0])
+    by_hand = M.calibration_from_bins(*M.calibration_bins(np.concatenate([probs[i] for i in drawn]),
+                                                          np.concatenate([truths[i] for i in drawn])))["ece"]
+    rep = S.ece_from_bins_batch(W[:1].astype(float) @ bins[:, 0], W[:1].astype(float) @ bins[:, 1],
+                                W[:1].astype(float) @ bins[:, 2])[0]
+    assert rep == pytest.approx(by_hand, abs=1e-12)
+    assert math.isnan(S.dataset_ece_ci(np.zeros((0, 20)), np.zeros((0, 20)), np.zeros((0, 20)))["estimate"])
+
+
+def test_holm_hand_computed():
+    assert np.allclose(S.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    out = S.holm([0.5, np.nan, 0.001])
+    assert np.isnan(out[1]) and np.allclose(out[[0, 2]], [0.5, 0.002])
+    assert np.allclose(S.holm([0.6, 0.7]), [1.0, 1.0])  # capped at 1
+
+
+def test_paired_test_exact_and_edge_cases():
+    a = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    b = a - np.array([0.01, 0.02, 0.03, 0.04, 0.05])
+    r = S.paired_test(a, b, seed=0)
+    # all five differences positive: W- = 0, exact two-sided p = 2 / 2^5
+    assert r["statistic"] == 0 and r["p_value"] == pytest.approx(2 / 32)
+    assert r["n"] == 5 and r["n_zero"] == 0 and r["mean_diff"] == pytest.approx(0.03)
+    assert r["median_diff"] == pytest.approx(0.03) and r["diff_lo"] > 0
+    ref = sst.wilcoxon(a - b)
+    assert r["p_value"] == pytest.approx(ref.pvalue)
+    r = S.paired_test([1.0, 1.0, np.nan, 0.5, 0.2], [1.0, 0.9, 0.3, 0.6, 0.1])
+    assert r["n"] == 4 and r["n_nan"] == 1 and r["n_zero"] == 1  # both-empty ET: Dice 1 vs 1
+    r = S.paired_test([1.0, 1.0], [1.0, 1.0])
+    assert math.isnan(r["p_value"]) and r["mean_diff"] == 0
+    with pytest.raises(ValueError, match="same patients"):
+        S.paired_test([1, 2], [1, 2, 3])
+
+
+def test_leaderboard_counts_nans_and_intervals():
+    rng = np.random.default_rng(3)
+    probs, truths = _patients(rng, P=6, V=500)
+    rows, bins = [], []
+    for i, (p, y) in enumerate(zip(probs, truths)):
+        for model, shift in (("A", 0.0), ("B", 0.1)):
+            rows.append({"model": model, "method": "mc", "region": "WT", "patient_id": f"P{i}",
+                         "dice": 0.8 - shift + 0.01 * i, "auroc_entropy": np.nan if i == 0 else 0.9})
+            n, sp, st = M.calibration_bins(np.clip(p + shift, 0, 1), y)
+            bins += [{"model": model, "method": "mc", "region": "WT", "patient_id": f"P{i}", "bin": k, "n": n[k],
+                      "sum_prob": sp[k], "sum_true": st[k]} for k in range(20) if n[k] > 0]
+    lb = S.leaderboard(pd.DataFrame(rows), pd.DataFrame(bins), B=200)
+    assert list(lb.model) == ["A", "B"] and (lb.n_patients == 6).all()
+    assert (lb.auroc_entropy_nan == 1).all() and (lb.auroc_entropy_n == 5).all()
+    a = lb.set_index("model").loc["A"]
+    assert a.dice == pytest.approx(0.8 + 0.025) and a.dice_lo <= a.dice <= a.dice_hi
+    pooled = M.calibration_from_bins(*M.calibration_bins(np.concatenate(probs), np.concatenate(truths)))["ece"]
+    assert a.ece_dataset == pytest.approx(pooled, abs=1e-12) and a.ece_dataset_lo <= a.ece_dataset_hi
