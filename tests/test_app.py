@@ -82,6 +82,51 @@ def test_compare_widgets(data_env):
     _ok(at)
 
 
+def test_compare_leaderboard_and_paired_test(data_env):
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120).run())
+    lb = at.dataframe[1].value
+    # model x method x region, every run method, with intervals and the patient counts behind them
+    assert len(lb) == 2 * 2 * 3 and set(lb.method) == {"deterministic", "mc_dropout"}
+    assert (lb.patients == 4).all() and list(dict.fromkeys(lb.region)) == ["WT", "TC", "ET"]
+    dice_ci = lb["Dice [95 % CI]"].iloc[0]
+    est, lo, hi = (float(v) for v in dice_ci.replace("[", "").replace("]", "").replace(",", "").split())
+    assert lo <= est <= hi
+    paired = at.dataframe[3].value
+    assert list(paired.region) == ["WT", "TC", "ET"] and (paired.n + paired.n_nan == 4).all()
+    assert ((paired.p_holm >= paired.p_value) | paired.p_value.isna()).all()
+    at.selectbox(key="paired_metric").set_value("ece").run()
+    _ok(at)
+    at.selectbox(key="paired_a").set_value("UNet-Res").run()
+    _ok(at)
+    assert at.selectbox(key="paired_b").value == "SegResNet"
+    # the leaderboard follows the entropy filter
+    at.slider(key="q_range").set_value((50, 100)).run()
+    _ok(at)
+    assert (at.dataframe[1].value.patients == 2).all()
+    # one model selected: no paired test, said so
+    at.multiselect(key="models").set_value(["UNet-Res"]).run()
+    _ok(at)
+    assert any("Needs two selected models" in i.value for i in at.info)
+
+
+def test_compare_scatter_axes_and_region(data_env):
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120).run())
+    table = at.dataframe[2].value
+    assert len(table) == 2 * 4 and table.open.str.contains("viewer\\?").all()
+    at.selectbox(key="scatter_y").set_value("hd95").run()
+    at.radio(key="scatter_region").set_value("ET").run()
+    _ok(at)
+
+
+def test_viewer_opens_requested_patient(data_env):
+    at = AppTest.from_file(str(ROOT / "app_pages/viewer.py"), default_timeout=120)
+    _ok(at.run())
+    pid = at.selectbox(key="viewer_patient").options[-1]
+    at.session_state["viewer_request"] = (pid, "SegResNet")  # what a row click on the Compare page leaves
+    _ok(at.run())
+    assert at.selectbox(key="viewer_patient").value == pid and at.selectbox(key="viewer_left").value == "SegResNet"
+
+
 def test_query_params_restore_view(data_env):
     at = AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120)
     at.query_params["method"] = "deterministic"

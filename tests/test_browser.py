@@ -117,3 +117,31 @@ def test_link_reproduces_view(server, page):
     _no_exception(page, "compare from link")
     html = page.content()
     assert "deterministic" in html and "0-50" in html
+
+
+def test_scatter_selection_fills_table_and_row_opens_viewer(server, page):
+    """Box-select on the per-patient scatter narrows the patient table; clicking a row opens that patient
+    in the viewer (as a person does it: mouse drag on the chart, click on the table's row marker)."""
+    page.goto(f"{server}/compare?method=mc_dropout&q=0-100")
+    _settle(page, "Per-patient scatter")
+    chart = page.locator("[data-testid='stPlotlyChart']").nth(1)
+    chart.scroll_into_view_if_needed()
+    box = chart.locator(".nsewdrag").first.bounding_box()
+    x0, y0 = box["x"] + 2, box["y"] + 2  # a box over the whole plotting area selects every point
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=12)
+    page.mouse.up()
+    _settle(page, "selected point(s)")
+    _no_exception(page, "compare after box selection")
+    assert "8 selected point(s)" in page.content()  # 4 patients x 2 models, WT
+    page.screenshot(path=str(SHOTS / "compare_selection.png"), full_page=True)
+    grid = page.locator("[data-testid='stDataFrame']").nth(2)
+    grid.scroll_into_view_if_needed()
+    gb = grid.bounding_box()
+    page.mouse.click(gb["x"] + 18, gb["y"] + 35 + 17)  # the first row's selection marker
+    _settle(page, "Patient viewer")
+    _no_exception(page, "viewer opened from the compare table")
+    assert page.locator("h1").filter(has_text="Patient viewer").count() == 1
+    assert "patient=" in page.url and "model=" in page.url
+    page.screenshot(path=str(SHOTS / "viewer_from_compare.png"), full_page=True)
