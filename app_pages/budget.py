@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import summaries
 from dashboard import plots
-from dashboard.state import REGIONS, query, require_selection
+from dashboard.state import REGIONS, require_selection, subset_bins
 
 st.title("Review budget")
 sel = require_selection()
@@ -13,7 +13,7 @@ region = c1.radio("Region", REGIONS, horizontal=True, key="budget_region")
 max_budget = c2.select_slider("Budget axis up to (% of voxels)", [5, 10, 20, 50], value=5, key="budget_max")
 st.caption(f"Region **{region}** · voxel set **{sel.mask}** · {len(sel.patients)} patients · all methods of the run. "
            "The reviewer checks the given share of the voxel set, most uncertain (entropy) first; pooled over patients.")
-summed = query(sel.db, "summed_uncertainty_bins", sel.run_id, sel.patients, mask=sel.mask, measure="entropy")
+summed = subset_bins(sel, "uncertainty", measure="entropy")
 summed = summed[(summed.region == region) & summed.model.isin(sel.models)]
 budgets = [max_budget / 100 * (i + 1) / 100 for i in range(100)]
 curves, table = summaries.budget_table(summed, budgets)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from core import stats
 from dashboard import plots, tables
-from dashboard.state import REGIONS, query, require_selection
+from dashboard.state import REGIONS, patient_table, query, require_selection, subset_summary
 
 SCATTER_METRICS = {
     "dice": "Dice", "hd95": "HD95 (mm)", "ece": "ECE", "brier": "Brier", "nll": "NLL",
@@ -24,15 +24,18 @@ if not sel.patients:
     st.warning("No patient inside the entropy filter: widen the quantile range.")
     st.stop()
 
-summary_all = query(sel.db, "cohort_summary", sel.run_id, sel.patients, mask=sel.mask)
+summary_all = subset_summary(sel)
 summary_all = summary_all[summary_all.model.isin(sel.models)]
 summary = summary_all[summary_all.method == sel.method]
 if summary.empty:
     st.info("No ok evaluation for this selection.")
     st.stop()
 
-lb = tables.leaderboard(sel.db, sel.run_id, sel.patients, sel.mask)
-lb = lb[lb.model.isin(sel.models)] if len(lb) else lb
+lb_methods = st.session_state.get("lb_methods") or [sel.method]
+lb_methods = [m for m in lb_methods if m in sel.methods] or [sel.method]
+if sel.method not in lb_methods:
+    lb_methods = [sel.method] + lb_methods
+lb = tables.leaderboard(sel, lb_methods)
 ci_cols = ["model", "method", "region", "dice_lo", "dice_hi", "ece_dataset_lo", "ece_dataset_hi"]
 with_ci = summary.merge(lb[[c for c in ci_cols if c in lb]], on=["model", "method", "region"], how="left") if len(lb) \
     else summary
@@ -59,7 +62,10 @@ st.caption("Dice: mean over patients (BraTS empty rules). AUROC pooled: entropy 
            "per-patient histograms; AUROC mean: mean of per-patient AUROC (NaN patients skipped). ECE dataset: 20 "
            "equal-width bins summed over the patients; ECE mean: mean of per-patient ECE.")
 
-st.subheader("Leaderboard: every model, method and region")
+st.subheader("Leaderboard: model x method x region")
+st.session_state["lb_methods"] = lb_methods
+st.multiselect("Methods in the leaderboard", sel.methods, key="lb_methods",
+               help="the sidebar's method and any other method of the run; each added method is bootstrapped too")
 if lb.empty:
     st.info("No per-patient metrics for this selection.")
 else:
@@ -80,8 +86,9 @@ names = list(SCATTER_METRICS)
 x_metric = c1.selectbox("x axis", names, index=names.index("dice"), format_func=SCATTER_METRICS.get, key="scatter_x")
 y_metric = c2.selectbox("y axis", names, index=names.index("ece"), format_func=SCATTER_METRICS.get, key="scatter_y")
 s_region = c3.radio("Region", REGIONS, horizontal=True, key="scatter_region")
-wide = query(sel.db, "metric_wide", sel.run_id, list(SCATTER_METRICS), mask=sel.mask, patient_ids=sel.patients)
-points = wide[(wide.method == sel.method) & wide.model.isin(sel.models) & (wide.region == s_region)] if len(wide) else wide
+wide = patient_table(sel, list(SCATTER_METRICS), method=sel.method)
+wide = wide[wide.model.isin(sel.models)]
+points = wide[wide.region == s_region]
 points = points.dropna(subset=[c for c in (x_metric, y_metric) if c in points]) if len(points) else points
 if points.empty or x_metric not in points or y_metric not in points:
     st.info("No patient has both metrics for this region (e.g. HD95 is undefined when a region is empty).")
@@ -136,7 +143,7 @@ else:
         st.session_state.pop("paired_b", None)
     b = c2.selectbox("Model B", b_options, key="paired_b")
     pm = c3.selectbox("Metric", list(PAIRED_METRICS), format_func=PAIRED_METRICS.get, key="paired_metric")
-    pw = wide[(wide.method == sel.method) & wide.model.isin([a, b])] if len(wide) else wide
+    pw = wide[wide.model.isin([a, b])]
     if pw.empty or pm not in pw:
         st.info("No per-patient values of this metric.")
     else:
@@ -163,15 +170,14 @@ else:
                    "of the mean difference. Holm adjusts the three regions' p-values for testing three times.")
 
 st.subheader("Per-patient distributions")
-long = query(sel.db, "patient_metrics", sel.run_id, sel.patients, metrics=["dice", "ece"], mask=sel.mask)
-long = long[(long.method == sel.method) & long.model.isin(sel.models)]
+long = wide.melt(id_vars=["model", "patient_id", "region"], value_vars=["dice", "ece"], var_name="metric")
 c1, c2 = st.columns(2)
 with c1:
     st.markdown("**Dice per patient**")
     st.plotly_chart(plots.per_patient_box(long[long.metric == "dice"], "Dice", sel.colours, [0, 1.02]), key="dice_box")
 with c2:
     st.markdown(f"**ECE per patient ({sel.mask})**")
-    st.plotly_chart(plots.per_patient_box(long[(long.metric == "ece") & (long["mask"] == sel.mask)], "ECE", sel.colours),
+    st.plotly_chart(plots.per_patient_box(long[long.metric == "ece"], "ECE", sel.colours),
                     key="ece_box")
 
 temps = query(sel.db, "run_temperatures", sel.run_id)

@@ -5,7 +5,7 @@ import streamlit as st
 from core import metrics as M
 from core import summaries
 from dashboard import plots
-from dashboard.state import REGIONS, query, require_selection
+from dashboard.state import REGIONS, patient_table, query, require_selection
 
 st.title("Reliability")
 sel = require_selection()
@@ -15,8 +15,8 @@ st.caption(f"Method **{sel.method}** · region **{region}** · voxel set **{sel.
 
 curves, bands, hists = {}, {}, {}
 for model in sel.models:
-    bins = query(sel.db, "patient_calibration_bins", sel.run_id, model, sel.method, region, mask=sel.mask,
-                 patient_ids=sel.patients)
+    bins = query(sel.db, "patient_calibration_bins", sel.run_id, model, sel.method, region, mask=sel.mask)
+    bins = bins[bins.patient_id.isin(sel.patients)] if len(sel.patients) < len(sel.all_patients) else bins
     if not bins.empty:
         curves[model], bands[model], hists[model] = summaries.reliability(bins)
 if not curves:
@@ -34,9 +34,8 @@ for c, (model, h) in zip(cols, hists.items()):
     with c:
         st.plotly_chart(plots.reliability_histogram(h, M.N_CAL_BINS, model), key=f"hist_{model}")
 
-wide = query(sel.db, "metric_wide", sel.run_id, ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"], mask=sel.mask,
-             patient_ids=sel.patients)
-wide = wide[(wide.method == sel.method) & wide.model.isin(sel.models) & (wide.region == region)]
+wide = patient_table(sel, ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"], method=sel.method)
+wide = wide[wide.model.isin(sel.models) & (wide.region == region)]
 st.subheader("Per-patient calibration")
 c1, c2 = st.columns(2)
 with c1:

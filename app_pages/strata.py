@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import summaries
 from dashboard import plots
-from dashboard.state import STRAT_MEASURES, query, require_selection
+from dashboard.state import STRAT_MEASURES, patient_table, require_selection, subset_summary
 
 st.title("Patient strata")
 sel = require_selection(patients=False)
@@ -15,8 +15,8 @@ st.caption(f"Strata of **{sel.strat_measure}** of **{sel.strat_model}** ({sel.me
 if len(vals) < n_strata:
     st.info("Not enough patients with a value of this measure for the strata.")
     st.stop()
-dice = query(sel.db, "metric_wide", sel.run_id, ["dice", "ece", "hd95"], mask=sel.mask)
-dice = dice[(dice.method == sel.method) & dice.model.isin(sel.models)].merge(vals[["patient_id", "stratum", "value"]],
+dice = patient_table(sel, ["dice", "ece", "hd95"], method=sel.method, subset=False)
+dice = dice[dice.model.isin(sel.models)].merge(vals[["patient_id", "stratum", "value"]],
                                                                               on="patient_id")
 region = st.radio("Region", ["WT", "TC", "ET"], horizontal=True, key="strata_region")
 d = dice[dice.region == region]
@@ -30,7 +30,7 @@ st.subheader("Cohort metrics of the filtered subgroup")
 if not sel.patients:
     st.warning("No patient inside the entropy filter: widen the quantile range.")
 else:
-    summ = query(sel.db, "cohort_summary", sel.run_id, sel.patients, mask=sel.mask)
+    summ = subset_summary(sel)
     summ = summ[(summ.method == sel.method) & summ.model.isin(sel.models)]
     st.dataframe(summ[["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset", "ece_dataset",
                        "mean_entropy"]], hide_index=True,

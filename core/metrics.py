@@ -511,14 +511,20 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
 def patient_reliability(bins, n_bins: int = N_CAL_BINS):
     """Per-patient reliability from per-patient bins.
 
-    ``bins``: iterable of (patient_id, bin, n, sum_prob, sum_true) rows. Returns (acc, conf, count) arrays of
-    shape (P, n_bins) with NaN accuracy/confidence in empty bins, and the patient ids in row order.
+    ``bins``: iterable of (patient_id, bin, n, sum_prob, sum_true) rows, or a mapping / data frame with those
+    five columns. Returns (acc, conf, count) arrays of shape (P, n_bins) with NaN accuracy/confidence in empty
+    bins, and the patient ids in row order.
     """
-    arr = np.array(list(bins), dtype=object).reshape(-1, 5)
-    ids, row = np.unique(arr[:, 0].astype(str), return_inverse=True)
-    flat = row * n_bins + arr[:, 1].astype(np.int64)
+    names = ("patient_id", "bin", "n", "sum_prob", "sum_true")
+    if hasattr(bins, "keys") and all(k in bins for k in names):
+        cols = [np.asarray(bins[k]) for k in names]
+    else:
+        arr = np.array(list(bins), dtype=object).reshape(-1, 5)
+        cols = [arr[:, k] for k in range(5)]
+    ids, row = np.unique(cols[0].astype(str), return_inverse=True)
+    flat = row * n_bins + cols[1].astype(np.int64)
     size = len(ids) * n_bins
-    n, sp, st = (np.bincount(flat, weights=arr[:, k].astype(np.float64), minlength=size).reshape(len(ids), n_bins)
+    n, sp, st = (np.bincount(flat, weights=cols[k].astype(np.float64), minlength=size).reshape(len(ids), n_bins)
                  for k in (2, 3, 4))
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.where(n > 0, st / n, np.nan)

@@ -88,43 +88,68 @@ def dataset_ece_ci(n: np.ndarray, sum_prob: np.ndarray, sum_true: np.ndarray, B:
     return {"estimate": est, "lo": lo, "hi": hi, "n": P}
 
 
-def leaderboard(per_patient: pd.DataFrame, cal_bins: pd.DataFrame, B: int = DEFAULT_B, level: float = DEFAULT_LEVEL,
-                seed: int = 0) -> pd.DataFrame:
-    """Leaderboard of model x method x region with patient-bootstrap intervals and counts.
+def leaderboard(per_patient: pd.DataFrame, cal_bins: pd.DataFrame | None = None, B: int = DEFAULT_B,
+                level: float = DEFAULT_LEVEL, seed: int = 0) -> pd.DataFrame:
+    """Leaderboard of model x method x region with patient-bootstrap intervals and counts, all rows at once.
 
-    per_patient: columns model, method, region, patient_id, and any of dice, auroc_entropy, ece (one row per
-    patient; NaN = not defined for that patient, e.g. AUROC with no error voxel).
-    cal_bins: columns model, method, region, patient_id, bin, n, sum_prob, sum_true (per-patient bins of the mask).
-    Returns one row per (model, method, region): n_patients, and for each of dice / auroc_entropy (means over
-    patients): <m>, <m>_lo, <m>_hi, <m>_n, <m>_nan; ece_dataset, ece_dataset_lo, ece_dataset_hi.
-    The same seed is used for every row, so rows with the same patients use the same draws.
+    per_patient: columns model, method, region, patient_id, and any of dice, auroc_entropy (one row per
+    evaluated patient; NaN = undefined for that patient, e.g. AUROC without an error voxel).
+    cal_bins: optional per-patient calibration bins of the same patients: model, method, region, patient_id,
+    bin, n, sum_prob, sum_true.
+
+    One set of draws W (B x P) over the P patients of ``per_patient`` serves every row (rows are compared on
+    the same resamples). A replicate's mean is sum_p W_bp x_p / sum_p W_bp [x_p defined] over the drawn
+    patients where the metric is defined (so a patient with a NaN still counts as drawn); its dataset ECE is
+    sum_k |sum_p W_bp (sum_prob_pk - sum_true_pk)| / sum_p W_bp n_p (summed bins of the drawn patients).
+    Returns one row per (model, method, region): n_patients; for dice / auroc_entropy: <m>, <m>_lo, <m>_hi,
+    <m>_n (patients with a value), <m>_nan (evaluated patients without one); ece_dataset(_lo, _hi).
     """
-    rows = []
     keys = ["model", "method", "region"]
-    bins_by = {k: g for k, g in cal_bins.groupby(keys, sort=False)} if len(cal_bins) else {}
-    for key, g in per_patient.groupby(keys, sort=True):
-        row = dict(zip(keys, key))
-        row["n_patients"] = int(g.patient_id.nunique())
-        for m in ("dice", "auroc_entropy"):
-            if m not in g:
-                continue
-            r = mean_ci(g[m].to_numpy(), B, level, seed)
-            row.update({m: r["estimate"], f"{m}_lo": r["lo"], f"{m}_hi": r["hi"], f"{m}_n": r["n"],
-                        f"{m}_nan": r["n_nan"]})
-        cb = bins_by.get(key)
-        if cb is not None and len(cb):
-            cb = cb[cb.patient_id.isin(g.patient_id)]
-            pids = {p: i for i, p in enumerate(sorted(cb.patient_id.unique()))}
-            K = max(int(cb.bin.max()) + 1, M.N_CAL_BINS)
-            arr = np.zeros((3, len(pids), K))
-            pi = cb.patient_id.map(pids).to_numpy()
-            bi = cb.bin.to_numpy()
-            for j, col in enumerate(("n", "sum_prob", "sum_true")):
-                np.add.at(arr[j], (pi, bi), cb[col].to_numpy(np.float64))
-            r = dataset_ece_ci(arr[0], arr[1], arr[2], B, level, seed)
-            row.update({"ece_dataset": r["estimate"], "ece_dataset_lo": r["lo"], "ece_dataset_hi": r["hi"]})
-        rows.append(row)
-    return pd.DataFrame(rows)
+    if per_patient.empty:
+        return pd.DataFrame(columns=keys + ["n_patients"])
+    combos = per_patient[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+    cidx = pd.MultiIndex.from_frame(combos)
+    pids = np.sort(per_patient.patient_id.unique())
+    pi = np.searchsorted(pids, per_patient.patient_id.to_numpy())
+    ci = cidx.get_indexer(pd.MultiIndex.from_frame(per_patient[keys]))
+    P, C = len(pids), len(combos)
+    present = np.zeros((P, C), bool)
+    present[pi, ci] = True
+    W = bootstrap_counts(P, B, seed).astype(np.float32)
+    out = combos.copy()
+    out["n_patients"] = present.sum(0)
+    for m in ("dice", "auroc_entropy"):
+        if m not in per_patient:
+            continue
+        X = np.full((P, C), np.nan)
+        X[pi, ci] = per_patient[m].to_numpy(np.float64)
+        fin = np.isfinite(X)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est = np.where(fin.any(0), np.nansum(X, 0) / np.maximum(fin.sum(0), 1), np.nan)
+            reps = (W @ np.where(fin, X, 0.0).astype(np.float32)) / (W @ fin.astype(np.float32))
+        lo_hi = np.array([_interval(reps[:, j].astype(np.float64), level) for j in range(C)]).reshape(C, 2)
+        out[m], out[f"{m}_lo"], out[f"{m}_hi"] = est, lo_hi[:, 0], lo_hi[:, 1]
+        out[f"{m}_n"] = fin.sum(0)
+        out[f"{m}_nan"] = (present & ~fin).sum(0)
+    if cal_bins is not None and len(cal_bins):
+        cb = cal_bins[cal_bins.patient_id.isin(pids)]
+        K = max(int(cb.bin.max()) + 1, M.N_CAL_BINS)
+        bi = cb.bin.to_numpy()
+        bpi = np.searchsorted(pids, cb.patient_id.to_numpy())
+        bci = cidx.get_indexer(pd.MultiIndex.from_frame(cb[keys]))
+        ok = bci >= 0
+        pc = bpi[ok] * C + bci[ok]
+        D = np.bincount(pc * K + bi[ok], (cb.sum_prob.to_numpy(np.float64) - cb.sum_true.to_numpy(np.float64))[ok],
+                        minlength=P * C * K).reshape(P, C * K)
+        N = np.bincount(pc, cb.n.to_numpy(np.float64)[ok], minlength=P * C).reshape(P, C)
+        W64 = W.astype(np.float64)  # float64: the bins' sums of p and of labels nearly cancel
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["ece_dataset"] = np.abs(D.sum(0).reshape(C, K)).sum(-1) / np.where(N.sum(0) > 0, N.sum(0), np.nan)
+            num = np.abs((W64 @ D).reshape(B, C, K)).sum(-1)
+            reps = num / (W64 @ N)
+        lo_hi = np.array([_interval(reps[:, j].astype(np.float64), level) for j in range(C)]).reshape(C, 2)
+        out["ece_dataset_lo"], out["ece_dataset_hi"] = lo_hi[:, 0], lo_hi[:, 1]
+    return out
 
 
 def holm(pvalues) -> np.ndarray:

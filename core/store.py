@@ -334,13 +334,21 @@ def _list(x):
     return None if x is None else [str(v) for v in x]
 
 
+# the patient filter of every subset query: a semi-join on the unnested list (a hash join, so a 10,000-patient
+# subset costs one pass, where list_contains would compare every row with every listed id)
+_IN_PATIENTS = "(?::VARCHAR[] IS NULL OR {col} IN (SELECT unnest(?::VARCHAR[])))"
+# metrics the batch stores for one voxel set only, whatever the page's mask
+BRAIN_ONLY = {"dice", "hd95", "volume_gt_ml", "volume_pred_ml", "volume_error_ml", "interrater_dice", "rater_dice_mean",
+              "vol_sample_mean_ml", "vol_sample_sd_ml", "vol_q05_ml", "vol_q95_ml", "vol_in_90", "vol_crps_ml"}
+PRED_ONLY = {"mean_confidence"}
+
+
 def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metrics=None, mask: str | None = None) -> pd.DataFrame:
     """Long per-patient metric rows (model, method, patient_id, region, mask, metric, value) of ok evaluations."""
     patient_ids, metrics = _list(patient_ids), _list(metrics)
-    q = """SELECT m.model, m.method, m.patient_id, m.region, m.mask, m.metric, m.value
+    q = f"""SELECT m.model, m.method, m.patient_id, m.region, m.mask, m.metric, m.value
            FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
-           WHERE m.run_id = ? AND e.status = 'ok'
-             AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], m.patient_id))
+           WHERE m.run_id = ? AND e.status = 'ok' AND {_IN_PATIENTS.format(col="m.patient_id")}
              AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], m.metric))
              AND (?::VARCHAR IS NULL OR m.mask = ? OR m.mask = 'pred')"""
     return con.execute(q, [run_id, patient_ids, patient_ids, metrics, metrics, mask, mask]).df()
@@ -349,10 +357,10 @@ def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metr
 def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain") -> pd.DataFrame:
     """Calibration bins summed over a patient subset: model, method, region, bin, n, sum_prob, sum_true."""
     patient_ids = _list(patient_ids)
-    return con.execute("""
+    return con.execute(f"""
         SELECT model, method, region, bin, sum(n) AS n, sum(sum_prob) AS sum_prob, sum(sum_true) AS sum_true
         FROM calibration_bins
-        WHERE run_id = ? AND mask = ? AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], patient_id))
+        WHERE run_id = ? AND mask = ? AND {_IN_PATIENTS.format(col="patient_id")}
         GROUP BY ALL ORDER BY model, method, region, bin""", [run_id, mask, patient_ids, patient_ids]).df()
 
 
@@ -361,67 +369,70 @@ def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = No
     """Uncertainty histograms summed over a patient subset: model, method, region, bin, n_error, n_correct,
     n_fp, n_fn, n_tp."""
     patient_ids = _list(patient_ids)
-    return con.execute("""
+    return con.execute(f"""
         SELECT model, method, region, bin, sum(n_error) AS n_error, sum(n_correct) AS n_correct,
                sum(n_fp) AS n_fp, sum(n_fn) AS n_fn, sum(n_tp) AS n_tp
         FROM uncertainty_bins
-        WHERE run_id = ? AND mask = ? AND measure = ?
-          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], patient_id))
+        WHERE run_id = ? AND mask = ? AND measure = ? AND {_IN_PATIENTS.format(col="patient_id")}
         GROUP BY ALL ORDER BY model, method, region, bin""", [run_id, mask, measure, patient_ids, patient_ids]).df()
 
 
+def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids: list[int], mask: str = "brain",
+                 measure: str = "entropy") -> pd.DataFrame:
+    """Bins summed per patient GROUP (one pass over the table): g, model, method, region, bin, and the count
+    columns of ``kind`` ('calibration': n, sum_prob, sum_true; 'uncertainty' (of ``measure``): n_error,
+    n_correct, n_fp, n_fn, n_tp). Patients not listed are left out.
+
+    The app groups patients by where they fall between the quantiles of the sidebar's measure, so every
+    position of the quantile filter is a union of groups: summing the groups' rows gives the subset's bins
+    exactly, without touching the per-patient rows again (see :mod:`dashboard.state`)."""
+    groups = [_list(patient_ids), [int(g) for g in group_ids]]
+    if kind == "calibration":
+        return con.execute("""
+            SELECT g.g, c.model, c.method, c.region, c.bin, sum(c.n) AS n, sum(c.sum_prob) AS sum_prob,
+                   sum(c.sum_true) AS sum_true
+            FROM calibration_bins c
+            JOIN (SELECT unnest(?::VARCHAR[]) AS patient_id, unnest(?::INTEGER[]) AS g) g USING (patient_id)
+            WHERE c.run_id = ? AND c.mask = ?
+            GROUP BY ALL ORDER BY ALL""", groups + [run_id, mask]).df()
+    if kind == "uncertainty":
+        return con.execute("""
+            SELECT g.g, u.model, u.method, u.region, u.bin, sum(u.n_error) AS n_error, sum(u.n_correct) AS n_correct,
+                   sum(u.n_fp) AS n_fp, sum(u.n_fn) AS n_fn, sum(u.n_tp) AS n_tp
+            FROM uncertainty_bins u
+            JOIN (SELECT unnest(?::VARCHAR[]) AS patient_id, unnest(?::INTEGER[]) AS g) g USING (patient_id)
+            WHERE u.run_id = ? AND u.mask = ? AND u.measure = ?
+            GROUP BY ALL ORDER BY ALL""", groups + [run_id, mask, measure]).df()
+    raise ValueError(f"unknown bin kind {kind!r}")
+
+
+SUMMARY_METRICS = ["dice", "ece", "auroc_entropy", "mean_entropy"]
+
+
 def cohort_summary(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain") -> pd.DataFrame:
-    """Cohort metrics of a patient subset per model, method and region.
+    """Cohort metrics of a patient subset per model, method and region (:func:`core.summaries.cohort_summary`
+    on this subset's per-patient metrics and summed bins).
 
     Columns: model, method, region, n_patients, dice_mean, dice_median, dice_nan (patients skipped),
     ece_mean (mean of per-patient ECE), ece_dataset / ace_dataset / mce_dataset (from summed bins),
     auroc_entropy_dataset (pooled voxels, from summed bins), auroc_entropy_mean (mean per-patient),
-    mean_entropy (mean of per-patient means in ``mask``).
+    auroc_nan, mean_entropy (mean of per-patient means in ``mask``).
     """
-    patient_ids = _list(patient_ids)
-    per = con.execute("""
-        SELECT m.model, m.method, m.region,
-               count(DISTINCT m.patient_id) AS n_patients,
-               avg(value) FILTER (WHERE metric = 'dice') AS dice_mean,
-               median(value) FILTER (WHERE metric = 'dice') AS dice_median,
-               count(*) FILTER (WHERE metric = 'dice' AND value IS NULL) AS dice_nan,
-               avg(value) FILTER (WHERE metric = 'ece' AND mask = ?) AS ece_mean,
-               avg(value) FILTER (WHERE metric = 'auroc_entropy' AND mask = ?) AS auroc_entropy_mean,
-               count(*) FILTER (WHERE metric = 'auroc_entropy' AND mask = ? AND value IS NULL) AS auroc_nan,
-               avg(value) FILTER (WHERE metric = 'mean_entropy' AND mask = ?) AS mean_entropy
-        FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
-        WHERE m.run_id = ? AND e.status = 'ok'
-          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], m.patient_id))
-        GROUP BY ALL ORDER BY m.model, m.method, m.region""",
-                      [mask, mask, mask, mask, run_id, patient_ids, patient_ids]).df()
-    if per.empty:
-        return per
-    cal = summed_calibration_bins(con, run_id, patient_ids, mask)
-    unc = summed_uncertainty_bins(con, run_id, patient_ids, mask, "entropy")
-    extra = []
-    for (model, method, region), _ in per.groupby(["model", "method", "region"]):
-        c = cal[(cal.model == model) & (cal.method == method) & (cal.region == region)]
-        nb = int(c.bin.max()) + 1 if len(c) else M.N_CAL_BINS
-        n, sp, st = (np.zeros(max(nb, M.N_CAL_BINS)) for _ in range(3))
-        n[c.bin.to_numpy()] = c.n.to_numpy()
-        sp[c.bin.to_numpy()] = c.sum_prob.to_numpy()
-        st[c.bin.to_numpy()] = c.sum_true.to_numpy()
-        calm = M.calibration_from_bins(n, sp, st)
-        d = dense_uncertainty_bins(unc[(unc.model == model) & (unc.method == method) & (unc.region == region)])
-        extra.append({"model": model, "method": method, "region": region, "ece_dataset": calm["ece"],
-                      "ace_dataset": calm["ace"], "mce_dataset": calm["mce"],
-                      "auroc_entropy_dataset": M.auroc_from_bins(d["n_error"], d["n_correct"])})
-    return per.merge(pd.DataFrame(extra), on=["model", "method", "region"], how="left")
+    from .summaries import cohort_summary as summarise
+
+    wide = metric_wide(con, run_id, SUMMARY_METRICS, mask=mask, patient_ids=patient_ids)
+    return summarise(wide, summed_calibration_bins(con, run_id, patient_ids, mask),
+                     summed_uncertainty_bins(con, run_id, patient_ids, mask, "entropy"))
 
 
 def patient_calibration_bins(con, run_id: str, model: str, method: str, region: str, mask: str = "brain",
                              patient_ids: list[str] | None = None) -> pd.DataFrame:
     """Per-patient reliability bins of one model/method/region: patient_id, bin, n, sum_prob, sum_true."""
     patient_ids = _list(patient_ids)
-    return con.execute("""
+    return con.execute(f"""
         SELECT patient_id, bin, n, sum_prob, sum_true FROM calibration_bins
         WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
-          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], patient_id))
+          AND {_IN_PATIENTS.format(col="patient_id")}
         ORDER BY patient_id, bin""", [run_id, model, method, region, mask, patient_ids, patient_ids]).df()
 
 
@@ -431,26 +442,34 @@ def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = No
     model, method, region, patient_id, bin, n, sum_prob, sum_true. Input of the bootstrap intervals of
     dataset-level ECE (:func:`core.stats.leaderboard`)."""
     patient_ids, methods = _list(patient_ids), _list(methods)
-    return con.execute("""
+    return con.execute(f"""
         SELECT c.model, c.method, c.region, c.patient_id, c.bin, c.n, c.sum_prob, c.sum_true
         FROM calibration_bins c JOIN evaluations e USING (run_id, model, method, patient_id)
         WHERE c.run_id = ? AND c.mask = ? AND e.status = 'ok'
-          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], c.patient_id))
+          AND {_IN_PATIENTS.format(col="c.patient_id")}
           AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], c.method))""",
                        [run_id, mask, patient_ids, patient_ids, methods, methods]).df()
 
 
-def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patient_ids: list[str] | None = None) -> pd.DataFrame:
-    """Per-patient metrics as columns: model, method, patient_id, region, <metric>... ('pred'/'boundary' masks
-    are included under their own column names, e.g. mean_entropy@pred)."""
-    df = patient_metrics(con, run_id, patient_ids, metrics=metrics)
-    if df.empty:
-        return df
-    keep = (df["mask"] == mask) | (df["mask"].isin(["pred", "boundary"])) | (df.metric.isin(["dice", "hd95"]) & (df["mask"] == "brain"))
-    df = df[keep].copy()
-    df["col"] = np.where(df["mask"].isin(["pred", "boundary"]), df.metric + "@" + df["mask"], df.metric)
-    return df.pivot_table(index=["model", "method", "patient_id", "region"], columns="col", values="value",
-                          aggfunc="first", dropna=False).reset_index()
+def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patient_ids: list[str] | None = None,
+                method: str | None = None) -> pd.DataFrame:
+    """Per-patient metrics as columns: model, method, patient_id, region, <metric>..., one row per ok
+    evaluation and region. Each metric is taken in ``mask``, except those stored for one voxel set only
+    (:data:`BRAIN_ONLY`: Dice, HD95, volumes -> 'brain'; :data:`PRED_ONLY` -> 'pred'). NULL (NaN) where a
+    metric is undefined. Pivoted in SQL (one conditional aggregate per metric, names passed as parameters)."""
+    metrics = [str(m) for m in metrics]
+    masks = ["brain" if m in BRAIN_ONLY else "pred" if m in PRED_ONLY else mask for m in metrics]
+    cols = ", ".join(f"max(m.value) FILTER (WHERE m.metric = ? AND m.mask = ?) AS c{i}" for i in range(len(metrics)))
+    params = [v for pair in zip(metrics, masks) for v in pair]
+    patient_ids = _list(patient_ids)
+    df = con.execute(f"""
+        SELECT m.model, m.method, m.patient_id, m.region{", " + cols if cols else ""}
+        FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
+        WHERE m.run_id = ? AND e.status = 'ok' AND list_contains(?::VARCHAR[], m.metric)
+          AND (?::VARCHAR IS NULL OR m.method = ?) AND {_IN_PATIENTS.format(col="m.patient_id")}
+        GROUP BY ALL ORDER BY m.model, m.method, m.patient_id, m.region""",
+                     params + [run_id, metrics, method, method, patient_ids, patient_ids]).df()
+    return df.rename(columns={f"c{i}": m for i, m in enumerate(metrics)})
 
 
 def dense_uncertainty_bins(df: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ def reliability(bins: pd.DataFrame, n_bins: int = M.N_CAL_BINS):
       (bins where at least 2 patients have voxels);
     * histogram: (n_bins x n_bins) dataset reliability histogram (paper 004), columns sum to 1.
     """
-    acc, conf, n, _ = M.patient_reliability(bins.itertuples(index=False, name=None), n_bins)
+    acc, conf, n, _ = M.patient_reliability(bins, n_bins)
     tot = n.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         curve = pd.DataFrame({"conf": (np.nan_to_num(conf) * n).sum(0) / tot,
@@ -74,3 +74,63 @@ def strata(values: pd.DataFrame, n_strata: int) -> tuple[pd.DataFrame, list[str]
     rank = v.value.rank(method="first").to_numpy() - 1
     k = np.minimum((rank * n_strata // max(len(v), 1)).astype(int), n_strata - 1)
     return v.assign(stratum=[labels[i] for i in k]), labels
+
+
+KEYS = ["model", "method", "region"]
+
+
+def binned_summary(cal: pd.DataFrame, unc: pd.DataFrame) -> pd.DataFrame:
+    """Dataset-level numbers from bins summed over a patient subset, per model / method / region:
+    ece_dataset, ace_dataset, mce_dataset (:func:`core.metrics.calibration_from_bins`) and
+    auroc_entropy_dataset (:func:`core.metrics.auroc_from_bins` of n_error vs n_correct).
+
+    cal: model, method, region, bin, n, sum_prob, sum_true; unc: model, method, region, bin, n_error, n_correct.
+    One groupby per table (no per-group filtering of the whole frame)."""
+    rows = {}
+    for key, c in cal.groupby(KEYS, sort=False):
+        nb = max(int(c.bin.max()) + 1, M.N_CAL_BINS)
+        n, sp, st = (np.zeros(nb) for _ in range(3))
+        b = c.bin.to_numpy()
+        n[b], sp[b], st[b] = c.n.to_numpy(), c.sum_prob.to_numpy(), c.sum_true.to_numpy()
+        calm = M.calibration_from_bins(n, sp, st)
+        rows[key] = {"ece_dataset": calm["ece"], "ace_dataset": calm["ace"], "mce_dataset": calm["mce"],
+                     "auroc_entropy_dataset": np.nan}
+    for key, u in unc.groupby(KEYS, sort=False):
+        ne, nc = np.zeros(M.N_UNC_BINS), np.zeros(M.N_UNC_BINS)
+        b = u.bin.to_numpy()
+        ne[b], nc[b] = u.n_error.to_numpy(), u.n_correct.to_numpy()
+        rows.setdefault(key, {"ece_dataset": np.nan, "ace_dataset": np.nan, "mce_dataset": np.nan})
+        rows[key]["auroc_entropy_dataset"] = M.auroc_from_bins(ne, nc)
+    if not rows:
+        return pd.DataFrame(columns=KEYS + ["ece_dataset", "ace_dataset", "mce_dataset", "auroc_entropy_dataset"])
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(out.index, names=KEYS)
+    return out.reset_index()
+
+
+def cohort_summary(wide: pd.DataFrame, cal: pd.DataFrame, unc: pd.DataFrame) -> pd.DataFrame:
+    """Cohort metrics of a patient subset per model, method and region (the Compare and Strata pages).
+
+    wide: per-patient rows (model, method, patient_id, region, dice, ece, auroc_entropy, mean_entropy) of the
+    subset, as :func:`core.store.metric_wide`; cal / unc: the subset's summed bins (:func:`binned_summary`).
+    Columns: n_patients, dice_mean, dice_median, dice_nan, ece_mean, auroc_entropy_mean, auroc_nan,
+    mean_entropy (means over patients, NaN skipped and counted) and the dataset-level numbers from bins.
+    """
+    if wide.empty:
+        return pd.DataFrame(columns=KEYS + ["n_patients", "dice_mean", "dice_median", "dice_nan", "ece_mean",
+                                            "auroc_entropy_mean", "auroc_nan", "mean_entropy", "ece_dataset",
+                                            "ace_dataset", "mce_dataset", "auroc_entropy_dataset"])
+    w = wide.copy()
+    for m in ("dice", "ece", "auroc_entropy", "mean_entropy"):
+        if m not in w:
+            w[m] = np.nan
+    g = w.groupby(KEYS, sort=True)
+    per = pd.DataFrame({
+        "n_patients": g.patient_id.nunique(),
+        "dice_mean": g.dice.mean(), "dice_median": g.dice.median(),
+        "dice_nan": g.dice.size() - g.dice.count(),
+        "ece_mean": g.ece.mean(), "auroc_entropy_mean": g.auroc_entropy.mean(),
+        "auroc_nan": g.auroc_entropy.size() - g.auroc_entropy.count(),
+        "mean_entropy": g.mean_entropy.mean(),
+    }).reset_index()
+    return per.merge(binned_summary(cal, unc), on=KEYS, how="left")

@@ -6,6 +6,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 REGIONS = ["WT", "TC", "ET"]
+WEBGL_POINTS = 5000  # above this many points a scatter is drawn with WebGL
+ALL_POINTS = 3000  # above this many patients a box shows its outliers only, not every patient
 SIDE_BY_SIDE = [
     ("dice_mean", "Dice (mean over patients)", (0, 1), ("dice_lo", "dice_hi")),
     ("auroc_entropy_dataset", "AUROC entropy vs error (pooled voxels)", (0, 1), None),
@@ -40,7 +42,8 @@ def per_patient_box(df: pd.DataFrame, metric_label: str, colours: dict[str, str]
     """Per-patient distribution: df with columns model, region, patient_id, value."""
     fig = go.Figure()
     for model, g in df.groupby("model", sort=True):
-        fig.add_trace(go.Box(x=g.region, y=g.value, name=model, marker_color=colours.get(model), boxpoints="all",
+        fig.add_trace(go.Box(x=g.region, y=g.value, name=model, marker_color=colours.get(model),
+                             boxpoints="all" if len(df) <= ALL_POINTS else "outliers",
                              jitter=0.4, pointpos=0, customdata=g.patient_id,
                              hovertemplate="%{customdata}<br>%{y:.3f}<extra>" + model + "</extra>"))
     fig.update_layout(boxmode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
@@ -122,7 +125,7 @@ def strata_box(df: pd.DataFrame, labels: list[str], colours: dict[str, str], x_t
     """Dice per stratum: df with model, stratum, dice, patient_id."""
     fig = go.Figure()
     for model, g in df.groupby("model"):
-        fig.add_trace(go.Box(x=g.stratum, y=g.dice, name=model, marker_color=colours.get(model), boxpoints="all",
+        fig.add_trace(go.Box(x=g.stratum, y=g.dice, name=model, marker_color=colours.get(model), boxpoints="all" if len(df) <= ALL_POINTS else "outliers",
                              jitter=0.4, pointpos=0, customdata=g.patient_id,
                              hovertemplate="%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>"))
     fig.update_layout(boxmode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
@@ -156,8 +159,9 @@ def patient_scatter(df: pd.DataFrame, x: str, y: str, x_label: str, y_label: str
     Each point's customdata is [patient_id, model], which is what a selection event returns
     (:func:`selected_keys`)."""
     fig = go.Figure()
+    trace = go.Scattergl if len(df) > WEBGL_POINTS else go.Scatter  # WebGL keeps 10,000s of points responsive
     for model, g in df.groupby("model", sort=True):
-        fig.add_trace(go.Scatter(
+        fig.add_trace(trace(
             x=g[x], y=g[y], mode="markers", name=model, customdata=g[["patient_id", "model"]].to_numpy(),
             marker=dict(color=colours.get(model), size=8, line=dict(width=0.5, color="white")),
             hovertemplate="%{customdata[0]}<br>" + x_label + " %{x:.3f}<br>" + y_label + " %{y:.3f}<extra>"
@@ -184,7 +188,7 @@ def paired_differences(df: pd.DataFrame, label: str, a: str, b: str) -> go.Figur
     fig = go.Figure()
     for region in REGIONS:
         g = df[df.region == region]
-        fig.add_trace(go.Box(x=[region] * len(g), y=g["diff"], name=region, boxpoints="all", jitter=0.4, pointpos=0,
+        fig.add_trace(go.Box(x=[region] * len(g), y=g["diff"], name=region, boxpoints="all" if len(df) <= ALL_POINTS else "outliers", jitter=0.4, pointpos=0,
                              customdata=g.patient_id, marker_color="#555", showlegend=False,
                              hovertemplate="%{customdata}<br>difference %{y:.3f}<extra>" + region + "</extra>"))
     fig.add_hline(y=0, line=dict(color="#d62728", dash="dash"))

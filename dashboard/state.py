@@ -84,6 +84,8 @@ class Selection:
     patients: list[str] = field(default_factory=list)  # patients inside the entropy filter
     all_patients: list[str] = field(default_factory=list)
     measure_values: pd.DataFrame | None = None  # patient_id, value of the stratification measure
+    group_pids: tuple = ()  # every patient with a stratification value, and its quantile group (quantile_groups)
+    group_ids: tuple = ()
 
     @property
     def colours(self) -> dict[str, str]:
@@ -198,13 +200,14 @@ def _sidebar() -> Selection | None:
                    "none. Stratifying by mean entropy.")
         values = query(db, "patient_measure", run_id, strat_model, method, metric="mean_entropy", region=region, mask=mmask)
     all_patients = values.patient_id.tolist()
-    patients = filter_by_quantile(values, q_range)
+    gids = quantile_groups(values) if len(values) else np.zeros(0, np.int64)
+    patients = values.patient_id[groups_kept(gids, q_range)].tolist() if len(values) else []
     sb.caption(f"{len(patients)} of {len(all_patients)} patients in the filter")
     st.query_params.from_dict({"db": db_name, "run": run_id, "models": ",".join(models), "method": method,
                                "mask": mask, "strat": strat_model, "measure": strat_measure,
                                "q": f"{q_range[0]}-{q_range[1]}"})
     return Selection(db, run_id, models, all_models, method, methods, mask, strat_model, strat_measure,
-                     tuple(q_range), patients, all_patients, values)
+                     tuple(q_range), patients, all_patients, values, tuple(all_patients), tuple(int(g) for g in gids))
 
 
 def current_selection() -> Selection | None:
@@ -229,18 +232,101 @@ def require_selection(models: bool = True, patients: bool = True) -> Selection:
     return sel
 
 
-def filter_by_quantile(values: pd.DataFrame, q_range) -> list[str]:
-    """Patients whose value lies within [quantile(lo), quantile(hi)] (inclusive, linear interpolation).
-    Patients with a missing value are kept only when the range is the whole cohort (0-100)."""
-    if values.empty:
-        return []
+QUANTILE_STEP = 5  # the sidebar's quantile slider moves in 5 % steps
+EDGES = np.arange(0, 101, QUANTILE_STEP)
+
+
+def quantile_groups(values: pd.DataFrame) -> np.ndarray:
+    """Group id per patient (row of ``values``: patient_id, value) such that every quantile range the sidebar
+    can set ([lo, hi] in 5 % steps) keeps a union of whole groups.
+
+    With q_k the (k x 5) % quantile of the finite values (linear interpolation), a patient with value v has
+    a = max{k: q_k <= v} and b = min{k: q_k >= v} and is kept by [lo, hi] iff q_lo <= v <= q_hi, i.e. iff
+    lo/5 <= a and b <= hi/5. Group id = 32 a + b; NaN values get -1 (kept only by the whole range 0-100).
+    """
     v = values.value.to_numpy(dtype=float)
+    g = np.full(len(v), -1, dtype=np.int64)
+    finite = np.isfinite(v)
+    if finite.any():
+        q = np.quantile(v[finite], EDGES / 100.0)
+        a = np.searchsorted(q, v[finite], side="right") - 1
+        b = np.searchsorted(q, v[finite], side="left")
+        g[finite] = 32 * a + b
+    return g
+
+
+def groups_kept(group_ids, q_range) -> np.ndarray:
+    """Boolean per group id: inside the quantile range (see :func:`quantile_groups`)."""
+    g = np.asarray(group_ids, dtype=np.int64)
     lo, hi = q_range
     if (lo, hi) == (0, 100):
-        return values.patient_id.tolist()
-    finite = np.isfinite(v)
-    if not finite.any():
+        return np.ones(g.shape, bool)
+    a, b = g // 32, g % 32
+    return (g >= 0) & (lo // QUANTILE_STEP <= a) & (b <= hi // QUANTILE_STEP)
+
+
+def filter_by_quantile(values: pd.DataFrame, q_range) -> list[str]:
+    """Patients whose value lies within [quantile(lo), quantile(hi)] (inclusive, linear interpolation), for lo and
+    hi multiples of 5. Patients with a missing value are kept only when the range is the whole cohort (0-100)."""
+    if values.empty:
         return []
-    a, b = np.quantile(v[finite], [lo / 100.0, hi / 100.0])
-    keep = finite & (v >= a) & (v <= b)
+    keep = groups_kept(quantile_groups(values), q_range)
     return values.patient_id[keep].tolist()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: str, pids: tuple, gids: tuple):
+    con = store.connect(db, read_only=True)
+    try:
+        return store.grouped_bins(con, run_id, kind, list(pids), list(gids), mask=mask, measure=measure)
+    finally:
+        con.close()
+
+
+BIN_COLUMNS = {"calibration": ["n", "sum_prob", "sum_true"],
+               "uncertainty": ["n_error", "n_correct", "n_fp", "n_fn", "n_tp"]}
+
+
+def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str = "entropy") -> pd.DataFrame:
+    """The filtered patients' bins, summed (columns as :func:`core.store.summed_calibration_bins` /
+    :func:`core.store.summed_uncertainty_bins`). Computed from per-group sums that are read once per
+    stratification (:func:`core.store.grouped_bins`, cached), so moving the quantile filter sums a few dozen
+    group rows instead of rereading every patient's bins."""
+    mask = mask or sel.mask
+    roll = _rollup(str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure, sel.group_pids, sel.group_ids)
+    cols = BIN_COLUMNS[kind]
+    if roll.empty:
+        return pd.DataFrame(columns=["model", "method", "region", "bin"] + cols)
+    keep_ids = np.unique(np.asarray(sel.group_ids, dtype=np.int64))
+    keep_ids = keep_ids[groups_kept(keep_ids, sel.q_range)]
+    part = roll[roll.g.isin(keep_ids)]
+    return part.groupby(["model", "method", "region", "bin"], as_index=False, sort=True)[cols].sum()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _patient_table(db: str, mtime: float, run_id: str, metrics: tuple, mask: str, method: str | None):
+    con = store.connect(db, read_only=True)
+    try:
+        return store.metric_wide(con, run_id, list(metrics), mask=mask, method=method)
+    finally:
+        con.close()
+
+
+def patient_table(sel: Selection, metrics: list[str], mask: str | None = None, method: str | None = None,
+                  subset: bool = True) -> pd.DataFrame:
+    """Per-patient metrics (:func:`core.store.metric_wide`) of every patient of the run, read once per
+    (metrics, mask, method) and cached; ``subset`` keeps the patients inside the entropy filter."""
+    df = _patient_table(str(sel.db), sel.db.stat().st_mtime, sel.run_id, tuple(metrics), mask or sel.mask, method)
+    if subset and len(sel.patients) != len(sel.all_patients):
+        df = df[df.patient_id.isin(sel.patients)]
+    return df
+
+
+def subset_summary(sel: Selection, mask: str | None = None) -> pd.DataFrame:
+    """Cohort metrics of the filtered patients per model, method and region (:func:`core.summaries.cohort_summary`,
+    the same numbers as :func:`core.store.cohort_summary` on ``sel.patients``)."""
+    from core import summaries
+
+    mask = mask or sel.mask
+    return summaries.cohort_summary(patient_table(sel, store.SUMMARY_METRICS, mask),
+                                    subset_bins(sel, "calibration", mask), subset_bins(sel, "uncertainty", mask))

@@ -12,28 +12,39 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import stats
-from dashboard.state import query
+from core import stats, store
+from dashboard.state import Selection, patient_table
 
 LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def _patient_bins(db: str, mtime: float, run_id: str, mask: str, methods: tuple) -> pd.DataFrame:
+    con = store.connect(db, read_only=True)
+    try:
+        return store.calibration_bins_subset(con, run_id, None, mask=mask, methods=list(methods))
+    finally:
+        con.close()
+
+
 @st.cache_data(max_entries=64, show_spinner="Bootstrapping confidence intervals ...")
-def _leaderboard(db: str, mtime: float, run_id: str, patients: tuple, mask: str, B: int) -> pd.DataFrame:
-    wide = query(Path(db), "metric_wide", run_id, LEADERBOARD_METRICS + ["ece"], mask=mask, patient_ids=list(patients))
-    if wide.empty:
-        return pd.DataFrame()
-    for m in LEADERBOARD_METRICS:
-        if m not in wide:
-            wide[m] = float("nan")
-    bins = query(Path(db), "calibration_bins_subset", run_id, list(patients), mask=mask)
-    return stats.leaderboard(wide, bins, B=B)
+def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, models: tuple, patients: tuple | None,
+                 B: int, _wide: pd.DataFrame) -> pd.DataFrame:
+    bins = _patient_bins(db, mtime, run_id, mask, methods)
+    if patients is not None:
+        bins = bins[bins.patient_id.isin(patients)]
+    return stats.leaderboard(_wide, bins, B=B)
 
 
-def leaderboard(db: Path, run_id: str, patients: list[str], mask: str, B: int = stats.DEFAULT_B) -> pd.DataFrame:
-    """model x method x region with Dice, AUROC (mean over patients) and dataset ECE, each with a 95 % patient
-    bootstrap interval, and the patient counts behind them (see :func:`core.stats.leaderboard`)."""
-    return _leaderboard(str(db), db.stat().st_mtime, run_id, tuple(patients), mask, B)
+def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) -> pd.DataFrame:
+    """model x method x region (the given methods) with Dice, AUROC (means over patients) and dataset ECE, each
+    with a 95 % patient-bootstrap interval over the patients inside the entropy filter, and the patient counts
+    behind them (:func:`core.stats.leaderboard`). Cached per database version, methods and patient subset."""
+    wide = patient_table(sel, LEADERBOARD_METRICS)
+    wide = wide[wide.method.isin(methods) & wide.model.isin(sel.models)]
+    subset = None if len(sel.patients) == len(sel.all_patients) else tuple(sel.patients)
+    return _leaderboard(str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)),
+                        tuple(sorted(sel.models)), subset, B, _wide=wide)
 
 
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:

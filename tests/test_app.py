@@ -84,8 +84,11 @@ def test_compare_widgets(data_env):
 
 def test_compare_leaderboard_and_paired_test(data_env):
     at = _ok(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120).run())
+    assert set(at.dataframe[1].value.method) == {"mc_dropout"}  # the sidebar's method by default
+    at.multiselect(key="lb_methods").set_value(["mc_dropout", "deterministic"]).run()
+    _ok(at)
     lb = at.dataframe[1].value
-    # model x method x region, every run method, with intervals and the patient counts behind them
+    # model x method x region, with intervals and the patient counts behind them
     assert len(lb) == 2 * 2 * 3 and set(lb.method) == {"deterministic", "mc_dropout"}
     assert (lb.patients == 4).all() and list(dict.fromkeys(lb.region)) == ["WT", "TC", "ET"]
     dice_ci = lb["Dice [95 % CI]"].iloc[0]

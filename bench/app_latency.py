@@ -1,0 +1,202 @@
+"""Server-side latency of the dashboard on a large synthetic results database.
+
+Fills a DuckDB file with the real schema (:data:`core.store.SCHEMA`): P patients (default 10,000) x 4 models x
+4 methods x 3 regions, every metric name and mask of a real run (the demo's 41 metric names, 68 metric/mask
+pairs per region), 20 calibration bins per (region, mask), and per (region, mask, measure) an uncertainty
+histogram with K non-empty bins (default 100; a real 56x64x56 demo patient fills about 530 of the 2991
+bins, a BraTS-sized one more), all values deterministic pseudo-random with a per-patient difficulty so that
+Dice, ECE and entropy correlate as in a real cohort. Then, with ``streamlit.testing.v1.AppTest`` (the
+script run on the server, no browser), measures for every page:
+
+* first render: a new session opening the page with the caches cleared (cold), seconds;
+* a filter change: the entropy quantile range moved to N random ranges (5 % steps, as the slider allows),
+  seconds per rerun, median and p95 (on the pages that depend on the filter).
+
+Targets of the dashboard issue: first render <= 1.5 s, filter change <= 250 ms (p95). Prints a table and the
+ratio of each figure to its target.
+
+    python bench/app_latency.py [--patients 10000] [--unc-bins 100] [--db /tmp/tumourqa_latency/results.duckdb]
+                                [--changes 20] [--reuse]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core import metrics as M  # noqa: E402
+from core import store  # noqa: E402
+
+MODELS = ["SegResNet", "UNet-Res", "UNet-Res-ACE", "SwinUNETR-ext"]
+METHODS = ["deterministic", "mc_dropout", "tta", "ensemble"]
+REGIONS = ["WT", "TC", "ET"]
+RUN = "run_latency"
+PAGES = ["home", "compare", "reliability", "strata", "budget", "viewer", "quality", "glossary"]
+FILTER_PAGES = ["compare", "reliability", "strata", "budget"]
+
+# every (metric, mask) pair a real run stores per region (from the demo database)
+METRIC_MASKS = (
+    [(m, k) for m in ("ace", "auroc_entropy", "auroc_epkl", "auroc_fn_tn", "auroc_fp_tp", "auroc_mi", "bnf_t50", "brier",
+                      "budget_capture_auc", "budget_ueo_auc", "cal_gap", "capture_at_5pct", "ece", "mce", "nll",
+                      "soft_ace", "soft_brier", "soft_ece", "soft_mce", "soft_nll", "ueo_best", "ueo_best_threshold",
+                      "ueo_t50", "uncertain_fraction") for k in ("brain", "roi")]
+    + [(m, k) for m in ("mean_entropy", "mean_epkl", "mean_mi") for k in ("brain", "roi", "pred", "boundary")]
+    + [(m, "brain") for m in ("dice", "hd95", "interrater_dice", "rater_dice_mean", "vol_crps_ml", "vol_in_90",
+                              "vol_q05_ml", "vol_q95_ml", "vol_sample_mean_ml", "vol_sample_sd_ml", "volume_error_ml",
+                              "volume_gt_ml", "volume_pred_ml")]
+    + [("mean_confidence", "pred")]
+)
+
+
+def build(db: Path, n_patients: int, unc_bins: int) -> dict:
+    """Create the synthetic database; returns row counts and seconds."""
+    t0 = time.perf_counter()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for p in (db, Path(str(db) + ".wal")):
+        p.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    con.execute(store.SCHEMA)
+    con.execute("SET preserve_insertion_order = true")
+    con.execute("INSERT INTO runs VALUES (?, now(), 'synthetic', '{}', 'bench', 'cpu')", [RUN])
+    card = json.dumps({"arch": "SegResNet", "channels": ["t1", "t1ce", "t2", "flair"], "regions": REGIONS,
+                       "spacing_mm": [1.0, 1.0, 1.0], "normalisation": "nonzero_channelwise_zscore"})
+    for m in MODELS:
+        con.execute("INSERT INTO models VALUES (?, ?, 'synthetic.pt', ?)", [RUN, m, card])
+    con.execute("CREATE TEMP TABLE pat AS SELECT i AS pi, 'P' || lpad(i::VARCHAR, 6, '0') AS patient_id, "
+                "(hash(i, 'difficulty') % 1000000) / 1e6 AS d FROM range(?) t(i)", [n_patients])
+    con.execute("CREATE TEMP TABLE mdl AS SELECT * FROM (VALUES (0, ?), (1, ?), (2, ?), (3, ?)) t(mi, model)", MODELS)
+    con.execute("CREATE TEMP TABLE mth AS SELECT * FROM (VALUES (0, ?), (1, ?), (2, ?), (3, ?)) t(ti, method)", METHODS)
+    con.execute("CREATE TEMP TABLE reg AS SELECT * FROM (VALUES (0, 'WT'), (1, 'TC'), (2, 'ET')) t(ri, region)")
+    con.execute("CREATE TEMP TABLE mm AS SELECT * FROM (SELECT unnest(?::VARCHAR[]) AS metric, unnest(?::VARCHAR[]) AS mask)",
+                [[m for m, _ in METRIC_MASKS], [k for _, k in METRIC_MASKS]])
+    con.execute("""INSERT INTO patients SELECT 'synthetic', patient_id, '/nonexistent/' || patient_id, '[240,240,155]',
+                   '[1,1,1]', 'brats2021', 'test', true, '{}' FROM pat""")
+    # rows are inserted patient by patient, as the batch writes them (one transaction per patient)
+    con.execute("""INSERT INTO evaluations SELECT ?, model, method, patient_id, 'ok', 1.0, NULL, now()
+                   FROM pat, mdl, mth ORDER BY pi, mi, ti""", [RUN])
+    # u: uniform noise per (patient, model, method, region, metric); q: the evaluation's quality (0 bad .. 1 good)
+    con.execute("""
+        INSERT INTO metrics
+        WITH x AS (
+            SELECT pi, patient_id, mi, model, ti, method, ri, region, metric, mask,
+                   (hash(pi, mi, ti, ri, metric, mask) % 1000000) / 1e6 AS u,
+                   greatest(0.0, least(1.0, 1.0 - d * (0.6 + 0.25 * ri) - 0.05 * mi + 0.01 * ti)) AS q
+            FROM pat, mdl, mth, reg, mm)
+        SELECT ?, model, method, patient_id, region, mask, metric,
+               CASE metric
+                 WHEN 'dice' THEN least(1.0, greatest(0.0, q + 0.1 * (u - 0.5)))
+                 WHEN 'hd95' THEN CASE WHEN u < 0.03 THEN NULL ELSE 2 + 40 * (1 - q) * (0.5 + u) END
+                 WHEN 'auroc_entropy' THEN CASE WHEN ri = 2 AND u < 0.05 THEN NULL ELSE 0.85 + 0.14 * q * u END
+                 WHEN 'ece' THEN 0.002 + 0.03 * (1 - q) * (0.5 + u)
+                 WHEN 'mean_entropy' THEN 0.01 + 0.08 * (1 - q) * (0.5 + u)
+                 WHEN 'mean_mi' THEN 0.001 + 0.01 * (1 - q) * (0.5 + u)
+                 WHEN 'mean_epkl' THEN 0.001 + 0.02 * (1 - q) * (0.5 + u)
+                 ELSE u END
+        FROM x ORDER BY pi, mi, ti, ri""", [RUN])
+    con.execute("""
+        INSERT INTO calibration_bins
+        WITH x AS (
+            SELECT pi, patient_id, mi, model, ti, method, ri, region, mask, b,
+                   greatest(0.0, least(1.0, 1.0 - d * (0.6 + 0.25 * ri) - 0.05 * mi)) AS q,
+                   (hash(pi, mi, ti, ri, mask, b) % 1000000) / 1e6 AS u
+            FROM pat, mdl, mth, reg, (VALUES ('brain'), ('roi')) mk(mask), range(20) r(b))
+        SELECT ?, model, method, patient_id, region, mask, b::INTEGER,
+               n, n * (b + 0.5) / 20.0, round(n * least(1.0, greatest(0.0, (b + 0.5) / 20.0 + (1 - q) * (u - 0.6) * 0.3)))
+        FROM (SELECT *, (CASE WHEN b = 0 THEN 2000000 ELSE 20000 / (b + 1) END * (0.5 + u))::BIGINT AS n FROM x)
+        ORDER BY pi, mi, ti, ri""", [RUN])
+    step = max(1, M.N_UNC_BINS // unc_bins)
+    con.execute("""
+        INSERT INTO uncertainty_bins
+        WITH x AS (
+            SELECT pi, patient_id, mi, model, ti, method, ri, region, mask, measure, k,
+                   least(k * ? + (hash(pi, mi, ri, measure) % ?), ? - 1)::INTEGER AS b,
+                   greatest(0.0, least(1.0, 1.0 - d * (0.6 + 0.25 * ri) - 0.05 * mi)) AS q,
+                   (hash(pi, mi, ti, ri, mask, measure, k) % 1000000) / 1e6 AS u
+            FROM pat, mdl, mth, reg, (VALUES ('brain'), ('roi')) mk(mask), (VALUES ('entropy'), ('mi'), ('epkl')) ms(measure),
+                 range(?) r(k))
+        SELECT ?, model, method, patient_id, region, mask, measure, b,
+               ne, nc, (ne * u)::BIGINT, ne - (ne * u)::BIGINT, (nc * 0.02)::BIGINT
+        FROM (SELECT *, ((1 - q + 0.05) * 40 * (k + 1) / ? * (0.5 + u))::BIGINT AS ne,
+                        (5000 * (? - k) / ? * (0.5 + u))::BIGINT AS nc FROM x)
+        ORDER BY pi, mi, ti, ri""", [step, step, M.N_UNC_BINS, unc_bins, RUN, unc_bins, unc_bins, unc_bins])
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+              for t in ("evaluations", "metrics", "calibration_bins", "uncertainty_bins")}
+    con.execute("CHECKPOINT")
+    con.close()
+    return {"seconds": time.perf_counter() - t0, **counts}
+
+
+def _timed_run(at) -> float:
+    t = time.perf_counter()
+    at.run()
+    dt = time.perf_counter() - t
+    if at.exception:
+        raise RuntimeError(f"the page raised: {[e.value for e in at.exception]}")
+    return dt
+
+
+def measure(db: Path, changes: int, seed: int = 0) -> list[dict]:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["TUMOURQA_DATA"] = str(db.parent)
+    rng = np.random.default_rng(seed)
+    out = []
+    for page in PAGES:
+        st.cache_data.clear()
+        st.cache_resource.clear()
+        at = AppTest.from_file(str(ROOT / "app_pages" / f"{page}.py"), default_timeout=600)
+        at.query_params["method"] = "mc_dropout"
+        first = _timed_run(at)
+        warm = _timed_run(at)  # the same view again (cached): what every later rerun of an unchanged view costs
+        row = {"page": page, "first": first, "rerun": warm}
+        if page in FILTER_PAGES:
+            times = []
+            for _ in range(changes):
+                lo = int(rng.integers(0, 19)) * 5
+                hi = int(rng.integers(lo // 5 + 1, 21)) * 5
+                at.slider(key="q_range").set_value((lo, hi))
+                times.append(_timed_run(at))
+            row.update(change_median=statistics.median(times), change_p95=float(np.quantile(times, 0.95)),
+                       change_max=max(times))
+        out.append(row)
+        print(f"  {page:12s} first {first:6.2f} s  rerun {warm:6.3f} s" + (
+            f"  filter change median {row['change_median'] * 1000:6.0f} ms  p95 {row['change_p95'] * 1000:6.0f} ms"
+            if "change_p95" in row else ""), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--patients", type=int, default=10_000)
+    ap.add_argument("--unc-bins", type=int, default=100, help="non-empty uncertainty bins per histogram")
+    ap.add_argument("--db", type=Path, default=Path("/tmp/tumourqa_latency/results.duckdb"))
+    ap.add_argument("--changes", type=int, default=20, help="filter changes measured per page")
+    ap.add_argument("--reuse", action="store_true", help="keep an existing database of the same size")
+    a = ap.parse_args()
+    if not (a.reuse and a.db.exists()):
+        print(f"building {a.db}: {a.patients} patients x {len(MODELS)} models x {len(METHODS)} methods x 3 regions, "
+              f"{a.unc_bins} non-empty uncertainty bins per histogram ...", flush=True)
+        info = build(a.db, a.patients, a.unc_bins)
+        print(f"  built in {info['seconds']:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in info.items() if k != "seconds"),
+              f"({a.db.stat().st_size / 1e9:.2f} GB)", flush=True)
+    print(f"measuring (AppTest, server time, {os.cpu_count()} CPU cores) ...", flush=True)
+    rows = measure(a.db, a.changes)
+    worst_first = max(r["first"] for r in rows)
+    worst_p95 = max(r.get("change_p95", 0.0) for r in rows)
+    print(f"\nworst first render {worst_first:.2f} s = {worst_first / 1.5:.2f} x the 1.5 s target; "
+          f"worst filter-change p95 {worst_p95 * 1000:.0f} ms = {worst_p95 / 0.25:.2f} x the 250 ms target")
+
+
+if __name__ == "__main__":
+    main()

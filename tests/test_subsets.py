@@ -1,0 +1,67 @@
+"""The app's subset engine: quantile groups reproduce the quantile filter exactly, and the per-group bin sums
+and cached per-patient tables give the same cohort numbers as querying the filtered patients directly."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import store
+from dashboard import state
+
+
+def _direct_filter(values: pd.DataFrame, lo: int, hi: int) -> list[str]:
+    """The definition: lo-th and hi-th percentiles (linear interpolation), both ends inclusive."""
+    v = values.value.to_numpy(float)
+    if (lo, hi) == (0, 100):
+        return values.patient_id.tolist()
+    f = np.isfinite(v)
+    if not f.any():
+        return []
+    a, b = np.quantile(v[f], [lo / 100, hi / 100])
+    return values.patient_id[f & (v >= a) & (v <= b)].tolist()
+
+
+@pytest.mark.parametrize("n,ties", [(7, False), (40, True), (1000, False), (1, False)])
+def test_quantile_groups_reproduce_every_slider_position(n, ties):
+    rng = np.random.default_rng(n)
+    v = rng.gamma(2.0, 0.01, n)
+    if ties:
+        v = np.round(v, 2)  # many equal values, some exactly on a quantile
+    v[::9] = np.nan
+    values = pd.DataFrame({"patient_id": [f"P{i:04d}" for i in range(n)], "value": v})
+    groups = state.quantile_groups(values)
+    for lo in range(0, 101, 5):
+        for hi in range(lo, 101, 5):
+            kept = values.patient_id[state.groups_kept(groups, (lo, hi))].tolist()
+            assert kept == _direct_filter(values, lo, hi), (lo, hi)
+            assert state.filter_by_quantile(values, (lo, hi)) == kept
+
+
+def _selection(db, q_range):
+    con = store.connect(db, read_only=True)
+    run = store.list_runs(con).run_id[0]
+    models = store.run_models(con, run).model.tolist()
+    values = store.patient_measure(con, run, models[0], "mc_dropout")
+    con.close()
+    gids = state.quantile_groups(values)
+    keep = state.groups_kept(gids, q_range)
+    return state.Selection(db, run, models, models, "mc_dropout", ["deterministic", "mc_dropout"], "brain", models[0],
+                           "mean entropy (WT, brain)", q_range, values.patient_id[keep].tolist(),
+                           values.patient_id.tolist(), values, tuple(values.patient_id), tuple(int(g) for g in gids))
+
+
+@pytest.mark.parametrize("q_range", [(0, 100), (50, 100), (0, 25), (30, 70)])
+def test_subset_engine_equals_direct_queries(results_db, q_range):
+    sel = _selection(results_db, q_range)
+    con = store.connect(results_db, read_only=True)
+    for mask in ("brain", "roi"):
+        direct = store.summed_uncertainty_bins(con, sel.run_id, sel.patients, mask, "entropy")
+        via = state.subset_bins(sel, "uncertainty", mask, "entropy")
+        pd.testing.assert_frame_equal(direct.reset_index(drop=True), via.reset_index(drop=True), check_dtype=False)
+        direct = store.summed_calibration_bins(con, sel.run_id, sel.patients, mask)
+        via = state.subset_bins(sel, "calibration", mask)
+        pd.testing.assert_frame_equal(direct.reset_index(drop=True), via.reset_index(drop=True), check_dtype=False)
+        a = store.cohort_summary(con, sel.run_id, sel.patients, mask).sort_values(["model", "method", "region"])
+        b = state.subset_summary(sel, mask).sort_values(["model", "method", "region"])
+        pd.testing.assert_frame_equal(a.reset_index(drop=True), b[a.columns].reset_index(drop=True), check_dtype=False)
+        assert (b.n_patients == len(sel.patients)).all()
+    con.close()
