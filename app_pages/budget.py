@@ -11,9 +11,13 @@ sel = require_selection()
 c1, c2 = st.columns(2)
 region = c1.radio("Region", REGIONS, horizontal=True, key="budget_region")
 max_budget = c2.select_slider("Budget axis up to (% of voxels)", [5, 10, 20, 50], value=5, key="budget_max")
-st.caption(f"Region **{region}** · voxel set **{sel.mask}** · {len(sel.patients)} patients · all methods of the run. "
-           "The reviewer checks the given share of the voxel set, most uncertain (entropy) first; pooled over patients.")
-summed = subset_bins(sel, "uncertainty", measure="entropy")
+methods = st.multiselect("Methods", sel.methods, default=[sel.method], key="budget_methods",
+                         help="the sidebar's method by default; add others to compare their curves")
+methods = methods or [sel.method]
+st.caption(f"Region **{region}** · voxel set **{sel.mask}** · {len(sel.patients)} patients · methods "
+           f"{', '.join(methods)}. The reviewer checks the given share of the voxel set, most uncertain (entropy) "
+           "first; pooled over patients.")
+summed = subset_bins(sel, "uncertainty", measure="entropy", methods=methods)
 summed = summed[(summed.region == region) & summed.model.isin(sel.models)]
 budgets = [max_budget / 100 * (i + 1) / 100 for i in range(100)]
 curves, table = summaries.budget_table(summed, budgets)

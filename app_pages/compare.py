@@ -1,6 +1,6 @@
 """Compare models: leaderboard with bootstrap intervals, Dice / AUROC / ECE side by side, a per-patient scatter
 whose box / lasso selection fills a patient table (a row opens the viewer), and a paired Wilcoxon test."""
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import streamlit as st
 
@@ -24,17 +24,17 @@ if not sel.patients:
     st.warning("No patient inside the entropy filter: widen the quantile range.")
     st.stop()
 
-summary_all = subset_summary(sel)
+lb_methods = st.session_state.get("lb_methods") or [sel.method]
+lb_methods = [m for m in lb_methods if m in sel.methods] or [sel.method]
+if sel.method not in lb_methods:
+    lb_methods = [sel.method] + lb_methods
+summary_all = subset_summary(sel, methods=lb_methods)
 summary_all = summary_all[summary_all.model.isin(sel.models)]
 summary = summary_all[summary_all.method == sel.method]
 if summary.empty:
     st.info("No ok evaluation for this selection.")
     st.stop()
 
-lb_methods = st.session_state.get("lb_methods") or [sel.method]
-lb_methods = [m for m in lb_methods if m in sel.methods] or [sel.method]
-if sel.method not in lb_methods:
-    lb_methods = [sel.method] + lb_methods
 lb = tables.leaderboard(sel, lb_methods)
 ci_cols = ["model", "method", "region", "dice_lo", "dice_hi", "ece_dataset_lo", "ece_dataset_hi"]
 with_ci = summary.merge(lb[[c for c in ci_cols if c in lb]], on=["model", "method", "region"], how="left") if len(lb) \
@@ -64,7 +64,7 @@ st.caption("Dice: mean over patients (BraTS empty rules). AUROC pooled: entropy 
 
 st.subheader("Leaderboard: model x method x region")
 st.session_state["lb_methods"] = lb_methods
-st.multiselect("Methods in the leaderboard", sel.methods, key="lb_methods",
+lb_methods = st.multiselect("Methods in the leaderboard", sel.methods, key="lb_methods",
                help="the sidebar's method and any other method of the run; each added method is bootstrapped too")
 if lb.empty:
     st.info("No per-patient metrics for this selection.")
@@ -107,9 +107,10 @@ else:
     ptable = ptable.reset_index()
     cols = ["patient_id", "model"] + [c for c in SCATTER_METRICS if c in ptable]
     ptable = ptable[cols].sort_values([y_metric, "patient_id"], ascending=[False, True]).reset_index(drop=True)
-    link_params = {"db": str(st.query_params.get("db", "")), "run": sel.run_id, "method": sel.method, "mask": sel.mask}
-    ptable["open"] = [f"./viewer?{urlencode({**link_params, 'patient': p, 'model': m})}"
-                      for p, m in zip(ptable.patient_id, ptable.model)]
+    base = "./viewer?" + urlencode({"db": str(st.query_params.get("db", "")), "run": sel.run_id, "method": sel.method,
+                                    "mask": sel.mask})
+    quoted = {v: quote(str(v), safe="") for v in set(ptable.patient_id) | set(ptable.model)}
+    ptable["open"] = base + "&patient=" + ptable.patient_id.map(quoted) + "&model=" + ptable.model.map(quoted)
 
     def _open_selected_row():
         rows = st.session_state["patient_table"].selection.rows

@@ -30,7 +30,7 @@ st.subheader("Cohort metrics of the filtered subgroup")
 if not sel.patients:
     st.warning("No patient inside the entropy filter: widen the quantile range.")
 else:
-    summ = subset_summary(sel)
+    summ = subset_summary(sel, methods=[sel.method])
     summ = summ[(summ.method == sel.method) & summ.model.isin(sel.models)]
     st.dataframe(summ[["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset", "ece_dataset",
                        "mean_entropy"]], hide_index=True,

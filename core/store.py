@@ -378,32 +378,41 @@ def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = No
 
 
 def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids: list[int], mask: str = "brain",
-                 measure: str = "entropy") -> pd.DataFrame:
-    """Bins summed per patient GROUP (one pass over the table): g, model, method, region, bin, and the count
-    columns of ``kind`` ('calibration': n, sum_prob, sum_true; 'uncertainty' (of ``measure``): n_error,
-    n_correct, n_fp, n_fn, n_tp). Patients not listed are left out.
+                 measure: str = "entropy", methods: list[str] | None = None) -> dict:
+    """Bins summed per patient GROUP in one pass over the table, as numpy arrays.
+
+    Returns dict(combos=DataFrame(model, method, region) indexed by combo number, g (R,) int group id,
+    combo (R,) int, bin (R,) int, counts (R, k) float64) with the count columns of ``kind`` ('calibration':
+    n, sum_prob, sum_true; 'uncertainty' (of ``measure``): n_error, n_correct, n_fp, n_fn, n_tp). Patients not
+    listed are left out; ``methods`` restricts the methods read.
 
     The app groups patients by where they fall between the quantiles of the sidebar's measure, so every
     position of the quantile filter is a union of groups: summing the groups' rows gives the subset's bins
     exactly, without touching the per-patient rows again (see :mod:`dashboard.state`)."""
-    groups = [_list(patient_ids), [int(g) for g in group_ids]]
-    if kind == "calibration":
-        return con.execute("""
-            SELECT g.g, c.model, c.method, c.region, c.bin, sum(c.n) AS n, sum(c.sum_prob) AS sum_prob,
-                   sum(c.sum_true) AS sum_true
-            FROM calibration_bins c
-            JOIN (SELECT unnest(?::VARCHAR[]) AS patient_id, unnest(?::INTEGER[]) AS g) g USING (patient_id)
-            WHERE c.run_id = ? AND c.mask = ?
-            GROUP BY ALL ORDER BY ALL""", groups + [run_id, mask]).df()
-    if kind == "uncertainty":
-        return con.execute("""
-            SELECT g.g, u.model, u.method, u.region, u.bin, sum(u.n_error) AS n_error, sum(u.n_correct) AS n_correct,
-                   sum(u.n_fp) AS n_fp, sum(u.n_fn) AS n_fn, sum(u.n_tp) AS n_tp
-            FROM uncertainty_bins u
-            JOIN (SELECT unnest(?::VARCHAR[]) AS patient_id, unnest(?::INTEGER[]) AS g) g USING (patient_id)
-            WHERE u.run_id = ? AND u.mask = ? AND u.measure = ?
-            GROUP BY ALL ORDER BY ALL""", groups + [run_id, mask, measure]).df()
-    raise ValueError(f"unknown bin kind {kind!r}")
+    table, cols, extra, extra_args = {
+        "calibration": ("calibration_bins", ["n", "sum_prob", "sum_true"], "", []),
+        "uncertainty": ("uncertainty_bins", ["n_error", "n_correct", "n_fp", "n_fn", "n_tp"], " AND t.measure = ?",
+                        [measure]),
+    }[kind]
+    methods = _list(methods)
+    combos = con.execute(f"""
+        SELECT DISTINCT model, method, region FROM {table} WHERE run_id = ? AND mask = ?
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method)) ORDER BY ALL""",
+                         [run_id, mask, methods, methods]).df()
+    sums = ", ".join(f"sum(t.{c})::DOUBLE AS {c}" for c in cols)
+    res = con.execute(f"""
+        WITH grp AS (SELECT unnest(?::VARCHAR[]) AS patient_id, unnest(?::INTEGER[]) AS g),
+             cmb AS (SELECT unnest(?::VARCHAR[]) AS model, unnest(?::VARCHAR[]) AS method,
+                            unnest(?::VARCHAR[]) AS region, generate_subscripts(?::VARCHAR[], 1) - 1 AS combo)
+        SELECT grp.g, cmb.combo, t.bin, {sums}
+        FROM {table} t JOIN grp USING (patient_id) JOIN cmb USING (model, method, region)
+        WHERE t.run_id = ? AND t.mask = ?{extra}
+        GROUP BY ALL""", [_list(patient_ids), [int(g) for g in group_ids], combos.model.tolist(), combos.method.tolist(),
+                          combos.region.tolist(), combos.model.tolist(), run_id, mask] + extra_args).fetchnumpy()
+    return {"combos": combos, "g": np.asarray(res["g"], np.int64), "combo": np.asarray(res["combo"], np.int64),
+            "bin": np.asarray(res["bin"], np.int64), "columns": cols,
+            "counts": np.stack([np.asarray(res[c], np.float64) for c in cols], axis=1) if len(res["g"])
+            else np.zeros((0, len(cols)))}
 
 
 SUMMARY_METRICS = ["dice", "ece", "auroc_entropy", "mean_entropy"]

@@ -274,33 +274,43 @@ def filter_by_quantile(values: pd.DataFrame, q_range) -> list[str]:
     return values.patient_id[keep].tolist()
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: str, pids: tuple, gids: tuple):
+@st.cache_data(max_entries=32, show_spinner=False)
+def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: str, methods: tuple | None,
+            pids: tuple, gids: tuple) -> dict:
     con = store.connect(db, read_only=True)
     try:
-        return store.grouped_bins(con, run_id, kind, list(pids), list(gids), mask=mask, measure=measure)
+        return store.grouped_bins(con, run_id, kind, list(pids), list(gids), mask=mask, measure=measure,
+                                  methods=None if methods is None else list(methods))
     finally:
         con.close()
 
 
-BIN_COLUMNS = {"calibration": ["n", "sum_prob", "sum_true"],
-               "uncertainty": ["n_error", "n_correct", "n_fp", "n_fn", "n_tp"]}
-
-
-def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str = "entropy") -> pd.DataFrame:
+def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str = "entropy",
+                methods: list[str] | None = None) -> pd.DataFrame:
     """The filtered patients' bins, summed (columns as :func:`core.store.summed_calibration_bins` /
-    :func:`core.store.summed_uncertainty_bins`). Computed from per-group sums that are read once per
-    stratification (:func:`core.store.grouped_bins`, cached), so moving the quantile filter sums a few dozen
-    group rows instead of rereading every patient's bins."""
+    :func:`core.store.summed_uncertainty_bins`), for ``methods`` (default: every method of the run).
+
+    Computed from per-group sums read once per stratification (:func:`core.store.grouped_bins`, cached), so
+    moving the quantile filter adds up a few dozen groups' rows (numpy) instead of rereading every patient."""
     mask = mask or sel.mask
-    roll = _rollup(str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure, sel.group_pids, sel.group_ids)
-    cols = BIN_COLUMNS[kind]
-    if roll.empty:
+    roll = _rollup(str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
+                   None if methods is None else tuple(sorted(methods)), sel.group_pids, sel.group_ids)
+    combos, cols = roll["combos"], roll["columns"]
+    if not len(roll["g"]):
         return pd.DataFrame(columns=["model", "method", "region", "bin"] + cols)
-    keep_ids = np.unique(np.asarray(sel.group_ids, dtype=np.int64))
-    keep_ids = keep_ids[groups_kept(keep_ids, sel.q_range)]
-    part = roll[roll.g.isin(keep_ids)]
-    return part.groupby(["model", "method", "region", "bin"], as_index=False, sort=True)[cols].sum()
+    keep = groups_kept(roll["g"], sel.q_range)
+    nb = int(roll["bin"].max()) + 1
+    flat = roll["combo"][keep] * nb + roll["bin"][keep]
+    size = len(combos) * nb
+    sums = np.stack([np.bincount(flat, roll["counts"][keep, j], minlength=size) for j in range(len(cols))], axis=1)
+    present = np.bincount(flat, minlength=size) > 0
+    idx = np.flatnonzero(present)
+    c, b = idx // nb, idx % nb
+    out = pd.DataFrame({"model": combos.model.to_numpy()[c], "method": combos.method.to_numpy()[c],
+                        "region": combos.region.to_numpy()[c], "bin": b.astype(np.int32)})
+    for j, col in enumerate(cols):
+        out[col] = sums[idx, j]
+    return out
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -322,11 +332,14 @@ def patient_table(sel: Selection, metrics: list[str], mask: str | None = None, m
     return df
 
 
-def subset_summary(sel: Selection, mask: str | None = None) -> pd.DataFrame:
+def subset_summary(sel: Selection, mask: str | None = None, methods: list[str] | None = None) -> pd.DataFrame:
     """Cohort metrics of the filtered patients per model, method and region (:func:`core.summaries.cohort_summary`,
-    the same numbers as :func:`core.store.cohort_summary` on ``sel.patients``)."""
+    the same numbers as :func:`core.store.cohort_summary` on ``sel.patients``), for ``methods`` (default all)."""
     from core import summaries
 
     mask = mask or sel.mask
-    return summaries.cohort_summary(patient_table(sel, store.SUMMARY_METRICS, mask),
-                                    subset_bins(sel, "calibration", mask), subset_bins(sel, "uncertainty", mask))
+    wide = patient_table(sel, store.SUMMARY_METRICS, mask)
+    if methods is not None:
+        wide = wide[wide.method.isin(methods)]
+    return summaries.cohort_summary(wide, subset_bins(sel, "calibration", mask, methods=methods),
+                                    subset_bins(sel, "uncertainty", mask, methods=methods))

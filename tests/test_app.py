@@ -185,6 +185,9 @@ def test_strata_page(data_env):
 
 def test_budget_page(data_env):
     at = _ok(AppTest.from_file(str(ROOT / "app_pages/budget.py"), default_timeout=120).run())
+    assert len(at.dataframe[0].value) == 2  # 2 models x the sidebar's method
+    at.multiselect(key="budget_methods").set_value(["mc_dropout", "deterministic"]).run()
+    _ok(at)
     t = at.dataframe[0].value
     assert len(t) == 4  # 2 models x 2 methods
     assert t["captured at 5 %"].between(0, 1).all() and t["capture AUC 0-5 %"].between(0, 1).all()
