@@ -95,7 +95,8 @@ def leaderboard(per_patient: pd.DataFrame, cal_bins: pd.DataFrame | None = None,
     per_patient: columns model, method, region, patient_id, and any of dice, auroc_entropy (one row per
     evaluated patient; NaN = undefined for that patient, e.g. AUROC without an error voxel).
     cal_bins: optional per-patient calibration bins of the same patients: model, method, region, patient_id,
-    bin, n, sum_prob, sum_true.
+    bin, n, sum_prob, sum_true; or the same as integer-coded arrays (dict patient, combo, bin, d = sum_prob -
+    sum_true, n) with patient indexing the sorted patient ids and combo the sorted (model, method, region) rows.
 
     One set of draws W (B x P) over the P patients of ``per_patient`` serves every row (rows are compared on
     the same resamples). A replicate's mean is sum_p W_bp x_p / sum_p W_bp [x_p defined] over the drawn
@@ -131,17 +132,20 @@ def leaderboard(per_patient: pd.DataFrame, cal_bins: pd.DataFrame | None = None,
         out[m], out[f"{m}_lo"], out[f"{m}_hi"] = est, lo_hi[:, 0], lo_hi[:, 1]
         out[f"{m}_n"] = fin.sum(0)
         out[f"{m}_nan"] = (present & ~fin).sum(0)
-    if cal_bins is not None and len(cal_bins):
+    if cal_bins is not None and not isinstance(cal_bins, dict) and len(cal_bins):
         cb = cal_bins[cal_bins.patient_id.isin(pids)]
-        K = max(int(cb.bin.max()) + 1, M.N_CAL_BINS)
-        bi = cb.bin.to_numpy()
-        bpi = np.searchsorted(pids, cb.patient_id.to_numpy())
         bci = cidx.get_indexer(pd.MultiIndex.from_frame(cb[keys]))
+        cal_bins = {"patient": np.searchsorted(pids, cb.patient_id.to_numpy()), "combo": bci, "bin": cb.bin.to_numpy(),
+                    "d": cb.sum_prob.to_numpy(np.float64) - cb.sum_true.to_numpy(np.float64), "n": cb.n.to_numpy()}
+    if isinstance(cal_bins, dict) and len(cal_bins["bin"]):
+        # integer-coded arrays: patient = index into the sorted patient ids, combo = row of the sorted combos
+        bi = np.asarray(cal_bins["bin"], np.int64)
+        K = max(int(bi.max()) + 1, M.N_CAL_BINS)
+        bci, bpi = np.asarray(cal_bins["combo"], np.int64), np.asarray(cal_bins["patient"], np.int64)
         ok = bci >= 0
         pc = bpi[ok] * C + bci[ok]
-        D = np.bincount(pc * K + bi[ok], (cb.sum_prob.to_numpy(np.float64) - cb.sum_true.to_numpy(np.float64))[ok],
-                        minlength=P * C * K).reshape(P, C * K)
-        N = np.bincount(pc, cb.n.to_numpy(np.float64)[ok], minlength=P * C).reshape(P, C)
+        D = np.bincount(pc * K + bi[ok], np.asarray(cal_bins["d"], np.float64)[ok], minlength=P * C * K).reshape(P, C * K)
+        N = np.bincount(pc, np.asarray(cal_bins["n"], np.float64)[ok], minlength=P * C).reshape(P, C)
         W64 = W.astype(np.float64)  # float64: the bins' sums of p and of labels nearly cancel
         with np.errstate(invalid="ignore", divide="ignore"):
             out["ece_dataset"] = np.abs(D.sum(0).reshape(C, K)).sum(-1) / np.where(N.sum(0) > 0, N.sum(0), np.nan)

@@ -460,6 +460,22 @@ def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = No
                        [run_id, mask, patient_ids, patient_ids, methods, methods]).df()
 
 
+def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, patient_ids: list[str]) -> dict:
+    """Per-patient calibration bins of the listed (model, method, region) combos and patients as integer-coded
+    numpy arrays (the input of the bootstrap ECE in :func:`core.stats.leaderboard`): patient (index into
+    ``patient_ids``), combo (index into ``combos``), bin, d = sum_prob - sum_true, n."""
+    res = con.execute("""
+        WITH pat AS (SELECT unnest(?::VARCHAR[]) AS patient_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS patient),
+             cmb AS (SELECT unnest(?::VARCHAR[]) AS model, unnest(?::VARCHAR[]) AS method,
+                            unnest(?::VARCHAR[]) AS region, generate_subscripts(?::VARCHAR[], 1) - 1 AS combo)
+        SELECT pat.patient, cmb.combo, c.bin, c.sum_prob - c.sum_true AS d, c.n::DOUBLE AS n
+        FROM calibration_bins c JOIN pat USING (patient_id) JOIN cmb USING (model, method, region)
+        WHERE c.run_id = ? AND c.mask = ?""",
+                      [_list(patient_ids), _list(patient_ids), combos.model.tolist(), combos.method.tolist(),
+                       combos.region.tolist(), combos.model.tolist(), run_id, mask]).fetchnumpy()
+    return {k: np.asarray(res[k]) for k in ("patient", "combo", "bin", "d", "n")}
+
+
 def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patient_ids: list[str] | None = None,
                 method: str | None = None) -> pd.DataFrame:
     """Per-patient metrics as columns: model, method, patient_id, region, <metric>..., one row per ok

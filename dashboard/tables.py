@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -19,32 +20,44 @@ LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _patient_bins(db: str, mtime: float, run_id: str, mask: str, methods: tuple) -> pd.DataFrame:
+def _bin_arrays(db: str, mtime: float, run_id: str, mask: str, _combos: pd.DataFrame, combos_key: tuple,
+                pids: tuple) -> dict:
     con = store.connect(db, read_only=True)
     try:
-        return store.calibration_bins_subset(con, run_id, None, mask=mask, methods=list(methods))
+        return store.calibration_bin_arrays(con, run_id, mask, _combos, list(pids))
     finally:
         con.close()
 
 
 @st.cache_data(max_entries=64, show_spinner="Bootstrapping confidence intervals ...")
-def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, models: tuple, patients: tuple | None,
-                 B: int, _wide: pd.DataFrame) -> pd.DataFrame:
-    bins = _patient_bins(db, mtime, run_id, mask, methods)
-    if patients is not None:
-        bins = bins[bins.patient_id.isin(patients)]
-    return stats.leaderboard(_wide, bins, B=B)
+def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, models: tuple, patients: tuple,
+                 B: int, _wide: pd.DataFrame, _all: pd.DataFrame) -> pd.DataFrame:
+    if _wide.empty:
+        return stats.leaderboard(_wide)
+    keys = ["model", "method", "region"]
+    # per-patient bins of ALL patients are read once (cached) and re-indexed to this subset in memory
+    combos = _wide[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+    all_pids = np.array(sorted(set(_all.patient_id)), dtype=object)
+    arrays = _bin_arrays(db, mtime, run_id, mask, combos, tuple(map(tuple, combos.to_numpy())), tuple(all_pids))
+    sub = np.array(sorted(set(_wide.patient_id)), dtype=object)
+    pos = np.searchsorted(sub, all_pids[arrays["patient"]])
+    pos = np.minimum(pos, len(sub) - 1)
+    inside = sub[pos] == all_pids[arrays["patient"]]
+    sub_arrays = {k: v[inside] for k, v in arrays.items()}
+    sub_arrays["patient"] = pos[inside]
+    return stats.leaderboard(_wide, sub_arrays, B=B)
 
 
 def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) -> pd.DataFrame:
     """model x method x region (the given methods) with Dice, AUROC (means over patients) and dataset ECE, each
     with a 95 % patient-bootstrap interval over the patients inside the entropy filter, and the patient counts
     behind them (:func:`core.stats.leaderboard`). Cached per database version, methods and patient subset."""
-    wide = patient_table(sel, LEADERBOARD_METRICS)
-    wide = wide[wide.method.isin(methods) & wide.model.isin(sel.models)]
-    subset = None if len(sel.patients) == len(sel.all_patients) else tuple(sel.patients)
+    everyone = patient_table(sel, LEADERBOARD_METRICS, subset=False)
+    everyone = everyone[everyone.method.isin(methods) & everyone.model.isin(sel.models)]
+    wide = everyone[everyone.patient_id.isin(sel.patients)] if len(sel.patients) < len(sel.all_patients) else everyone
+    subset = tuple(sorted(set(wide.patient_id)))
     return _leaderboard(str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)),
-                        tuple(sorted(sel.models)), subset, B, _wide=wide)
+                        tuple(sorted(sel.models)), subset, B, _wide=wide, _all=everyone)
 
 
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:

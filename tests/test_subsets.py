@@ -65,3 +65,21 @@ def test_subset_engine_equals_direct_queries(results_db, q_range):
         pd.testing.assert_frame_equal(a.reset_index(drop=True), b[a.columns].reset_index(drop=True), check_dtype=False)
         assert (b.n_patients == len(sel.patients)).all()
     con.close()
+
+
+def test_leaderboard_from_coded_arrays_equals_dataframe_path(results_db):
+    from core import stats
+
+    con = store.connect(results_db, read_only=True)
+    run = store.list_runs(con).run_id[0]
+    pids = sorted(store.cohort_patients(con, run).patient_id)[1:]  # a subset
+    wide = store.metric_wide(con, run, ["dice", "auroc_entropy"], mask="roi", patient_ids=pids)
+    frame = store.calibration_bins_subset(con, run, pids, mask="roi")
+    keys = ["model", "method", "region"]
+    combos = wide[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+    arrays = store.calibration_bin_arrays(con, run, "roi", combos, sorted(set(wide.patient_id)))
+    con.close()
+    a = stats.leaderboard(wide, frame, B=300)
+    b = stats.leaderboard(wide, arrays, B=300)
+    pd.testing.assert_frame_equal(a, b)
+    assert a.ece_dataset.notna().all() and (a.n_patients == len(pids)).all()
