@@ -14,7 +14,9 @@ Binning conventions (written in the README too)
   ``k/n <= p < (k+1)/n`` and the last bin also holds p = 1 (no extra bin for p = 1).
 * Uncertainty: :data:`UNC_EDGES`, 2991 bins: bin 0 = [0, 1e-30), bins 1..2000 log-spaced on [1e-30, 0.01)
   (3.3 % wide), bins 2001..2990 linear 0.001 wide on [0.01, 1] (the last includes 1). Fine near 0 where most voxels sit, so
-  AUROC from bins matches the exact value, and every U-E threshold (multiples of 0.05) is an edge.
+  AUROC from bins matches the exact value, and every U-E threshold (multiples of 0.05) is an edge. Bin k holds
+  ``UNC_EDGES[k] <= u < UNC_EDGES[k + 1]`` exactly (the float64 edges; the linear edges are the correctly rounded
+  decimals k/1000); it is found from the float's bit pattern (:func:`uncertainty_bin_index`), not from a log.
 """
 from __future__ import annotations
 
@@ -28,14 +30,15 @@ UNC_MIN = 1e-30
 UNC_LIN_START = 0.01
 UNC_LIN_STEP = 0.001
 N_UNC_LOG = 2000
+# 2992 float64 edges: 0, 2001 geometric edges 1e-30 ... 0.01, then 0.011 ... 1.0 as correctly rounded k / 1000 (so that
+# a float equal to a U-E threshold such as 0.15 lies exactly on its edge)
 UNC_EDGES = np.concatenate([[0.0], np.geomspace(UNC_MIN, UNC_LIN_START, N_UNC_LOG + 1),
-                            UNC_LIN_START + UNC_LIN_STEP * np.arange(1, 991)])  # 1503 edges
-UNC_EDGES[-1] = 1.0
-N_UNC_BINS = len(UNC_EDGES) - 1  # 1502
+                            np.arange(round(UNC_LIN_START / UNC_LIN_STEP) + 1, round(1 / UNC_LIN_STEP) + 1) * 1.0
+                            / round(1 / UNC_LIN_STEP)])
+N_UNC_BINS = len(UNC_EDGES) - 1  # 2991
 UEO_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 BUDGETS = tuple(np.round(np.arange(1, 51) * 0.001, 3))  # 0.1 % ... 5 % of the voxel set
 UNCERTAIN_T = 0.5  # a voxel is 'uncertain' when its normalised entropy is >= 0.5
-_LOG_SCALE = N_UNC_LOG / math.log(UNC_LIN_START / UNC_MIN)
 NLL_EPS = float(np.finfo(np.float64).eps)  # p clipped to [eps, 1 - eps] for NLL only (as scikit-learn log_loss)
 ROI_RADIUS_VOX = 3  # ROI = (ground truth | prediction) dilated by a ball of this radius, within the brain
 
@@ -193,24 +196,74 @@ def nll(prob: np.ndarray, truth: np.ndarray, eps: float = NLL_EPS) -> float:
 
 
 # ------------------------------------------------------------------------- uncertainty vs error
+# Bit-pattern binning. A non-negative float's bit pattern, read as an integer, is ordered like its value; its top
+# bits (exponent and the first 9 mantissa bits) name a "cell" [2^e (1 + j/512), 2^e (1 + (j+1)/512)), i.e. a cell at
+# most 1/512 = 0.2 % of its value wide, narrower than any uncertainty bin (log bins 3.3 %, linear bins 0.001 >= cell
+# width 2^-10 below 1). So a cell holds at most one edge: bin = base[cell] + (u >= edge[cell]). Cells are numbered
+# as float32 bit patterns >> 14 (2^18 cells cover every float32 incl. negatives, inf and NaN); float64 values are
+# mapped onto the same numbering. The tables are built once from UNC_EDGES, so the index is exactly
+# searchsorted(UNC_EDGES, u, side="right") - 1, clipped to [0, N_UNC_BINS - 1].
+_CELL_SHIFT32 = 23 - 9
+_CELL_SHIFT64 = 52 - 9
+_CELL_OFFSET64 = (1023 - 127) << 9  # float64 cell number - float32 cell number of the same interval
+_N_CELLS = 1 << (32 - _CELL_SHIFT32)
+_CELL_INF = 0x7F800000 >> _CELL_SHIFT32  # cell of +inf (and positive NaN); cells above it are negative floats
+
+
+def _unc_cell_tables():
+    cells = np.arange(_N_CELLS, dtype=np.int64)
+    finite = cells < _CELL_INF  # non-negative finite cells (the cell just below +inf stops at inf)
+    with np.errstate(invalid="ignore"):
+        start = (cells << _CELL_SHIFT32).astype(np.uint32).view(np.float32).astype(np.float64)
+        stop = ((cells + 1) << _CELL_SHIFT32).astype(np.uint32).view(np.float32).astype(np.float64)
+    start[~finite] = stop[~finite] = 0.0
+    stop[_CELL_INF - 1] = np.inf
+    base = np.zeros(_N_CELLS, np.int64)
+    base[finite] = np.clip(np.searchsorted(UNC_EDGES, start[finite], side="right") - 1, 0, N_UNC_BINS - 1)
+    base[_CELL_INF] = N_UNC_BINS - 1  # +inf and NaN: last bin (NaN never gets here: inputs are checked)
+    # the one edge strictly inside each cell (if any): searchsorted on start (right) and stop (left)
+    lo = np.searchsorted(UNC_EDGES, start, side="right")
+    hi = np.searchsorted(UNC_EDGES, stop, side="left")
+    inside = finite & (hi > lo) & (base < N_UNC_BINS - 1)  # (1.0, the top edge, is a cell start: never inside)
+    if (hi - lo)[finite].max() > 1:
+        raise AssertionError("an uncertainty-bin cell holds more than one edge")
+    edge64 = np.full(_N_CELLS, np.nan)  # NaN: no edge in the cell (u >= NaN is False, also for u = inf)
+    edge64[inside] = UNC_EDGES[lo[inside]]
+    # float32 inputs: compare with the smallest float32 >= the edge (exact for every float32 u: u >= e <=> u >= that)
+    e32 = edge64.astype(np.float32)
+    up = inside & (e32.astype(np.float64) < edge64)
+    e32[up] = np.nextafter(e32[up], np.float32(np.inf))
+    return base, edge64, e32
+
+
+_UNC_BASE, _UNC_EDGE64, _UNC_EDGE32 = _unc_cell_tables()
+
+
+def _unc_cells(u: np.ndarray) -> np.ndarray:
+    """Cell number (intp) of each value of a float32 or float64 array (see the table comment above)."""
+    if u.dtype == np.float32:
+        return np.right_shift(u.view(np.uint32), _CELL_SHIFT32, dtype=np.intp)
+    c = (u.view(np.int64) >> _CELL_SHIFT64) - _CELL_OFFSET64  # negative floats: negative -> cell 0 (bin 0)
+    return np.clip(c, 0, _CELL_INF, out=c)  # below float32's range: cell 0 (bin 0); above: the +inf cell (last bin)
+
+
 def uncertainty_bin_index(u: np.ndarray) -> np.ndarray:
-    """Bin index (int64) of uncertainty values in [0, 1] on :data:`UNC_EDGES` (values clipped to [0, 1]).
+    """Bin index (int64, same shape as ``u``) of uncertainty values in [0, 1] on :data:`UNC_EDGES`.
 
     Bin 0 = [0, 1e-30); bins 1..2000 log-spaced on [1e-30, 0.01); bins 2001..2990 linear, 0.001 wide, on [0.01, 1]
-    (the last includes 1), so every multiple of 0.05 is an edge (thresholds of the U-E metric)."""
+    (the last includes 1), so every multiple of 0.05 is an edge (thresholds of the U-E metric). Exactly
+    ``searchsorted(UNC_EDGES, u, side="right") - 1`` clipped to [0, 2990] (float32 values compared exactly with the
+    float64 edges): negative values (incl. -0.0) go to bin 0, values above 1 to the last bin. Computed from the bit
+    pattern (one table look-up and one comparison per value, no log). Other dtypes are converted to float64."""
     u = np.asarray(u)
     if u.dtype != np.float32 and u.dtype != np.float64:
         u = u.astype(np.float64)
-    out = np.zeros(u.shape, np.int64)
-    lin = u >= UNC_LIN_START
-    ul = u[lin].astype(np.float64)  # linear part in float64 so that multiples of 0.05 fall on their edge
-    out[lin] = np.minimum(np.floor((np.minimum(ul, 1.0) - UNC_LIN_START) / UNC_LIN_STEP + 1e-9).astype(np.int64)
-                          + N_UNC_LOG + 1, N_UNC_BINS - 1)
-    log = (u >= UNC_MIN) & ~lin
-    # log part in the input precision (float32 maps: relative bin width 3.3 %, far above float32 rounding)
-    k = np.floor((np.log(u[log]) - u.dtype.type(math.log(UNC_MIN))) * u.dtype.type(_LOG_SCALE)).astype(np.int64) + 1
-    out[log] = np.clip(k, 1, N_UNC_LOG)
-    return out
+    shape, u = u.shape, u.reshape(-1)
+    cell = _unc_cells(u)
+    edge = _UNC_EDGE32 if u.dtype == np.float32 else _UNC_EDGE64
+    out = _UNC_BASE.take(cell)
+    out += u >= edge.take(cell)
+    return out.reshape(shape)
 
 
 def uncertainty_bins(u: np.ndarray, error: np.ndarray, pred: np.ndarray | None = None):

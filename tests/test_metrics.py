@@ -157,6 +157,77 @@ def test_uncertainty_bin_index_matches_edges():
     assert M.UNC_EDGES[idx[6]] == pytest.approx(0.05)  # U-E thresholds are edges
 
 
+def _searchsorted_bins(u):
+    """The definition: bin k holds UNC_EDGES[k] <= u < UNC_EDGES[k + 1], clipped to the first / last bin."""
+    return np.clip(np.searchsorted(M.UNC_EDGES, np.asarray(u, np.float64), side="right") - 1, 0, M.N_UNC_BINS - 1)
+
+
+def _log_formula_bins(u):
+    """The documented closed form in float64: bin 0 below 1e-30, 1 + floor(2000 log(u / 1e-30) / log(1e28)) on the
+    log part, 2001 + floor((u - 0.01) / 0.001) on the linear part (the last bin holds 1)."""
+    u = np.asarray(u, np.float64)
+    out = np.zeros(u.shape, np.int64)
+    log = (u >= M.UNC_MIN) & (u < M.UNC_LIN_START)
+    out[log] = 1 + np.floor(M.N_UNC_LOG * np.log(u[log] / M.UNC_MIN) / math.log(M.UNC_LIN_START / M.UNC_MIN))
+    lin = u >= M.UNC_LIN_START
+    out[lin] = np.minimum(M.N_UNC_LOG + 1 + np.floor((u[lin] - M.UNC_LIN_START) / M.UNC_LIN_STEP), M.N_UNC_BINS - 1)
+    return out
+
+
+def _edge_neighbours(dtype):
+    e = M.UNC_EDGES.astype(dtype)
+    lo, hi = np.array(-1, dtype), np.array(2, dtype)
+    return np.concatenate([e, np.nextafter(e, lo), np.nextafter(e, hi), np.nextafter(np.nextafter(e, lo), lo)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bit_pattern_bins_equal_edges_definition(dtype):
+    rng = np.random.default_rng(7)
+    tiny = np.finfo(dtype).smallest_subnormal
+    special = np.array([0.0, -0.0, tiny, 2 * tiny, np.finfo(dtype).smallest_normal, 1e-31, 1e-30, 0.01, 0.05, 0.15, 0.5,
+                        0.7, 0.95, 0.999, 1.0, np.nextafter(dtype(1), dtype(0)), np.nextafter(dtype(1), dtype(2)), 1.5,
+                        -1e-9, -1.0, np.inf, -np.inf], dtype)
+    random_bits = np.frombuffer(rng.bytes(20000 * np.dtype(dtype).itemsize), dtype)  # every exponent, both signs
+    u = np.concatenate([special, _edge_neighbours(dtype), rng.random(20000).astype(dtype) ** 4,
+                        (10.0 ** rng.uniform(-40, 0, 20000)).astype(dtype), random_bits[~np.isnan(random_bits)]])
+    idx = M.uncertainty_bin_index(u)
+    assert idx.dtype == np.int64 and idx.shape == u.shape
+    assert np.array_equal(idx, _searchsorted_bins(u))  # exact, edge values and denormals included
+    first = dict(zip(special.tolist(), idx[:special.size].tolist()))
+    assert first[0.0] == first[tiny] == first[-1.0] == first[-np.inf] == 0  # 0 (and -0.0), denormal, negative
+    assert first[1.0] == first[1.5] == first[np.inf] == M.N_UNC_BINS - 1  # 1 and above: the last bin
+    # the closed form (log / linear) rounds differently only within a few ulps of an edge
+    inside = (u >= 0) & (u <= 1)
+    ref = _log_formula_bins(u[inside])
+    assert np.abs(idx[inside] - ref).max() <= 1
+    e, v = M.UNC_EDGES, u[inside].astype(np.float64)
+    j = np.clip(np.searchsorted(e, v), 1, e.size - 1)
+    far = np.minimum(v - e[j - 1], e[j] - v) > 1e-6 * v  # relative distance to the nearest edge
+    assert far.sum() > 40000 and np.array_equal(idx[inside][far], ref[far])
+
+
+def test_bit_pattern_bins_thresholds_and_shapes():
+    for t in M.UEO_THRESHOLDS:  # u >= t  <=>  bin >= threshold_bin(t), float32 values compared exactly (float32(0.35) < 0.35)
+        b = M.threshold_bin(t)
+        assert M.UNC_EDGES[b] == t
+        for dtype in (np.float32, np.float64):
+            v = np.array([t, np.nextafter(dtype(t), dtype(0)), np.nextafter(dtype(t), dtype(1))], dtype)
+            assert ((M.uncertainty_bin_index(v) >= b) == (v.astype(np.float64) >= t)).all(), (t, dtype)
+    assert M.uncertainty_bin_index(np.float32(0.5)).shape == ()
+    grid = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    assert np.array_equal(M.uncertainty_bin_index(grid[:, ::2]), _searchsorted_bins(grid[:, ::2]))
+    assert np.array_equal(M.uncertainty_bin_index([0.3, 1e-20]), _searchsorted_bins([0.3, 1e-20]))  # lists, ints -> f64
+    assert np.array_equal(M.uncertainty_bin_index(np.array([0, 1], np.int8)), [0, M.N_UNC_BINS - 1])
+
+
+def test_uncertainty_edges_are_the_documented_ones():
+    e = M.UNC_EDGES
+    assert e.size == M.N_UNC_BINS + 1 == 2992 and (np.diff(e) > 0).all()
+    assert e[0] == 0 and e[1] == 1e-30 and e[2001] == 0.01 and e[-1] == 1.0
+    assert np.allclose(np.diff(np.log(e[1:2002])), math.log(1e28) / 2000, rtol=1e-9)  # 3.3 % wide log bins
+    assert np.array_equal(e[2001:], np.arange(10, 1001) / 1000)  # correctly rounded k / 1000
+
+
 # ---------------------------------------------------------------------------------- input checks
 def test_nan_and_shape_errors():
     p = np.full((3, 4, 4, 4), 0.5, np.float32)
