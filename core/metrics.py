@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
+from scipy.spatial import cKDTree
 
 N_CAL_BINS = 20
 UNC_MIN = 1e-30
@@ -83,23 +83,86 @@ def bbox_slices(mask: np.ndarray, margin: int = 0):
     return tuple(sl)
 
 
+def _erode_cross(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion of an N-D bool array by the cross (face neighbours), outside the array counted as 0: equal to
+    ``scipy.ndimage.binary_erosion(mask)`` (default structure and border), by 2 N shifted ANDs."""
+    m = np.asarray(mask, bool)
+    out = np.zeros(m.shape, bool)
+    if m.ndim == 0 or min(m.shape) < 3:
+        return out  # every voxel touches the border
+    inner = (slice(1, -1),) * m.ndim
+    core = out[inner]
+    core[...] = m[inner]
+    for ax in range(m.ndim):
+        for sl in (slice(None, -2), slice(2, None)):
+            core &= m[inner[:ax] + (sl,) + inner[ax + 1:]]
+    return out
+
+
+def _dilate_ball(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of a 3-D bool array by the ball of integer offsets with dx^2 + dy^2 + dz^2 <= radius^2,
+    outside the array counted as 0: equal to ``scipy.ndimage.binary_dilation(mask, structure=ball)``. The ball is
+    split into z-runs: the mask dilated along z by h = 0..radius, then ORed at each (dx, dy) of the disc."""
+    u = np.asarray(mask, bool)
+    if radius <= 0:
+        return u.copy()
+    X, Y, Z = u.shape
+    runs = [u]
+    for h in range(1, radius + 1):  # runs[h] = OR of u shifted by -h..h along z
+        d = runs[-1].copy()
+        if h < Z:
+            d[..., h:] |= u[..., :-h]
+            d[..., :-h] |= u[..., h:]
+        runs.append(d)
+    out = runs[radius].copy()  # dx = dy = 0
+    for dx in range(-radius, radius + 1):
+        for dy in range(-radius, radius + 1):
+            rem = radius * radius - dx * dx - dy * dy
+            if (dx == 0 and dy == 0) or rem < 0 or abs(dx) >= X or abs(dy) >= Y:
+                continue
+            src = runs[math.isqrt(rem)]
+            out[max(dx, 0):X + min(dx, 0), max(dy, 0):Y + min(dy, 0)] |= \
+                src[max(-dx, 0):X + min(-dx, 0), max(-dy, 0):Y + min(-dy, 0)]
+    return out
+
+
+def _roi_box(union: np.ndarray, brain: np.ndarray, radius: int):
+    """(box, roi) for a (X, Y, Z) bool union of prediction and truth: ``box`` the slices of the union's bounding box
+    grown by max(radius, 0) + 1 voxels (clipped; None if the union is empty), ``roi`` the ROI inside it (the union
+    dilated by the ball of ``radius`` voxels, within the brain; (0, 0, 0) bool if the union is empty)."""
+    box = bbox_slices(union, max(radius, 0) + 1)
+    if box is None:
+        return None, np.zeros((0, 0, 0), bool)
+    return box, _dilate_ball(union[box], radius) & brain[box]
+
+
 def roi_mask(pred: np.ndarray, truth: np.ndarray | None, brain: np.ndarray, radius: int = ROI_RADIUS_VOX) -> np.ndarray:
     """(X,Y,Z) bool: union of prediction and ground truth (any region), dilated by a ball of ``radius`` voxels,
-    intersected with the brain. ``pred``/``truth`` are (R, X, Y, Z) bool; truth may be None."""
+    intersected with the brain. ``pred``/``truth`` are (R, X, Y, Z) bool; truth may be None.
+
+    Computed in the union's bounding box (+ radius + 1), which gives the same mask as dilating the whole volume."""
     u = pred.any(0) if pred.ndim == 4 else np.array(pred, bool)
     if truth is not None:
         u = u | (truth.any(0) if truth.ndim == 4 else truth)
-    sl = bbox_slices(u, radius + 1)
-    if radius > 0 and sl is not None:  # dilate inside the bounding box only: same result, far fewer voxels
-        r = np.arange(-radius, radius + 1)
-        ball = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
-        u[sl] = ndimage.binary_dilation(u[sl], structure=ball)
-    return u & brain
+    box, roi = _roi_box(u, brain, radius)
+    out = np.zeros(brain.shape, bool)
+    if box is not None:
+        out[box] = roi
+    return out
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
     """Surface voxels: mask XOR its binary erosion (scipy's default cross element, outside counted as 0)."""
-    return mask ^ ndimage.binary_erosion(mask)
+    m = np.asarray(mask, bool)
+    return m ^ _erode_cross(m)
+
+
+def _surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
+    """(n_a,) float64 mm: Euclidean distance from each voxel of the bool mask ``a`` to the nearest voxel of ``b``
+    (both non-empty, same shape), as a distance transform of ~b read at a (k-d tree on b's voxel centres)."""
+    sp = np.asarray(spacing, np.float64)
+    pa, pb = np.argwhere(a) * sp, np.argwhere(b) * sp
+    return cKDTree(pb).query(pa, k=1)[0]
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentile: float = 95.0) -> float:
@@ -108,8 +171,9 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentil
     interpolation) of surface-voxel to nearest-surface-voxel Euclidean distances. Both masks empty -> 0.0
     (BraTS convention; MONAI gives NaN); only one empty -> NaN (MONAI gives inf).
 
-    Computed on the bounding box of the two masks (+1 voxel), which gives the same distances as the full
-    volume because every surface voxel lies inside it.
+    Surfaces are found in the bounding box of the two masks (+1 voxel), which gives the same surface voxels as the
+    full volume; the nearest-surface distances come from a k-d tree over the surface voxels (the same Euclidean
+    distances as MONAI's distance transform, without transforming the box).
     """
     p, t = np.asarray(pred, bool), np.asarray(truth, bool)
     pa, ta = p.any(), t.any()
@@ -119,9 +183,8 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentil
         return math.nan
     sl = bbox_slices(p | t, 1)
     ep, et = _edges(p[sl]), _edges(t[sl])
-    dt_t = ndimage.distance_transform_edt(~et, sampling=spacing)
-    dt_p = ndimage.distance_transform_edt(~ep, sampling=spacing)
-    return float(max(np.percentile(dt_t[ep], percentile), np.percentile(dt_p[et], percentile)))
+    return float(max(np.percentile(_surface_distances(ep, et, spacing), percentile),
+                     np.percentile(_surface_distances(et, ep, spacing), percentile)))
 
 
 # ------------------------------------------------------------------------------------- calibration

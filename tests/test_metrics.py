@@ -325,6 +325,66 @@ def test_hd95_empty_rules():
     assert M.hd95(one, one) == 0.0
 
 
+def _ball(radius):
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius ** 2
+
+
+@pytest.mark.parametrize("shape", [(9, 11, 7), (2, 8, 8), (6, 1, 5), (12, 12, 3)])
+def test_shift_morphology_equals_scipy(shape):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.02, 0.3, 0.9, 1.0):
+        m = rng.random(shape) < density
+        assert np.array_equal(M._erode_cross(m), ndimage.binary_erosion(m)), density
+        assert np.array_equal(M._edges(m), m ^ ndimage.binary_erosion(m))
+        for radius in (0, 1, 2, 3, 4):
+            ref = ndimage.binary_dilation(m, structure=_ball(radius)) if radius else m
+            assert np.array_equal(M._dilate_ball(m, radius), ref), (density, radius)
+    assert np.array_equal(M._erode_cross(np.ones((4, 5), bool)), ndimage.binary_erosion(np.ones((4, 5), bool)))  # 2-D
+
+
+def test_roi_mask_equals_full_volume_dilation():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    pred = np.zeros((3, 30, 26, 20), bool)
+    truth = np.zeros_like(pred)
+    pred[0, 10:15, 8:12, 5:9] = True
+    truth[1, 0:3, 20:26, 17:20] = True  # touches the volume border
+    pred[2, 25, 2, 10] = True
+    brain = rng.random((30, 26, 20)) < 0.8
+    for radius in (0, 2, 3):
+        u = pred.any(0) | truth.any(0)
+        ref = (ndimage.binary_dilation(u, structure=_ball(radius)) if radius else u) & brain
+        assert np.array_equal(M.roi_mask(pred, truth, brain, radius), ref), radius
+    assert not M.roi_mask(np.zeros_like(pred), None, brain).any()
+
+
+def test_hd95_border_and_single_voxels_vs_monai():
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(11)
+    shape = (16, 18, 12)
+    cases = []
+    a = np.zeros(shape, bool)
+    a[0:5, 0:6, 0:4] = True  # touches three volume faces
+    b = np.zeros(shape, bool)
+    b[1:7, 0:5, 0:5] = True
+    cases.append((a, b))
+    one, two = np.zeros(shape, bool), np.zeros(shape, bool)
+    one[3, 4, 5] = True
+    two[12, 15, 2] = True
+    cases.append((one, two))
+    cases.append((rng.random(shape) < 0.1, rng.random(shape) < 0.2))  # scattered voxels
+    for spacing in ((1.0, 1.0, 1.0), (0.8, 1.2, 3.0)):
+        for p, t in cases:
+            ref = compute_hausdorff_distance(torch.from_numpy(p)[None, None].float(), torch.from_numpy(t)[None, None].float(),
+                                             percentile=95, spacing=spacing).item()
+            assert M.hd95(p, t, spacing) == pytest.approx(ref, abs=1e-4)
+
+
 def _outcomes(seed=0, n=40000):
     rng = np.random.default_rng(seed)
     truth = rng.random(n) < 0.2
