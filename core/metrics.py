@@ -47,17 +47,33 @@ class MetricInputError(ValueError):
     """Arrays that cannot be evaluated (shape mismatch, NaN/Inf, probabilities outside [0, 1])."""
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """True if ``a`` holds no NaN / Inf (bool and integer arrays always). Fast path: the float sum is finite (NaN and
+    Inf propagate into it); only when it is not (a non-finite value, or an overflow of huge finite values) is every
+    element checked."""
+    if a.dtype.kind in "biu":
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(a.sum()):
+            return True
+    return bool(np.isfinite(a).all())
+
+
 def check_inputs(prob: np.ndarray, truth: np.ndarray | None = None, *others: np.ndarray | None) -> None:
-    if not np.isfinite(prob).all():
-        raise MetricInputError(f"probabilities contain {int((~np.isfinite(prob)).sum())} NaN/Inf values")
-    if prob.size and (prob.min() < 0 or prob.max() > 1):
-        raise MetricInputError(f"probabilities outside [0, 1]: min {prob.min()}, max {prob.max()}")
+    """Raise :class:`MetricInputError` for NaN / Inf probabilities, probabilities outside [0, 1], an array of another
+    shape than ``prob`` among ``truth`` and ``others`` (None skipped), or NaN / Inf in a non-bool one of them."""
+    if prob.size:
+        lo, hi = prob.min(), prob.max()  # a NaN propagates into both, an Inf into one
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise MetricInputError(f"probabilities contain {int((~np.isfinite(prob)).sum())} NaN/Inf values")
+        if lo < 0 or hi > 1:
+            raise MetricInputError(f"probabilities outside [0, 1]: min {lo}, max {hi}")
     for a in (truth, *others):
         if a is None:
             continue
         if a.shape != prob.shape:
             raise MetricInputError(f"shape mismatch: {a.shape} vs probabilities {prob.shape}")
-        if a.dtype != bool and not np.isfinite(a).all():
+        if a.dtype != bool and not _all_finite(a):
             raise MetricInputError(f"input contains {int((~np.isfinite(a)).sum())} NaN/Inf values")
 
 
@@ -509,6 +525,96 @@ def soft_label_metrics(prob: np.ndarray, soft: np.ndarray, n_bins: int = N_CAL_B
             "soft_brier": brier(prob, soft), "soft_nll": nll(prob, np.asarray(soft, np.float64))}
 
 
+_SMALL_P = 1.0 / 256  # below it a negative voxel's -ln(1 - p) is summed as a series (see _negative_sums)
+
+
+def _negative_sums(p: np.ndarray, n_bins: int = N_CAL_BINS):
+    """Sums over every voxel of a 1-D probability array ``p`` as if every label were 0 (outside the ROI all voxels
+    are true negatives). Returns (n, sum_prob, sum_sq, sum_nll): the calibration bins of :func:`calibration_bins`
+    (int64 and float64, length ``n_bins``; their sum_true is 0), sum p^2 (Brier numerator) and
+    sum -ln clip(1 - p, eps, 1 - eps) (NLL numerator, nats), all float64.
+
+    Only voxels with p >= min(1/256, 0.5/n_bins) are binned and logged one by one. All smaller ones are in bin 0 and
+    their -ln(1 - p) = p + p^2/2 + p^3/3 + p^4/4 + R with 0 <= R < 5e-11 p, so their sums come from sum p^k over all
+    voxels (k = 1..4) minus the same sums over the large ones (agrees with the voxel-by-voxel sum to 5e-11
+    relative, plus < 2.3e-16 per voxel with p < 1.2e-16 where the clip at 1 - eps applies)."""
+    n_vox = p.size
+    p64 = p.astype(np.float64)
+    sq = p64 * p64
+    s1, s2 = float(p64.sum()), float(sq.sum())
+    series = s1 + s2 / 2 + float(np.dot(sq, p64)) / 3 + float(np.dot(sq, sq)) / 4
+    big = p64[p >= min(_SMALL_P, 0.5 / n_bins)]
+    idx = calibration_bin_index(big, n_bins)
+    n = np.bincount(idx, minlength=n_bins)
+    n[0] += n_vox - big.size
+    sum_prob = np.bincount(idx, weights=big, minlength=n_bins)
+    big_sq = big * big
+    big_s1 = float(big.sum())
+    sum_prob[0] += s1 - big_s1
+    series_big = big_s1 + float(big_sq.sum()) / 2 + float(np.dot(big_sq, big)) / 3 + float(np.dot(big_sq, big_sq)) / 4
+    nll_big = float(-np.log(np.clip(1.0 - big, NLL_EPS, 1 - NLL_EPS)).sum())
+    return n, sum_prob, s2, series - series_big + nll_big
+
+
+_TORCH_UNC_TABLES = None
+
+
+def _unc_counts(u: np.ndarray) -> np.ndarray:
+    """Voxel count per uncertainty bin, int64 (N_UNC_BINS,), of a 1-D uncertainty array: exactly
+    ``bincount(uncertainty_bin_index(u))``. Large float32 arrays use the same tables through torch (index_select and
+    bincount run about twice as fast as numpy's take and bincount); the rest numpy."""
+    global _TORCH_UNC_TABLES
+    if u.dtype != np.float32 or u.ndim != 1 or u.size < 1 << 16 or not u.flags.c_contiguous or not u.flags.writeable:
+        return np.bincount(uncertainty_bin_index(u).ravel(), minlength=N_UNC_BINS)
+    import torch
+
+    if _TORCH_UNC_TABLES is None:
+        _TORCH_UNC_TABLES = (torch.from_numpy(_UNC_BASE.astype(np.int32)), torch.from_numpy(_UNC_EDGE32))
+    base, edge = _TORCH_UNC_TABLES
+    cell = torch.from_numpy((u.view(np.uint32) >> _CELL_SHIFT32).view(np.int32))
+    b = base.index_select(0, cell)
+    b += torch.from_numpy(u) >= edge.index_select(0, cell)
+    return torch.bincount(b, minlength=N_UNC_BINS).numpy()
+
+
+def _mask_rows(name: str, mname: str, st: dict, rows: list, cal_rows: list, unc_rows: list) -> None:
+    """Append the rows of one region and voxel set from its stats (see :func:`evaluate_patient`)."""
+    rows.append((name, mname, "mean_entropy", st["mean_entropy"]))
+    rows.append((name, mname, "uncertain_fraction", st["uncertain_fraction"]))
+    for k in ("mean_mi", "mean_epkl"):
+        if k in st:
+            rows.append((name, mname, k, st[k]))
+    rows += [(name, mname, k, v) for k, v in st.get("soft", {}).items()]
+    if "cal" not in st:
+        return
+    n, sp, stt = st["cal"]
+    cal = calibration_from_bins(n, sp, stt)
+    for k in ("ece", "ace", "mce", "cal_gap"):
+        rows.append((name, mname, k, cal[k]))
+    rows.append((name, mname, "brier", st["brier"]))
+    rows.append((name, mname, "nll", st["nll"]))
+    cal_rows += [(name, mname, int(b), int(n[b]), float(sp[b]), float(stt[b])) for b in np.flatnonzero(n)]
+    for measure, (fp, fn, tp, tn) in st["unc"].items():
+        ne, nc = fp + fn, tp + tn
+        rows.append((name, mname, f"auroc_{measure}", auroc_from_bins(ne, nc)))
+        if measure == "entropy":
+            rows.append((name, mname, "auroc_fp_tp", auroc_from_bins(fp, tp)))
+            rows.append((name, mname, "auroc_fn_tn", auroc_from_bins(fn, tn)))
+            ueo = ueo_curve(ne, nc)
+            best = int(np.nanargmax(ueo)) if np.isfinite(ueo).any() else None
+            rows.append((name, mname, "ueo_best", float(ueo[best]) if best is not None else math.nan))
+            rows.append((name, mname, "ueo_best_threshold", UEO_THRESHOLDS[best] if best is not None else math.nan))
+            rows.append((name, mname, "ueo_t50", float(ueo[UEO_THRESHOLDS.index(0.5)])))
+            rows.append((name, mname, "bnf_t50", fp_removal_benefit(fp, fn, tp, 0.5)))
+            cap, bueo = budget_curve(ne, nc)
+            rows.append((name, mname, "budget_capture_auc", budget_auc(cap)))
+            rows.append((name, mname, "budget_ueo_auc", budget_auc(bueo)))
+            rows.append((name, mname, "capture_at_5pct", float(cap[-1])))
+        nz = np.flatnonzero(ne + nc)
+        unc_rows += list(zip([name] * len(nz), [mname] * len(nz), [measure] * len(nz), nz.tolist(),
+                             ne[nz].tolist(), nc[nz].tolist(), fp[nz].tolist(), fn[nz].tolist(), tp[nz].tolist()))
+
+
 def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | None, truth: np.ndarray | None,
                      brain: np.ndarray, regions=("WT", "TC", "ET"), spacing=(1.0, 1.0, 1.0), threshold: float = 0.5,
                      n_bins: int = N_CAL_BINS, roi_radius: int = ROI_RADIUS_VOX, with_hd95: bool = True,
@@ -516,6 +622,8 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
                      raters: np.ndarray | None = None) -> dict:
     """All per-patient numbers and bins of one prediction (the full suite; metric names in the README).
 
+    Shapes: ``prob``, ``entropy``, ``mi`` (R, X, Y, Z) float (probabilities in [0, 1]; entropy and MI in bits,
+    normalised to [0, 1]); ``truth`` (R, X, Y, Z) bool or None; ``brain`` (X, Y, Z) bool; ``spacing`` mm.
     Optional: ``epkl`` (R, X, Y, Z) expected pairwise KL in bits; ``sample_volumes`` (N, R) voxel counts of
     each sample's prediction (volume distribution, CRPS); ``raters`` (K, R, X, Y, Z) bool segmentations of
     K raters (soft-label calibration against their mean, Dice against each rater).
@@ -524,103 +632,119 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     ``metrics`` (region, mask, metric, value); ``calibration_bins`` (region, mask, bin, n, sum_prob, sum_true);
     ``uncertainty_bins`` (region, mask, measure, bin, n_error, n_correct, n_fp, n_fn, n_tp), non-empty bins only.
     ``truth`` None (no ground truth): only uncertainty aggregates and predicted volumes are produced.
+
+    How it stays fast on a BraTS-sized volume (the numbers are those of the voxel-by-voxel definitions):
+    every predicted or true voxel lies in the bounding box of their union, so volumes, Dice, HD95, surfaces and the
+    ROI are computed in that box; every brain voxel outside the ROI is a true negative of every region, so the
+    brain-level bins and sums are "all brain voxels as negatives" (one gather of each array by the brain's flat
+    indices: uncertainty counts, :func:`_negative_sums`) corrected by the ROI's error / predicted / true voxels,
+    which are evaluated one by one exactly as the ROI itself.
     """
     check_inputs(prob, truth, entropy, mi)
     if epkl is not None:
-        if epkl.shape != prob.shape or not np.isfinite(epkl).all():
+        if epkl.shape != prob.shape or not _all_finite(epkl):
             raise MetricInputError(f"EPKL map of shape {epkl.shape} with non-finite values or a shape other than {prob.shape}")
     if raters is not None and raters.shape[1:] != prob.shape:
         raise MetricInputError(f"rater segmentations of shape {raters.shape[1:]} do not match {prob.shape}")
     if brain.shape != prob.shape[1:]:
         raise MetricInputError(f"brain mask shape {brain.shape} does not match {prob.shape[1:]}")
+    brain = np.asarray(brain, bool)
     pred = prob >= threshold
     vox_ml = float(np.prod(spacing)) / 1000.0
-    roi_in_brain = roi_mask(pred, truth, brain, roi_radius)[brain]
+    union = pred.any(0)
+    if truth is not None:
+        union |= truth.any(0)
+    box, roi_box = _roi_box(union, brain, roi_radius)
+    if box is None:  # nothing predicted, nothing true: empty crops give the empty-mask values
+        box = (slice(0, 0),) * brain.ndim
+    brain_idx = np.flatnonzero(brain)
+    roi_idx = np.ravel_multi_index(tuple(c + s.start for c, s in zip(np.nonzero(roi_box), box)), brain.shape)
+    roi_pos = np.searchsorted(brain_idx, roi_idx)  # ROI voxels among the brain voxels (same order)
+    n_brain = brain_idx.size
+
+    def gather(a, r):
+        return np.ravel(a[r]).take(brain_idx)
+
     rows, cal_rows, unc_rows = [], [], []
     for r, name in enumerate(regions):
-        p_r, pred_r = prob[r], pred[r]
-        vp = float(pred_r.sum()) * vox_ml
+        # ---- everything predicted or true lies in the box
+        pc = pred[r][box]
+        vp = float(np.count_nonzero(pc)) * vox_ml
         rows.append((name, "brain", "volume_pred_ml", vp))
-        bnd = boundary_mask(pred_r)
-        rows.append((name, "pred", "mean_entropy", _mean(entropy[r][pred_r])))
-        rows.append((name, "boundary", "mean_entropy", _mean(entropy[r][bnd])))
-        rows.append((name, "pred", "mean_confidence", _mean(p_r[pred_r])))
+        bnd = _edges(pc)
+        ent_c = entropy[r][box]
+        rows.append((name, "pred", "mean_entropy", _mean(ent_c[pc])))
+        rows.append((name, "boundary", "mean_entropy", _mean(ent_c[bnd])))
+        rows.append((name, "pred", "mean_confidence", _mean(prob[r][box][pc])))
         if mi is not None:
-            rows.append((name, "pred", "mean_mi", _mean(mi[r][pred_r])))
-            rows.append((name, "boundary", "mean_mi", _mean(mi[r][bnd])))
+            mi_c = mi[r][box]
+            rows.append((name, "pred", "mean_mi", _mean(mi_c[pc])))
+            rows.append((name, "boundary", "mean_mi", _mean(mi_c[bnd])))
         if epkl is not None:
-            rows.append((name, "pred", "mean_epkl", _mean(epkl[r][pred_r])))
-            rows.append((name, "boundary", "mean_epkl", _mean(epkl[r][bnd])))
+            ep_c = epkl[r][box]
+            rows.append((name, "pred", "mean_epkl", _mean(ep_c[pc])))
+            rows.append((name, "boundary", "mean_epkl", _mean(ep_c[bnd])))
         if sample_volumes is not None:
-            gt_ml = float(truth[r].sum()) * vox_ml if truth is not None else None
+            gt_ml = float(np.count_nonzero(truth[r][box])) * vox_ml if truth is not None else None
             for k, v in volume_distribution(np.asarray(sample_volumes)[:, r] * vox_ml, gt_ml).items():
                 rows.append((name, "brain", k, v))
         if raters is not None:
-            rd = [dice(pred_r, raters[k, r]) for k in range(len(raters))]
+            rd = [dice(pred[r], raters[k, r]) for k in range(len(raters))]
             rows.append((name, "brain", "rater_dice_mean", float(np.mean(rd))))
             pairs = [dice(raters[a, r], raters[b, r]) for a in range(len(raters)) for b in range(a + 1, len(raters))]
             rows.append((name, "brain", "interrater_dice", float(np.mean(pairs)) if pairs else math.nan))
         if truth is not None:
-            t_r = truth[r]
-            vg = float(t_r.sum()) * vox_ml
+            tc = truth[r][box]
+            vg = float(np.count_nonzero(tc)) * vox_ml
             rows += [(name, "brain", "volume_gt_ml", vg), (name, "brain", "volume_error_ml", vp - vg),
-                     (name, "brain", "dice", dice(pred_r, t_r))]
+                     (name, "brain", "dice", dice(pc, tc))]
             if with_hd95:
-                rows.append((name, "brain", "hd95", hd95(pred_r, t_r, spacing)))
-        # gather the brain voxels of this region once; the ROI is a sub-selection of them
-        eb = entropy[r][brain]
-        mib = mi[r][brain] if mi is not None else None
-        pb, db = p_r[brain], pred_r[brain]
-        tb = truth[r][brain] if truth is not None else None
-        epb = epkl[r][brain] if epkl is not None else None
+                rows.append((name, "brain", "hd95", hd95(pc, tc, spacing)))
+        # ---- brain voxels: one gather per array; the ROI voxels are a sub-selection of them
+        eb = gather(entropy, r)
+        mib = gather(mi, r) if mi is not None else None
+        epb = gather(epkl, r) if epkl is not None else None
         softb = raters[:, r][:, brain].mean(0) if raters is not None else None
-        u_idx = {"entropy": uncertainty_bin_index(eb)}
-        if mib is not None:
-            u_idx["mi"] = uncertainty_bin_index(mib)
-        if epb is not None:
-            u_idx["epkl"] = uncertainty_bin_index(epkl_to_unit(epb))
-        c_idx = calibration_bin_index(pb, n_bins) if truth is not None else None
-        for mname, sub in (("brain", slice(None)), ("roi", roi_in_brain)):
-            ent = eb[sub]
-            rows.append((name, mname, "mean_entropy", _mean(ent)))
-            rows.append((name, mname, "uncertain_fraction", _mean(ent >= UNCERTAIN_T)))
+        pb = gather(prob, r) if truth is not None or softb is not None else None
+        st_brain, st_roi = {}, {}
+        for st, sub in ((st_brain, None), (st_roi, roi_pos)):
+            def sel(x):
+                return x if sub is None else x.take(sub)
+            ent = sel(eb)
+            st["mean_entropy"] = _mean(ent)
+            st["uncertain_fraction"] = _mean(ent >= UNCERTAIN_T)
             if mib is not None:
-                rows.append((name, mname, "mean_mi", _mean(mib[sub])))
+                st["mean_mi"] = _mean(sel(mib))
             if epb is not None:
-                rows.append((name, mname, "mean_epkl", _mean(epb[sub])))
+                st["mean_epkl"] = _mean(sel(epb))
             if softb is not None:
-                rows += [(name, mname, k, v) for k, v in soft_label_metrics(pb[sub], softb[sub], n_bins).items()]
-            if truth is None:
-                continue
-            pm, tm, dm = pb[sub], tb[sub], db[sub]
-            n, sp, st = _calibration_bins_idx(c_idx[sub], pm, tm, n_bins)
-            cal = calibration_from_bins(n, sp, st)
-            for k in ("ece", "ace", "mce", "cal_gap"):
-                rows.append((name, mname, k, cal[k]))
-            rows.append((name, mname, "brier", brier(pm, tm)))
-            rows.append((name, mname, "nll", nll(pm, tm)))
-            cal_rows += [(name, mname, int(b), int(n[b]), float(sp[b]), float(st[b])) for b in np.flatnonzero(n)]
+                st["soft"] = soft_label_metrics(sel(pb), sel(softb), n_bins)
+        if truth is not None:
+            # ROI: every voxel evaluated one by one
+            pm = pb.take(roi_pos)
+            tm = np.ravel(truth[r]).take(roi_idx)
+            dm = pm >= threshold
             err = dm != tm
-            for measure, idx in u_idx.items():
-                fp, fn, tp, tn = _uncertainty_bins_idx(idx[sub], err, dm)
-                ne, nc = fp + fn, tp + tn
-                rows.append((name, mname, f"auroc_{measure}", auroc_from_bins(ne, nc)))
-                if measure == "entropy":
-                    rows.append((name, mname, "auroc_fp_tp", auroc_from_bins(fp, tp)))
-                    rows.append((name, mname, "auroc_fn_tn", auroc_from_bins(fn, tn)))
-                    ueo = ueo_curve(ne, nc)
-                    best = int(np.nanargmax(ueo)) if np.isfinite(ueo).any() else None
-                    rows.append((name, mname, "ueo_best", float(ueo[best]) if best is not None else math.nan))
-                    rows.append((name, mname, "ueo_best_threshold", UEO_THRESHOLDS[best] if best is not None else math.nan))
-                    rows.append((name, mname, "ueo_t50", float(ueo[UEO_THRESHOLDS.index(0.5)])))
-                    rows.append((name, mname, "bnf_t50", fp_removal_benefit(fp, fn, tp, 0.5)))
-                    cap, bueo = budget_curve(ne, nc)
-                    rows.append((name, mname, "budget_capture_auc", budget_auc(cap)))
-                    rows.append((name, mname, "budget_ueo_auc", budget_auc(bueo)))
-                    rows.append((name, mname, "capture_at_5pct", float(cap[-1])))
-                nz = np.flatnonzero(ne + nc)
-                unc_rows += list(zip([name] * len(nz), [mname] * len(nz), [measure] * len(nz), nz.tolist(),
-                                     ne[nz].tolist(), nc[nz].tolist(), fp[nz].tolist(), fn[nz].tolist(), tp[nz].tolist()))
+            c_idx = calibration_bin_index(pm, n_bins)
+            n, sp, stt = _calibration_bins_idx(c_idx, pm, tm, n_bins)
+            st_roi.update(cal=(n, sp, stt), brier=brier(pm, tm), nll=nll(pm, tm), unc={})
+            # brain = all brain voxels as negatives, corrected at the ROI's true voxels (the only positives)
+            bn, bsp, b_sq, b_nll = _negative_sums(pb, n_bins)
+            pt = pm[tm].astype(np.float64)
+            with np.errstate(divide="ignore"):
+                d_nll = float((np.log(np.clip(1.0 - pt, NLL_EPS, 1 - NLL_EPS))
+                               - np.log(np.clip(pt, NLL_EPS, 1 - NLL_EPS))).sum())
+            st_brain.update(cal=(bn, bsp, stt), brier=(b_sq + float((1.0 - 2.0 * pt).sum())) / n_brain if n_brain else math.nan,
+                            nll=(b_nll + d_nll) / n_brain if n_brain else math.nan, unc={})
+            measures = [("entropy", eb), ("mi", mib)] + ([("epkl", epkl_to_unit(epb))] if epb is not None else [])
+            for measure, ub in measures:
+                if ub is None:
+                    continue
+                fp, fn, tp, tn = _uncertainty_bins_idx(uncertainty_bin_index(ub.take(roi_pos)), err, dm)
+                st_roi["unc"][measure] = (fp, fn, tp, tn)
+                st_brain["unc"][measure] = (fp, fn, tp, _unc_counts(ub) - fp - fn - tp)
+        _mask_rows(name, "brain", st_brain, rows, cal_rows, unc_rows)
+        _mask_rows(name, "roi", st_roi, rows, cal_rows, unc_rows)
     return {"metrics": rows, "calibration_bins": cal_rows, "uncertainty_bins": unc_rows}
 
 
