@@ -247,6 +247,141 @@ def test_nan_and_shape_errors():
         M.evaluate_patient(p, inf, None, t, brain)
 
 
+def test_large_inputs_nan_inf_and_range_errors():
+    # >= 2^20 elements: the checks run on torch views (sums, min / max); same errors as the small-array path
+    shape = (3, 80, 80, 64)
+    p = np.full(shape, 0.25, np.float32)
+    t = np.zeros(shape, bool)
+    brain = np.ones(shape[1:], bool)
+    for bad_value, which in ((np.nan, "prob"), (np.inf, "prob"), (-np.inf, "entropy"), (np.nan, "mi")):
+        arrays = {"prob": p.copy(), "entropy": p.copy(), "mi": p.copy()}
+        arrays[which][2, 79, 3, 60] = bad_value
+        with pytest.raises(M.MetricInputError, match="NaN/Inf"):
+            M.evaluate_patient(arrays["prob"], arrays["entropy"], arrays["mi"], t, brain)
+    big = p.copy()
+    big[1, 2, 3, 4] = 1.5
+    with pytest.raises(M.MetricInputError, match=r"outside \[0, 1\]: min 0.25, max 1.5"):
+        M.check_inputs(big)
+    huge = np.full(shape, 3e38, np.float32)  # the float32 sum overflows, yet every value is finite: no error
+    M.check_inputs(p, t, huge)
+    ro = p.copy()
+    ro.flags.writeable = False  # read-only arrays take the numpy path
+    M.check_inputs(ro, t, ro)
+    ro_bad = p.copy()
+    ro_bad[0, 0, 0, 0] = np.nan
+    ro_bad.flags.writeable = False
+    with pytest.raises(M.MetricInputError, match="probabilities contain 1 NaN/Inf"):
+        M.check_inputs(ro_bad)
+
+
+@pytest.mark.parametrize("n", [5, 70000, 300001])
+def test_unc_counts_equals_bincount_of_definition(n):
+    rng = np.random.default_rng(n)
+    u = np.concatenate([M.UNC_EDGES.astype(np.float32), (10.0 ** rng.uniform(-35, 0, n)).astype(np.float32),
+                        np.array([0, -0.0, 1, 1e-45], np.float32)])
+    ref = np.bincount(_searchsorted_bins(u), minlength=M.N_UNC_BINS)
+    assert np.array_equal(M._unc_counts(u), ref)  # torch path (large float32)
+    assert np.array_equal(M._unc_counts(u.astype(np.float64)), ref)  # numpy path
+    ro = u.copy()
+    ro.flags.writeable = False
+    assert np.array_equal(M._unc_counts(ro), ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_negative_sums_equal_voxel_sums(dtype, monkeypatch):
+    monkeypatch.setattr(M, "_CHUNK", 4096)  # several chunks and a remainder
+    rng = np.random.default_rng(3)
+    p = np.concatenate([10.0 ** rng.uniform(-20, 0, 9000), rng.random(3000) * 0.01, [0.0, 1.0, 1e-17, 0.05, 0.999, 1 / 256],
+                        np.nextafter(1 / 256, 0) * np.ones(3)]).astype(dtype)
+    rng.shuffle(p)
+    n, sp, ssq, snll = M._negative_sums(p)
+    rn, rsp, rst = M.calibration_bins(p, np.zeros(p.size, bool))
+    assert np.array_equal(n, rn) and np.allclose(sp, rsp, rtol=1e-13, atol=0) and not rst.any()
+    p64 = p.astype(np.float64)
+    assert ssq == pytest.approx(float(np.sum(p64 ** 2)), rel=1e-13)
+    assert snll / p.size == pytest.approx(M.nll(p, np.zeros(p.size, bool)), rel=1e-10, abs=1e-15)
+    assert snll / p.size == pytest.approx(log_loss(np.zeros(p.size), p64, labels=[0, 1]), rel=1e-9)
+    for n_bins in (10, 300):  # another bin count: the series threshold follows 0.5 / n_bins
+        n, sp, _, _ = M._negative_sums(p, n_bins)
+        rn, rsp, _ = M.calibration_bins(p, np.zeros(p.size, bool), n_bins)
+        assert np.array_equal(n, rn) and np.allclose(sp, rsp, rtol=1e-13, atol=1e-300)
+
+
+def _direct_suite(prob, ent, mi, truth, brain, epkl=None, threshold=0.5):
+    """The suite's voxel-set numbers computed the direct way: gather every voxel of each set, bin it, sum it."""
+    pred = prob >= threshold
+    roi = M.roi_mask(pred, truth, brain)
+    out, cal, unc = {}, {}, {}
+    for r, name in enumerate(("WT", "TC", "ET")):
+        for mname, m in (("brain", brain), ("roi", roi)):
+            p, t, d, e = prob[r][m], truth[r][m], pred[r][m], ent[r][m]
+            out[(name, mname, "mean_entropy")] = M._mean(e)
+            out[(name, mname, "uncertain_fraction")] = M._mean(e >= M.UNCERTAIN_T)
+            n, sp, st = M.calibration_bins(p, t)
+            c = M.calibration_from_bins(n, sp, st)
+            for k in ("ece", "ace", "mce", "cal_gap"):
+                out[(name, mname, k)] = c[k]
+            out[(name, mname, "brier")] = M.brier(p, t)
+            out[(name, mname, "nll")] = M.nll(p, t)
+            cal[(name, mname)] = (n, sp, st)
+            err = d != t
+            measures = {"entropy": e, "mi": mi[r][m]}
+            if epkl is not None:
+                measures["epkl"] = M.epkl_to_unit(epkl[r][m])
+            for measure, u in measures.items():
+                fp, fn, tp, tn = M.uncertainty_bins(u, err, d)
+                unc[(name, mname, measure)] = (fp, fn, tp, tn)
+                out[(name, mname, f"auroc_{measure}")] = M.auroc_from_bins(fp + fn, tp + tn)
+            fp, fn, tp, tn = unc[(name, mname, "entropy")]
+            out[(name, mname, "auroc_fp_tp")] = M.auroc_from_bins(fp, tp)
+            out[(name, mname, "bnf_t50")] = M.fp_removal_benefit(fp, fn, tp, 0.5)
+            cap, _ = M.budget_curve(fp + fn, tp + tn)
+            out[(name, mname, "budget_capture_auc")] = M.budget_auc(cap)
+    return out, cal, unc
+
+
+@pytest.mark.parametrize("chunk", [1 << 17, 3000])
+def test_evaluate_patient_brain_level_equals_direct_voxel_sums(chunk, monkeypatch):
+    # the brain-level bins are computed as "all brain voxels negative" + a correction at the ROI's voxels;
+    # they must equal the bins and numbers of the voxel-by-voxel computation (brain > 2^16 voxels: torch path)
+    monkeypatch.setattr(M, "_CHUNK", chunk)
+    rng = np.random.default_rng(21)
+    shape = (64, 60, 48)
+    g = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    d = np.sqrt(((g - np.array([30, 26, 20])[:, None, None, None]) ** 2).sum(0))
+    truth = np.stack([d < 11, d < 6, (d < 6) & (d > 3)])
+    truth[0, 5:8, 5:8, 5:8] = True  # a missed lesion far away
+    logits = np.stack([(11.5 - d), (5.5 - d), np.minimum(5.5 - d, d - 3.5)]) * 1.3 + rng.normal(0, 1.0, truth.shape)
+    prob = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    prob[0, 58:, 55:, 44:] = 0.7  # a false positive at the volume corner
+    brain = (((g - np.array([32, 30, 24])[:, None, None, None]) / np.array([31, 29, 23])[:, None, None, None]) ** 2).sum(0) < 1
+    brain |= prob.max(0) >= 0.5
+    ent = -(prob * np.log2(np.maximum(prob, 1e-30)) + (1 - prob) * np.log2(np.maximum(1 - prob, 1e-30)))
+    ent = np.clip(ent, 0, 1).astype(np.float32)
+    mi = (ent * rng.uniform(0.05, 0.5, ent.shape)).astype(np.float32)
+    epkl = (mi * 4).astype(np.float32)
+    assert brain.sum() > 1 << 16
+    res = M.evaluate_patient(prob, ent, mi, truth, brain, epkl=epkl)
+    got = {(r, m, k): v for r, m, k, v in res["metrics"]}
+    ref, cal, unc = _direct_suite(prob, ent, mi, truth, brain, epkl)
+    for key, v in ref.items():
+        if math.isnan(v):
+            assert math.isnan(got[key]), key
+        else:
+            assert got[key] == pytest.approx(v, rel=1e-10, abs=1e-15), key
+    for (name, mname), (n, sp, st) in cal.items():
+        rows = {b: (nn, s, t) for r, m, b, nn, s, t in res["calibration_bins"] if (r, m) == (name, mname)}
+        assert sorted(rows) == np.flatnonzero(n).tolist()
+        for b, (nn, s, t) in rows.items():
+            assert nn == n[b] and s == pytest.approx(sp[b], rel=1e-12) and t == st[b]
+    for (name, mname, measure), (fp, fn, tp, tn) in unc.items():
+        rows = [row[3:] for row in res["uncertainty_bins"] if row[:3] == (name, mname, measure)]
+        dense = np.zeros((5, M.N_UNC_BINS), np.int64)
+        for b, ne, nc, nfp, nfn, ntp in rows:
+            dense[:, b] = ne, nc, nfp, nfn, ntp
+        assert np.array_equal(dense, np.stack([fp + fn, tp + tn, fp, fn, tp])), (name, mname, measure)
+
+
 def _suite(prob, truth, brain, mi=None):
     ent = -(np.where(prob > 0, prob * np.log(np.maximum(prob, 1e-30)), 0) +
             np.where(prob < 1, (1 - prob) * np.log(np.maximum(1 - prob, 1e-30)), 0)) / np.log(2)
