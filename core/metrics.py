@@ -642,11 +642,12 @@ def _unc_counts(u: np.ndarray) -> np.ndarray:
         _TORCH_UNC_TABLES = (torch.from_numpy(_UNC_BASE.astype(np.int32)), torch.from_numpy(_UNC_EDGE32))
     base, edge = _TORCH_UNC_TABLES
     out = torch.zeros(N_UNC_BINS, dtype=torch.int64)
-    tu = torch.from_numpy(u)
     for start in range(0, u.size, _CHUNK):
-        cell = torch.from_numpy((u[start:start + _CHUNK].view(np.uint32) >> _CELL_SHIFT32).view(np.int32))
+        c = u[start:start + _CHUNK]
+        cell = torch.from_numpy((c.view(np.uint32) >> _CELL_SHIFT32).view(np.int32))
         b = base.index_select(0, cell)
-        b += tu[start:start + _CHUNK] >= edge.index_select(0, cell)
+        b_np = b.numpy()  # a view: numpy's in-place add of a bool array is the faster one
+        b_np += c >= edge.index_select(0, cell).numpy()
         out += torch.bincount(b, minlength=N_UNC_BINS)
     return out.numpy()
 
