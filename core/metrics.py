@@ -724,6 +724,8 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     if brain.shape != prob.shape[1:]:
         raise MetricInputError(f"brain mask shape {brain.shape} does not match {prob.shape[1:]}")
     brain = np.asarray(brain, bool)
+    if truth is not None and truth.dtype != bool:
+        truth = truth != 0  # documented as bool; 0/1 integer masks are accepted
     pred = prob >= threshold
     vox_ml = float(np.prod(spacing)) / 1000.0
     union = pred.any(0)

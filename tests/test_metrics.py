@@ -578,3 +578,13 @@ def test_budget_perfect_ranking():
     cap, ueo = M.budget_curve(*M.uncertainty_bins(u, err))
     assert cap[M.BUDGETS.index(0.01)] == pytest.approx(1.0) and ueo[M.BUDGETS.index(0.01)] == pytest.approx(1.0)
     assert cap[M.BUDGETS.index(0.005)] == pytest.approx(0.5)
+
+
+def test_integer_truth_masks_equal_bool():
+    rng = np.random.default_rng(8)
+    truth = rng.random((3, 14, 12, 10)) < 0.2
+    prob = np.clip(truth * 0.6 + rng.random(truth.shape) * 0.5, 0, 1).astype(np.float32)
+    brain = np.ones((14, 12, 10), bool)
+    a = M.evaluate_patient(prob, prob, None, truth, brain)
+    b = M.evaluate_patient(prob, prob, None, truth.astype(np.uint8), brain)
+    assert repr(a) == repr(b)  # (repr: NaN == NaN)
