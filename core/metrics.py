@@ -584,6 +584,21 @@ def soft_label_metrics(prob: np.ndarray, soft: np.ndarray, n_bins: int = N_CAL_B
             "soft_brier": brier(prob, soft), "soft_nll": nll(prob, np.asarray(soft, np.float64))}
 
 
+def _positions_in_brain(brain: np.ndarray, brain_idx: np.ndarray, box, sub: np.ndarray) -> np.ndarray:
+    """Positions (int64) in ``brain_idx`` (the sorted flat indices of the (X, Y, Z) mask ``brain``) of the voxels of
+    ``sub``, a bool mask of the box ``box`` lying inside the brain, in flat order: the brain voxels before each box row
+    (a binary search per row) plus a running count along z inside the box."""
+    if not sub.any():
+        return np.zeros(0, np.int64)
+    _, Y, Z = brain.shape
+    xs = np.arange(box[0].start, box[0].stop)[:, None]
+    ys = np.arange(box[1].start, box[1].stop)[None, :]
+    before = np.searchsorted(brain_idx, (xs * Y + ys) * Z + box[2].start)
+    rank = np.cumsum(brain[box], axis=2, dtype=np.int64)
+    rank += (before - 1)[..., None]
+    return rank[sub]
+
+
 _SMALL_P = 1.0 / 256  # below it a negative voxel's -ln(1 - p) is summed as a series (see _negative_sums)
 _CHUNK = 1 << 17  # voxels per chunk in the brain-level loops: the intermediates stay in the core's cache
 
@@ -735,8 +750,7 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     if box is None:  # nothing predicted, nothing true: empty crops give the empty-mask values
         box = (slice(0, 0),) * brain.ndim
     brain_idx = np.flatnonzero(brain)
-    roi_idx = np.ravel_multi_index(tuple(c + s.start for c, s in zip(np.nonzero(roi_box), box)), brain.shape)
-    roi_pos = np.searchsorted(brain_idx, roi_idx)  # ROI voxels among the brain voxels (same order)
+    roi_pos = _positions_in_brain(brain, brain_idx, box, roi_box)  # ROI voxels among the brain voxels (same order)
     n_brain = brain_idx.size
 
     def gather(a, r):
@@ -804,7 +818,7 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
         if truth is not None:
             # ROI: every voxel evaluated one by one
             pm = pb.take(roi_pos)
-            tm = np.ravel(truth[r]).take(roi_idx)
+            tm = truth[r][box][roi_box]
             dm = pm >= threshold
             err = dm != tm
             c_idx = calibration_bin_index(pm, n_bins)

@@ -588,3 +588,14 @@ def test_integer_truth_masks_equal_bool():
     a = M.evaluate_patient(prob, prob, None, truth, brain)
     b = M.evaluate_patient(prob, prob, None, truth.astype(np.uint8), brain)
     assert repr(a) == repr(b)  # (repr: NaN == NaN)
+
+
+def test_positions_in_brain_equal_searchsorted():
+    rng = np.random.default_rng(4)
+    brain = rng.random((13, 11, 9)) < 0.6
+    idx = np.flatnonzero(brain)
+    for box in ((slice(2, 9), slice(0, 11), slice(3, 8)), (slice(0, 13), slice(0, 11), slice(0, 9)), (slice(5, 6),) * 3):
+        sub = brain[box] & (rng.random(brain[box].shape) < 0.5)
+        full = np.zeros_like(brain)
+        full[box] = sub
+        assert np.array_equal(M._positions_in_brain(brain, idx, box, sub), np.searchsorted(idx, np.flatnonzero(full)))
