@@ -110,15 +110,18 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def bbox_slices(mask: np.ndarray, margin: int = 0):
-    """Slices of the bounding box of a bool mask grown by ``margin`` voxels (clipped); None if the mask is empty."""
-    if not mask.any():
-        return None
-    sl = []
-    for ax in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != ax)
-        nz = np.flatnonzero(mask.any(axis=other))
-        sl.append(slice(max(int(nz[0]) - margin, 0), min(int(nz[-1]) + margin + 1, mask.shape[ax])))
-    return tuple(sl)
+    """Slices of the bounding box of a bool mask grown by ``margin`` voxels (clipped); None if the mask is empty.
+    (Each axis is searched inside the range already found on the previous axes.)"""
+    sub = np.asarray(mask)
+    found = []
+    for ax in range(sub.ndim):
+        nz = np.flatnonzero(sub.any(axis=tuple(a for a in range(sub.ndim) if a != ax)))
+        if nz.size == 0:
+            return None
+        lo, hi = int(nz[0]), int(nz[-1]) + 1
+        found.append((lo, hi))
+        sub = sub[(slice(None),) * ax + (slice(lo, hi),)]
+    return tuple(slice(max(lo - margin, 0), min(hi + margin, n)) for (lo, hi), n in zip(found, mask.shape))
 
 
 def _erode_cross(mask: np.ndarray) -> np.ndarray:
@@ -743,9 +746,9 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
         truth = truth != 0  # documented as bool; 0/1 integer masks are accepted
     pred = prob >= threshold
     vox_ml = float(np.prod(spacing)) / 1000.0
-    union = pred.any(0)
-    if truth is not None:
-        union |= truth.any(0)
+    union = pred[0].copy()  # (a chain of in-place ORs: about twice as fast as any(0))
+    for m in list(pred[1:]) + (list(truth) if truth is not None else []):
+        np.logical_or(union, m, out=union)
     box, roi_box = _roi_box(union, brain, roi_radius)
     if box is None:  # nothing predicted, nothing true: empty crops give the empty-mask values
         box = (slice(0, 0),) * brain.ndim

@@ -599,3 +599,16 @@ def test_positions_in_brain_equal_searchsorted():
         full = np.zeros_like(brain)
         full[box] = sub
         assert np.array_equal(M._positions_in_brain(brain, idx, box, sub), np.searchsorted(idx, np.flatnonzero(full)))
+
+
+def test_bbox_slices_definition():
+    rng = np.random.default_rng(6)
+    for _ in range(100):
+        shape = tuple(rng.integers(1, 9, rng.integers(1, 4)))
+        m = rng.random(shape) < rng.uniform(0, 0.1)
+        ref = None
+        if m.any():
+            ref = tuple(slice(max(int(nz[0]) - 2, 0), min(int(nz[-1]) + 3, n)) for nz, n in
+                        ((np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax))), m.shape[ax])
+                         for ax in range(m.ndim)))
+        assert M.bbox_slices(m, 2) == ref
