@@ -246,8 +246,9 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentil
     (BraTS convention; MONAI gives NaN); only one empty -> NaN (MONAI gives inf).
 
     Surfaces are found in the bounding box of the two masks (+1 voxel), which gives the same surface voxels as the
-    full volume; the nearest-surface distances come from a k-d tree over the surface voxels (the same Euclidean
-    distances as MONAI's distance transform, without transforming the box).
+    full volume; the nearest-surface distances come from :func:`_surface_distances` (a local search over grid
+    offsets, a k-d tree for the far voxels): the same Euclidean distances as MONAI's distance transform, without
+    transforming the box.
     """
     p, t = np.asarray(pred, bool), np.asarray(truth, bool)
     pa, ta = p.any(), t.any()
