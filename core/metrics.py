@@ -14,28 +14,31 @@ Binning conventions (written in the README too)
   ``k/n <= p < (k+1)/n`` and the last bin also holds p = 1 (no extra bin for p = 1).
 * Uncertainty: :data:`UNC_EDGES`, 2991 bins: bin 0 = [0, 1e-30), bins 1..2000 log-spaced on [1e-30, 0.01)
   (3.3 % wide), bins 2001..2990 linear 0.001 wide on [0.01, 1] (the last includes 1). Fine near 0 where most voxels sit, so
-  AUROC from bins matches the exact value, and every U-E threshold (multiples of 0.05) is an edge.
+  AUROC from bins matches the exact value, and every U-E threshold (multiples of 0.05) is an edge. Bin k holds
+  ``UNC_EDGES[k] <= u < UNC_EDGES[k + 1]`` exactly (the float64 edges; the linear edges are the correctly rounded
+  decimals k/1000); it is found from the float's bit pattern (:func:`uncertainty_bin_index`), not from a log.
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from scipy import ndimage
+from scipy.spatial import cKDTree
 
 N_CAL_BINS = 20
 UNC_MIN = 1e-30
 UNC_LIN_START = 0.01
 UNC_LIN_STEP = 0.001
 N_UNC_LOG = 2000
+# 2992 float64 edges: 0, 2001 geometric edges 1e-30 ... 0.01, then 0.011 ... 1.0 as correctly rounded k / 1000 (so that
+# a float equal to a U-E threshold such as 0.15 lies exactly on its edge)
 UNC_EDGES = np.concatenate([[0.0], np.geomspace(UNC_MIN, UNC_LIN_START, N_UNC_LOG + 1),
-                            UNC_LIN_START + UNC_LIN_STEP * np.arange(1, 991)])  # 1503 edges
-UNC_EDGES[-1] = 1.0
-N_UNC_BINS = len(UNC_EDGES) - 1  # 1502
+                            np.arange(round(UNC_LIN_START / UNC_LIN_STEP) + 1, round(1 / UNC_LIN_STEP) + 1) * 1.0
+                            / round(1 / UNC_LIN_STEP)])
+N_UNC_BINS = len(UNC_EDGES) - 1  # 2991
 UEO_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 BUDGETS = tuple(np.round(np.arange(1, 51) * 0.001, 3))  # 0.1 % ... 5 % of the voxel set
 UNCERTAIN_T = 0.5  # a voxel is 'uncertain' when its normalised entropy is >= 0.5
-_LOG_SCALE = N_UNC_LOG / math.log(UNC_LIN_START / UNC_MIN)
 NLL_EPS = float(np.finfo(np.float64).eps)  # p clipped to [eps, 1 - eps] for NLL only (as scikit-learn log_loss)
 ROI_RADIUS_VOX = 3  # ROI = (ground truth | prediction) dilated by a ball of this radius, within the brain
 
@@ -44,17 +47,55 @@ class MetricInputError(ValueError):
     """Arrays that cannot be evaluated (shape mismatch, NaN/Inf, probabilities outside [0, 1])."""
 
 
+def _as_tensor(a: np.ndarray):
+    """A torch view of a writeable, C-contiguous float32/float64 array (torch sums and min/max of large arrays are
+    about 1.5x numpy's on one core); None otherwise, or when torch cannot be imported."""
+    if a.dtype not in (np.float32, np.float64) or not a.flags.c_contiguous or not a.flags.writeable or a.size < 1 << 20:
+        return None
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the project
+        return None
+    return torch.from_numpy(a)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """True if ``a`` holds no NaN / Inf (bool and integer arrays always). Fast path: the float sum is finite (NaN and
+    Inf propagate into it); only when it is not (a non-finite value, or an overflow of huge finite values) is every
+    element checked."""
+    if a.dtype.kind in "biu":
+        return True
+    t = _as_tensor(a)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(t.sum()) if t is not None else float(a.sum())):
+            return True
+    return bool(np.isfinite(a).all())
+
+
+def _min_max(a: np.ndarray):
+    """(min, max) of a non-empty array; NaN propagates into both."""
+    t = _as_tensor(a)
+    if t is None:
+        return a.min(), a.max()
+    lo, hi = t.aminmax()
+    return lo.numpy()[()], hi.numpy()[()]
+
+
 def check_inputs(prob: np.ndarray, truth: np.ndarray | None = None, *others: np.ndarray | None) -> None:
-    if not np.isfinite(prob).all():
-        raise MetricInputError(f"probabilities contain {int((~np.isfinite(prob)).sum())} NaN/Inf values")
-    if prob.size and (prob.min() < 0 or prob.max() > 1):
-        raise MetricInputError(f"probabilities outside [0, 1]: min {prob.min()}, max {prob.max()}")
+    """Raise :class:`MetricInputError` for NaN / Inf probabilities, probabilities outside [0, 1], an array of another
+    shape than ``prob`` among ``truth`` and ``others`` (None skipped), or NaN / Inf in a non-bool one of them."""
+    if prob.size:
+        lo, hi = _min_max(prob)  # a NaN propagates into both, an Inf into one
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise MetricInputError(f"probabilities contain {int((~np.isfinite(prob)).sum())} NaN/Inf values")
+        if lo < 0 or hi > 1:
+            raise MetricInputError(f"probabilities outside [0, 1]: min {lo}, max {hi}")
     for a in (truth, *others):
         if a is None:
             continue
         if a.shape != prob.shape:
             raise MetricInputError(f"shape mismatch: {a.shape} vs probabilities {prob.shape}")
-        if a.dtype != bool and not np.isfinite(a).all():
+        if a.dtype != bool and not _all_finite(a):
             raise MetricInputError(f"input contains {int((~np.isfinite(a)).sum())} NaN/Inf values")
 
 
@@ -69,34 +110,133 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def bbox_slices(mask: np.ndarray, margin: int = 0):
-    """Slices of the bounding box of a bool mask grown by ``margin`` voxels (clipped); None if the mask is empty."""
-    if not mask.any():
-        return None
-    sl = []
-    for ax in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != ax)
-        nz = np.flatnonzero(mask.any(axis=other))
-        sl.append(slice(max(int(nz[0]) - margin, 0), min(int(nz[-1]) + margin + 1, mask.shape[ax])))
-    return tuple(sl)
+    """Slices of the bounding box of a bool mask grown by ``margin`` voxels (clipped); None if the mask is empty.
+    (Each axis is searched inside the range already found on the previous axes.)"""
+    sub = np.asarray(mask)
+    found = []
+    for ax in range(sub.ndim):
+        nz = np.flatnonzero(sub.any(axis=tuple(a for a in range(sub.ndim) if a != ax)))
+        if nz.size == 0:
+            return None
+        lo, hi = int(nz[0]), int(nz[-1]) + 1
+        found.append((lo, hi))
+        sub = sub[(slice(None),) * ax + (slice(lo, hi),)]
+    return tuple(slice(max(lo - margin, 0), min(hi + margin, n)) for (lo, hi), n in zip(found, mask.shape))
+
+
+def _erode_cross(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion of an N-D bool array by the cross (face neighbours), outside the array counted as 0: equal to
+    ``scipy.ndimage.binary_erosion(mask)`` (default structure and border), by 2 N shifted ANDs."""
+    m = np.asarray(mask, bool)
+    out = np.zeros(m.shape, bool)
+    if m.ndim == 0 or min(m.shape) < 3:
+        return out  # every voxel touches the border
+    inner = (slice(1, -1),) * m.ndim
+    core = out[inner]
+    core[...] = m[inner]
+    for ax in range(m.ndim):
+        for sl in (slice(None, -2), slice(2, None)):
+            core &= m[inner[:ax] + (sl,) + inner[ax + 1:]]
+    return out
+
+
+def _dilate_ball(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of a 3-D bool array by the ball of integer offsets with dx^2 + dy^2 + dz^2 <= radius^2,
+    outside the array counted as 0: equal to ``scipy.ndimage.binary_dilation(mask, structure=ball)``. The ball is
+    split into z-runs: the mask dilated along z by h = 0..radius, then ORed at each (dx, dy) of the disc."""
+    u = np.asarray(mask, bool)
+    if radius <= 0:
+        return u.copy()
+    X, Y, Z = u.shape
+    runs = [u]
+    for h in range(1, radius + 1):  # runs[h] = OR of u shifted by -h..h along z
+        d = runs[-1].copy()
+        if h < Z:
+            d[..., h:] |= u[..., :-h]
+            d[..., :-h] |= u[..., h:]
+        runs.append(d)
+    out = runs[radius].copy()  # dx = dy = 0
+    for dx in range(-radius, radius + 1):
+        for dy in range(-radius, radius + 1):
+            rem = radius * radius - dx * dx - dy * dy
+            if (dx == 0 and dy == 0) or rem < 0 or abs(dx) >= X or abs(dy) >= Y:
+                continue
+            src = runs[math.isqrt(rem)]
+            out[max(dx, 0):X + min(dx, 0), max(dy, 0):Y + min(dy, 0)] |= \
+                src[max(-dx, 0):X + min(-dx, 0), max(-dy, 0):Y + min(-dy, 0)]
+    return out
+
+
+def _roi_box(union: np.ndarray, brain: np.ndarray, radius: int):
+    """(box, roi) for a (X, Y, Z) bool union of prediction and truth: ``box`` the slices of the union's bounding box
+    grown by max(radius, 0) + 1 voxels (clipped; None if the union is empty), ``roi`` the ROI inside it (the union
+    dilated by the ball of ``radius`` voxels, within the brain; (0, 0, 0) bool if the union is empty)."""
+    box = bbox_slices(union, max(radius, 0) + 1)
+    if box is None:
+        return None, np.zeros((0, 0, 0), bool)
+    return box, _dilate_ball(union[box], radius) & brain[box]
 
 
 def roi_mask(pred: np.ndarray, truth: np.ndarray | None, brain: np.ndarray, radius: int = ROI_RADIUS_VOX) -> np.ndarray:
     """(X,Y,Z) bool: union of prediction and ground truth (any region), dilated by a ball of ``radius`` voxels,
-    intersected with the brain. ``pred``/``truth`` are (R, X, Y, Z) bool; truth may be None."""
+    intersected with the brain. ``pred``/``truth`` are (R, X, Y, Z) bool; truth may be None.
+
+    Computed in the union's bounding box (+ radius + 1), which gives the same mask as dilating the whole volume."""
     u = pred.any(0) if pred.ndim == 4 else np.array(pred, bool)
     if truth is not None:
         u = u | (truth.any(0) if truth.ndim == 4 else truth)
-    sl = bbox_slices(u, radius + 1)
-    if radius > 0 and sl is not None:  # dilate inside the bounding box only: same result, far fewer voxels
-        r = np.arange(-radius, radius + 1)
-        ball = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
-        u[sl] = ndimage.binary_dilation(u[sl], structure=ball)
-    return u & brain
+    box, roi = _roi_box(u, brain, radius)
+    out = np.zeros(brain.shape, bool)
+    if box is not None:
+        out[box] = roi
+    return out
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
     """Surface voxels: mask XOR its binary erosion (scipy's default cross element, outside counted as 0)."""
-    return mask ^ ndimage.binary_erosion(mask)
+    m = np.asarray(mask, bool)
+    return m ^ _erode_cross(m)
+
+
+_NEAR_SHELLS = (1.0, 2.0, 3.0)  # local search radii (in units of the smallest spacing) before the k-d tree
+
+
+def _surface_distances(a: np.ndarray, b: np.ndarray, spacing) -> np.ndarray:
+    """(n_a,) float64 mm: Euclidean distance from each voxel of the 3-D bool mask ``a`` to the nearest voxel of ``b``
+    (both non-empty, same shape), i.e. the distance transform of ~b read at a.
+
+    Surfaces of a prediction and its ground truth are mostly within a few voxels of each other, so each a-voxel
+    first looks at the grid offsets within 1, 2, 3 smallest spacings (in increasing distance; the first offset that
+    hits b is the nearest b-voxel, ties being equal distances); the few a-voxels with no b-voxel that close are
+    answered exactly by a k-d tree over b's voxel centres."""
+    sp = np.asarray(spacing, np.float64)
+    reach = int(_NEAR_SHELLS[-1])
+    g = np.arange(-reach, reach + 1)
+    off = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    dist = np.sqrt(((off * sp) ** 2).sum(1))
+    order = np.argsort(dist, kind="stable")
+    off, dist = off[order], dist[order]
+    bp = np.pad(np.asarray(b, bool), reach)
+    strides = np.array([bp.shape[1] * bp.shape[2], bp.shape[2], 1])
+    ca = np.stack(np.unravel_index(np.flatnonzero(a), a.shape), 1)  # (n_a, 3) voxel coordinates
+    ia = (ca + reach) @ strides  # flat index of each a-voxel in the padded b
+    bflat = bp.ravel()
+    out = np.empty(len(ca))
+    todo = np.arange(len(ca))
+    lo = 0
+    for shell in _NEAR_SHELLS:
+        hi = int(np.searchsorted(dist, shell * sp.min() * (1 + 1e-12), side="right"))
+        if hi > lo and todo.size:
+            hits = bflat[ia[todo, None] + (off[lo:hi] @ strides)[None, :]]
+            first = hits.argmax(1)
+            found = hits[np.arange(todo.size), first]
+            out[todo[found]] = dist[lo:hi][first[found]]
+            todo = todo[~found]
+        lo = hi
+    if todo.size:
+        cb = np.stack(np.unravel_index(np.flatnonzero(b), b.shape), 1)
+        out[todo] = cKDTree(cb * sp).query(ca[todo] * sp, k=1)[0]
+    return out
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentile: float = 95.0) -> float:
@@ -105,8 +245,10 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentil
     interpolation) of surface-voxel to nearest-surface-voxel Euclidean distances. Both masks empty -> 0.0
     (BraTS convention; MONAI gives NaN); only one empty -> NaN (MONAI gives inf).
 
-    Computed on the bounding box of the two masks (+1 voxel), which gives the same distances as the full
-    volume because every surface voxel lies inside it.
+    Surfaces are found in the bounding box of the two masks (+1 voxel), which gives the same surface voxels as the
+    full volume; the nearest-surface distances come from :func:`_surface_distances` (a local search over grid
+    offsets, a k-d tree for the far voxels): the same Euclidean distances as MONAI's distance transform, without
+    transforming the box.
     """
     p, t = np.asarray(pred, bool), np.asarray(truth, bool)
     pa, ta = p.any(), t.any()
@@ -115,10 +257,13 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentil
     if pa != ta:
         return math.nan
     sl = bbox_slices(p | t, 1)
-    ep, et = _edges(p[sl]), _edges(t[sl])
-    dt_t = ndimage.distance_transform_edt(~et, sampling=spacing)
-    dt_p = ndimage.distance_transform_edt(~ep, sampling=spacing)
-    return float(max(np.percentile(dt_t[ep], percentile), np.percentile(dt_p[et], percentile)))
+    return _hd_from_edges(_edges(p[sl]), _edges(t[sl]), spacing, percentile)
+
+
+def _hd_from_edges(ep: np.ndarray, et: np.ndarray, spacing, percentile: float = 95.0) -> float:
+    """Percentile Hausdorff distance (mm) of two non-empty surface masks of the same shape (see :func:`hd95`)."""
+    return float(max(np.percentile(_surface_distances(ep, et, spacing), percentile),
+                     np.percentile(_surface_distances(et, ep, spacing), percentile)))
 
 
 # ------------------------------------------------------------------------------------- calibration
@@ -193,24 +338,74 @@ def nll(prob: np.ndarray, truth: np.ndarray, eps: float = NLL_EPS) -> float:
 
 
 # ------------------------------------------------------------------------- uncertainty vs error
+# Bit-pattern binning. A non-negative float's bit pattern, read as an integer, is ordered like its value; its top
+# bits (exponent and the first 9 mantissa bits) name a "cell" [2^e (1 + j/512), 2^e (1 + (j+1)/512)), i.e. a cell at
+# most 1/512 = 0.2 % of its value wide, narrower than any uncertainty bin (log bins 3.3 %, linear bins 0.001 >= cell
+# width 2^-10 below 1). So a cell holds at most one edge: bin = base[cell] + (u >= edge[cell]). Cells are numbered
+# as float32 bit patterns >> 14 (2^18 cells cover every float32 incl. negatives, inf and NaN); float64 values are
+# mapped onto the same numbering. The tables are built once from UNC_EDGES, so the index is exactly
+# searchsorted(UNC_EDGES, u, side="right") - 1, clipped to [0, N_UNC_BINS - 1].
+_CELL_SHIFT32 = 23 - 9
+_CELL_SHIFT64 = 52 - 9
+_CELL_OFFSET64 = (1023 - 127) << 9  # float64 cell number - float32 cell number of the same interval
+_N_CELLS = 1 << (32 - _CELL_SHIFT32)
+_CELL_INF = 0x7F800000 >> _CELL_SHIFT32  # cell of +inf (and positive NaN); cells above it are negative floats
+
+
+def _unc_cell_tables():
+    cells = np.arange(_N_CELLS, dtype=np.int64)
+    finite = cells < _CELL_INF  # non-negative finite cells (the cell just below +inf stops at inf)
+    with np.errstate(invalid="ignore"):
+        start = (cells << _CELL_SHIFT32).astype(np.uint32).view(np.float32).astype(np.float64)
+        stop = ((cells + 1) << _CELL_SHIFT32).astype(np.uint32).view(np.float32).astype(np.float64)
+    start[~finite] = stop[~finite] = 0.0
+    stop[_CELL_INF - 1] = np.inf
+    base = np.zeros(_N_CELLS, np.int64)
+    base[finite] = np.clip(np.searchsorted(UNC_EDGES, start[finite], side="right") - 1, 0, N_UNC_BINS - 1)
+    base[_CELL_INF] = N_UNC_BINS - 1  # +inf and NaN: last bin (NaN never gets here: inputs are checked)
+    # the one edge strictly inside each cell (if any): searchsorted on start (right) and stop (left)
+    lo = np.searchsorted(UNC_EDGES, start, side="right")
+    hi = np.searchsorted(UNC_EDGES, stop, side="left")
+    inside = finite & (hi > lo) & (base < N_UNC_BINS - 1)  # (1.0, the top edge, is a cell start: never inside)
+    if (hi - lo)[finite].max() > 1:
+        raise AssertionError("an uncertainty-bin cell holds more than one edge")
+    edge64 = np.full(_N_CELLS, np.nan)  # NaN: no edge in the cell (u >= NaN is False, also for u = inf)
+    edge64[inside] = UNC_EDGES[lo[inside]]
+    # float32 inputs: compare with the smallest float32 >= the edge (exact for every float32 u: u >= e <=> u >= that)
+    e32 = edge64.astype(np.float32)
+    up = inside & (e32.astype(np.float64) < edge64)
+    e32[up] = np.nextafter(e32[up], np.float32(np.inf))
+    return base, edge64, e32
+
+
+_UNC_BASE, _UNC_EDGE64, _UNC_EDGE32 = _unc_cell_tables()
+
+
+def _unc_cells(u: np.ndarray) -> np.ndarray:
+    """Cell number (intp) of each value of a float32 or float64 array (see the table comment above)."""
+    if u.dtype == np.float32:
+        return np.right_shift(u.view(np.uint32), _CELL_SHIFT32, dtype=np.intp)
+    c = (u.view(np.int64) >> _CELL_SHIFT64) - _CELL_OFFSET64  # negative floats: negative -> cell 0 (bin 0)
+    return np.clip(c, 0, _CELL_INF, out=c)  # below float32's range: cell 0 (bin 0); above: the +inf cell (last bin)
+
+
 def uncertainty_bin_index(u: np.ndarray) -> np.ndarray:
-    """Bin index (int64) of uncertainty values in [0, 1] on :data:`UNC_EDGES` (values clipped to [0, 1]).
+    """Bin index (int64, same shape as ``u``) of uncertainty values in [0, 1] on :data:`UNC_EDGES`.
 
     Bin 0 = [0, 1e-30); bins 1..2000 log-spaced on [1e-30, 0.01); bins 2001..2990 linear, 0.001 wide, on [0.01, 1]
-    (the last includes 1), so every multiple of 0.05 is an edge (thresholds of the U-E metric)."""
+    (the last includes 1), so every multiple of 0.05 is an edge (thresholds of the U-E metric). Exactly
+    ``searchsorted(UNC_EDGES, u, side="right") - 1`` clipped to [0, 2990] (float32 values compared exactly with the
+    float64 edges): negative values (incl. -0.0) go to bin 0, values above 1 to the last bin. Computed from the bit
+    pattern (one table look-up and one comparison per value, no log). Other dtypes are converted to float64."""
     u = np.asarray(u)
     if u.dtype != np.float32 and u.dtype != np.float64:
         u = u.astype(np.float64)
-    out = np.zeros(u.shape, np.int64)
-    lin = u >= UNC_LIN_START
-    ul = u[lin].astype(np.float64)  # linear part in float64 so that multiples of 0.05 fall on their edge
-    out[lin] = np.minimum(np.floor((np.minimum(ul, 1.0) - UNC_LIN_START) / UNC_LIN_STEP + 1e-9).astype(np.int64)
-                          + N_UNC_LOG + 1, N_UNC_BINS - 1)
-    log = (u >= UNC_MIN) & ~lin
-    # log part in the input precision (float32 maps: relative bin width 3.3 %, far above float32 rounding)
-    k = np.floor((np.log(u[log]) - u.dtype.type(math.log(UNC_MIN))) * u.dtype.type(_LOG_SCALE)).astype(np.int64) + 1
-    out[log] = np.clip(k, 1, N_UNC_LOG)
-    return out
+    shape, u = u.shape, u.reshape(-1)
+    cell = _unc_cells(u)
+    edge = _UNC_EDGE32 if u.dtype == np.float32 else _UNC_EDGE64
+    out = _UNC_BASE.take(cell)
+    out += u >= edge.take(cell)
+    return out.reshape(shape)
 
 
 def uncertainty_bins(u: np.ndarray, error: np.ndarray, pred: np.ndarray | None = None):
@@ -393,6 +588,127 @@ def soft_label_metrics(prob: np.ndarray, soft: np.ndarray, n_bins: int = N_CAL_B
             "soft_brier": brier(prob, soft), "soft_nll": nll(prob, np.asarray(soft, np.float64))}
 
 
+def _positions_in_brain(brain: np.ndarray, brain_idx: np.ndarray, box, sub: np.ndarray) -> np.ndarray:
+    """Positions (int64) in ``brain_idx`` (the sorted flat indices of the (X, Y, Z) mask ``brain``) of the voxels of
+    ``sub``, a bool mask of the box ``box`` lying inside the brain, in flat order: the brain voxels before each box row
+    (a binary search per row) plus a running count along z inside the box."""
+    if not sub.any():
+        return np.zeros(0, np.int64)
+    _, Y, Z = brain.shape
+    xs = np.arange(box[0].start, box[0].stop)[:, None]
+    ys = np.arange(box[1].start, box[1].stop)[None, :]
+    before = np.searchsorted(brain_idx, (xs * Y + ys) * Z + box[2].start)
+    rank = np.cumsum(brain[box], axis=2, dtype=np.int64)
+    rank += (before - 1)[..., None]
+    return rank[sub]
+
+
+_SMALL_P = 1.0 / 256  # below it a negative voxel's -ln(1 - p) is summed as a series (see _negative_sums)
+_CHUNK = 1 << 17  # voxels per chunk in the brain-level loops: the intermediates stay in the core's cache
+
+
+def _negative_sums(p: np.ndarray, n_bins: int = N_CAL_BINS):
+    """Sums over every voxel of a 1-D probability array ``p`` as if every label were 0 (outside the ROI all voxels
+    are true negatives). Returns (n, sum_prob, sum_sq, sum_nll): the calibration bins of :func:`calibration_bins`
+    (int64 and float64, length ``n_bins``; their sum_true is 0), sum p^2 (Brier numerator) and
+    sum -ln clip(1 - p, eps, 1 - eps) (NLL numerator, nats), all float64.
+
+    Only voxels with p >= min(1/256, 0.5/n_bins) are binned and logged one by one. All smaller ones are in bin 0 and
+    their -ln(1 - p) = p + p^2/2 + p^3/3 + p^4/4 + R with 0 <= R < 5e-11 p, so their sums come from sum p^k over all
+    voxels (k = 1..4) minus the same sums over the large ones (agrees with the voxel-by-voxel sum to 5e-11
+    relative, plus < 2.3e-16 per voxel with p < 1.2e-16 where the clip at 1 - eps applies). Runs in chunks of
+    :data:`_CHUNK` voxels (float64 sums per chunk)."""
+    thr = min(_SMALL_P, 0.5 / n_bins)
+    n = np.zeros(n_bins, np.int64)
+    sum_prob = np.zeros(n_bins)
+    sum_sq = sum_nll = 0.0
+    for start in range(0, p.size, _CHUNK):
+        c = p[start:start + _CHUNK]
+        c64 = c.astype(np.float64)
+        sq = c64 * c64
+        s1, s2 = float(c64.sum()), float(np.dot(c64, c64))
+        series = s1 + s2 / 2 + float(np.dot(sq, c64)) / 3 + float(np.dot(sq, sq)) / 4
+        big = c[c >= thr].astype(np.float64)
+        n[0] += c.size - big.size
+        sum_sq += s2
+        if big.size:
+            idx = calibration_bin_index(big, n_bins)
+            n += np.bincount(idx, minlength=n_bins)
+            sum_prob += np.bincount(idx, weights=big, minlength=n_bins)
+            big_sq = big * big
+            s1b = float(big.sum())
+            s1 -= s1b
+            series -= s1b + float(np.dot(big, big)) / 2 + float(np.dot(big_sq, big)) / 3 + float(np.dot(big_sq, big_sq)) / 4
+            series += float(-np.log(np.clip(1.0 - big, NLL_EPS, 1 - NLL_EPS)).sum())
+        sum_prob[0] += s1
+        sum_nll += series
+    return n, sum_prob, sum_sq, sum_nll
+
+
+_TORCH_UNC_TABLES = None
+
+
+def _unc_counts(u: np.ndarray) -> np.ndarray:
+    """Voxel count per uncertainty bin, int64 (N_UNC_BINS,), of a 1-D uncertainty array: exactly
+    ``bincount(uncertainty_bin_index(u))``. Large float32 arrays use the same tables through torch (index_select and
+    bincount, in chunks of :data:`_CHUNK` voxels: about twice as fast as numpy's take and bincount); the rest numpy."""
+    global _TORCH_UNC_TABLES
+    if u.dtype != np.float32 or u.ndim != 1 or u.size < 1 << 16 or not u.flags.c_contiguous or not u.flags.writeable:
+        return np.bincount(uncertainty_bin_index(u).ravel(), minlength=N_UNC_BINS)
+    import torch
+
+    if _TORCH_UNC_TABLES is None:
+        _TORCH_UNC_TABLES = (torch.from_numpy(_UNC_BASE.astype(np.int32)), torch.from_numpy(_UNC_EDGE32))
+    base, edge = _TORCH_UNC_TABLES
+    out = torch.zeros(N_UNC_BINS, dtype=torch.int64)
+    for start in range(0, u.size, _CHUNK):
+        c = u[start:start + _CHUNK]
+        cell = torch.from_numpy((c.view(np.uint32) >> _CELL_SHIFT32).view(np.int32))
+        b = base.index_select(0, cell)
+        b_np = b.numpy()  # a view: numpy's in-place add of a bool array is the faster one
+        b_np += c >= edge.index_select(0, cell).numpy()
+        out += torch.bincount(b, minlength=N_UNC_BINS)
+    return out.numpy()
+
+
+def _mask_rows(name: str, mname: str, st: dict, rows: list, cal_rows: list, unc_rows: list) -> None:
+    """Append the rows of one region and voxel set from its stats (see :func:`evaluate_patient`)."""
+    rows.append((name, mname, "mean_entropy", st["mean_entropy"]))
+    rows.append((name, mname, "uncertain_fraction", st["uncertain_fraction"]))
+    for k in ("mean_mi", "mean_epkl"):
+        if k in st:
+            rows.append((name, mname, k, st[k]))
+    rows += [(name, mname, k, v) for k, v in st.get("soft", {}).items()]
+    if "cal" not in st:
+        return
+    n, sp, stt = st["cal"]
+    cal = calibration_from_bins(n, sp, stt)
+    for k in ("ece", "ace", "mce", "cal_gap"):
+        rows.append((name, mname, k, cal[k]))
+    rows.append((name, mname, "brier", st["brier"]))
+    rows.append((name, mname, "nll", st["nll"]))
+    cal_rows += [(name, mname, int(b), int(n[b]), float(sp[b]), float(stt[b])) for b in np.flatnonzero(n)]
+    for measure, (fp, fn, tp, tn) in st["unc"].items():
+        ne, nc = fp + fn, tp + tn
+        rows.append((name, mname, f"auroc_{measure}", auroc_from_bins(ne, nc)))
+        if measure == "entropy":
+            rows.append((name, mname, "auroc_fp_tp", auroc_from_bins(fp, tp)))
+            rows.append((name, mname, "auroc_fn_tn", auroc_from_bins(fn, tn)))
+            ueo = ueo_curve(ne, nc)
+            best = int(np.nanargmax(ueo)) if np.isfinite(ueo).any() else None
+            rows.append((name, mname, "ueo_best", float(ueo[best]) if best is not None else math.nan))
+            rows.append((name, mname, "ueo_best_threshold", UEO_THRESHOLDS[best] if best is not None else math.nan))
+            rows.append((name, mname, "ueo_t50", float(ueo[UEO_THRESHOLDS.index(0.5)])))
+            rows.append((name, mname, "bnf_t50", fp_removal_benefit(fp, fn, tp, 0.5)))
+            cap, bueo = budget_curve(ne, nc)
+            rows.append((name, mname, "budget_capture_auc", budget_auc(cap)))
+            rows.append((name, mname, "budget_ueo_auc", budget_auc(bueo)))
+            rows.append((name, mname, "capture_at_5pct", float(cap[-1])))
+        nz = np.flatnonzero(ne + nc)
+        unc_rows += list(zip([name] * len(nz), [mname] * len(nz), [measure] * len(nz), nz.tolist(),
+                             ne[nz].tolist(), nc[nz].tolist(), fp[nz].tolist(), fn[nz].tolist(), tp[nz].tolist()))
+
+
 def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | None, truth: np.ndarray | None,
                      brain: np.ndarray, regions=("WT", "TC", "ET"), spacing=(1.0, 1.0, 1.0), threshold: float = 0.5,
                      n_bins: int = N_CAL_BINS, roi_radius: int = ROI_RADIUS_VOX, with_hd95: bool = True,
@@ -400,6 +716,8 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
                      raters: np.ndarray | None = None) -> dict:
     """All per-patient numbers and bins of one prediction (the full suite; metric names in the README).
 
+    Shapes: ``prob``, ``entropy``, ``mi`` (R, X, Y, Z) float (probabilities in [0, 1]; entropy and MI in bits,
+    normalised to [0, 1]); ``truth`` (R, X, Y, Z) bool or None; ``brain`` (X, Y, Z) bool; ``spacing`` mm.
     Optional: ``epkl`` (R, X, Y, Z) expected pairwise KL in bits; ``sample_volumes`` (N, R) voxel counts of
     each sample's prediction (volume distribution, CRPS); ``raters`` (K, R, X, Y, Z) bool segmentations of
     K raters (soft-label calibration against their mean, Dice against each rater).
@@ -408,103 +726,125 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     ``metrics`` (region, mask, metric, value); ``calibration_bins`` (region, mask, bin, n, sum_prob, sum_true);
     ``uncertainty_bins`` (region, mask, measure, bin, n_error, n_correct, n_fp, n_fn, n_tp), non-empty bins only.
     ``truth`` None (no ground truth): only uncertainty aggregates and predicted volumes are produced.
+
+    How it stays fast on a BraTS-sized volume (the numbers are those of the voxel-by-voxel definitions):
+    every predicted or true voxel lies in the bounding box of their union, so volumes, Dice, HD95, surfaces and the
+    ROI are computed in that box; every brain voxel outside the ROI is a true negative of every region, so the
+    brain-level bins and sums are "all brain voxels as negatives" (one gather of each array by the brain's flat
+    indices: uncertainty counts, :func:`_negative_sums`) corrected by the ROI's error / predicted / true voxels,
+    which are evaluated one by one exactly as the ROI itself.
     """
     check_inputs(prob, truth, entropy, mi)
     if epkl is not None:
-        if epkl.shape != prob.shape or not np.isfinite(epkl).all():
+        if epkl.shape != prob.shape or not _all_finite(epkl):
             raise MetricInputError(f"EPKL map of shape {epkl.shape} with non-finite values or a shape other than {prob.shape}")
     if raters is not None and raters.shape[1:] != prob.shape:
         raise MetricInputError(f"rater segmentations of shape {raters.shape[1:]} do not match {prob.shape}")
     if brain.shape != prob.shape[1:]:
         raise MetricInputError(f"brain mask shape {brain.shape} does not match {prob.shape[1:]}")
+    brain = np.asarray(brain, bool)
+    if truth is not None and truth.dtype != bool:
+        truth = truth != 0  # documented as bool; 0/1 integer masks are accepted
     pred = prob >= threshold
     vox_ml = float(np.prod(spacing)) / 1000.0
-    roi_in_brain = roi_mask(pred, truth, brain, roi_radius)[brain]
+    union = pred[0].copy()  # (a chain of in-place ORs: about twice as fast as any(0))
+    for m in list(pred[1:]) + (list(truth) if truth is not None else []):
+        np.logical_or(union, m, out=union)
+    box, roi_box = _roi_box(union, brain, roi_radius)
+    if box is None:  # nothing predicted, nothing true: empty crops give the empty-mask values
+        box = (slice(0, 0),) * brain.ndim
+    brain_idx = np.flatnonzero(brain)
+    roi_pos = _positions_in_brain(brain, brain_idx, box, roi_box)  # ROI voxels among the brain voxels (same order)
+    n_brain = brain_idx.size
+
+    def gather(a, r):
+        return np.ravel(a[r]).take(brain_idx)
+
     rows, cal_rows, unc_rows = [], [], []
     for r, name in enumerate(regions):
-        p_r, pred_r = prob[r], pred[r]
-        vp = float(pred_r.sum()) * vox_ml
+        # ---- everything predicted or true lies in the box; surfaces and means in the region's own tighter box
+        pc = pred[r][box]
+        tc = truth[r][box] if truth is not None else None
+        vp = float(np.count_nonzero(pc)) * vox_ml
         rows.append((name, "brain", "volume_pred_ml", vp))
-        bnd = boundary_mask(pred_r)
-        rows.append((name, "pred", "mean_entropy", _mean(entropy[r][pred_r])))
-        rows.append((name, "boundary", "mean_entropy", _mean(entropy[r][bnd])))
-        rows.append((name, "pred", "mean_confidence", _mean(p_r[pred_r])))
+        # the bounding box of this region's prediction and truth + 1 voxel (or the volume border): the same
+        # surface voxels as in the full volume
+        tight = bbox_slices(pc | tc if tc is not None else pc, 1) or (slice(0, 0),) * pc.ndim
+        pt_, bnd = pc[tight], _edges(pc[tight])
+
+        def region_mean(a, where):
+            return _mean(a[r][box][tight][where])
+        rows.append((name, "pred", "mean_entropy", region_mean(entropy, pt_)))
+        rows.append((name, "boundary", "mean_entropy", region_mean(entropy, bnd)))
+        rows.append((name, "pred", "mean_confidence", region_mean(prob, pt_)))
         if mi is not None:
-            rows.append((name, "pred", "mean_mi", _mean(mi[r][pred_r])))
-            rows.append((name, "boundary", "mean_mi", _mean(mi[r][bnd])))
+            rows.append((name, "pred", "mean_mi", region_mean(mi, pt_)))
+            rows.append((name, "boundary", "mean_mi", region_mean(mi, bnd)))
         if epkl is not None:
-            rows.append((name, "pred", "mean_epkl", _mean(epkl[r][pred_r])))
-            rows.append((name, "boundary", "mean_epkl", _mean(epkl[r][bnd])))
+            rows.append((name, "pred", "mean_epkl", region_mean(epkl, pt_)))
+            rows.append((name, "boundary", "mean_epkl", region_mean(epkl, bnd)))
         if sample_volumes is not None:
-            gt_ml = float(truth[r].sum()) * vox_ml if truth is not None else None
+            gt_ml = float(np.count_nonzero(tc)) * vox_ml if truth is not None else None
             for k, v in volume_distribution(np.asarray(sample_volumes)[:, r] * vox_ml, gt_ml).items():
                 rows.append((name, "brain", k, v))
         if raters is not None:
-            rd = [dice(pred_r, raters[k, r]) for k in range(len(raters))]
+            rd = [dice(pred[r], raters[k, r]) for k in range(len(raters))]
             rows.append((name, "brain", "rater_dice_mean", float(np.mean(rd))))
             pairs = [dice(raters[a, r], raters[b, r]) for a in range(len(raters)) for b in range(a + 1, len(raters))]
             rows.append((name, "brain", "interrater_dice", float(np.mean(pairs)) if pairs else math.nan))
         if truth is not None:
-            t_r = truth[r]
-            vg = float(t_r.sum()) * vox_ml
+            vg = float(np.count_nonzero(tc)) * vox_ml
             rows += [(name, "brain", "volume_gt_ml", vg), (name, "brain", "volume_error_ml", vp - vg),
-                     (name, "brain", "dice", dice(pred_r, t_r))]
+                     (name, "brain", "dice", dice(pt_, tc[tight]))]
             if with_hd95:
-                rows.append((name, "brain", "hd95", hd95(pred_r, t_r, spacing)))
-        # gather the brain voxels of this region once; the ROI is a sub-selection of them
-        eb = entropy[r][brain]
-        mib = mi[r][brain] if mi is not None else None
-        pb, db = p_r[brain], pred_r[brain]
-        tb = truth[r][brain] if truth is not None else None
-        epb = epkl[r][brain] if epkl is not None else None
+                pa, ta = vp > 0, vg > 0
+                hd = (0.0 if not pa else _hd_from_edges(bnd, _edges(tc[tight]), spacing)) if pa == ta else math.nan
+                rows.append((name, "brain", "hd95", hd))
+        # ---- brain voxels: one gather per array; the ROI voxels are a sub-selection of them
+        eb = gather(entropy, r)
+        mib = gather(mi, r) if mi is not None else None
+        epb = gather(epkl, r) if epkl is not None else None
         softb = raters[:, r][:, brain].mean(0) if raters is not None else None
-        u_idx = {"entropy": uncertainty_bin_index(eb)}
-        if mib is not None:
-            u_idx["mi"] = uncertainty_bin_index(mib)
-        if epb is not None:
-            u_idx["epkl"] = uncertainty_bin_index(epkl_to_unit(epb))
-        c_idx = calibration_bin_index(pb, n_bins) if truth is not None else None
-        for mname, sub in (("brain", slice(None)), ("roi", roi_in_brain)):
-            ent = eb[sub]
-            rows.append((name, mname, "mean_entropy", _mean(ent)))
-            rows.append((name, mname, "uncertain_fraction", _mean(ent >= UNCERTAIN_T)))
+        pb = gather(prob, r) if truth is not None or softb is not None else None
+        st_brain, st_roi = {}, {}
+        for st, sub in ((st_brain, None), (st_roi, roi_pos)):
+            def sel(x):
+                return x if sub is None else x.take(sub)
+            ent = sel(eb)
+            st["mean_entropy"] = _mean(ent)
+            st["uncertain_fraction"] = np.count_nonzero(ent >= UNCERTAIN_T) / ent.size if ent.size else math.nan
             if mib is not None:
-                rows.append((name, mname, "mean_mi", _mean(mib[sub])))
+                st["mean_mi"] = _mean(sel(mib))
             if epb is not None:
-                rows.append((name, mname, "mean_epkl", _mean(epb[sub])))
+                st["mean_epkl"] = _mean(sel(epb))
             if softb is not None:
-                rows += [(name, mname, k, v) for k, v in soft_label_metrics(pb[sub], softb[sub], n_bins).items()]
-            if truth is None:
-                continue
-            pm, tm, dm = pb[sub], tb[sub], db[sub]
-            n, sp, st = _calibration_bins_idx(c_idx[sub], pm, tm, n_bins)
-            cal = calibration_from_bins(n, sp, st)
-            for k in ("ece", "ace", "mce", "cal_gap"):
-                rows.append((name, mname, k, cal[k]))
-            rows.append((name, mname, "brier", brier(pm, tm)))
-            rows.append((name, mname, "nll", nll(pm, tm)))
-            cal_rows += [(name, mname, int(b), int(n[b]), float(sp[b]), float(st[b])) for b in np.flatnonzero(n)]
+                st["soft"] = soft_label_metrics(sel(pb), sel(softb), n_bins)
+        if truth is not None:
+            # ROI: every voxel evaluated one by one
+            pm = pb.take(roi_pos)
+            tm = truth[r][box][roi_box]
+            dm = pm >= threshold
             err = dm != tm
-            for measure, idx in u_idx.items():
-                fp, fn, tp, tn = _uncertainty_bins_idx(idx[sub], err, dm)
-                ne, nc = fp + fn, tp + tn
-                rows.append((name, mname, f"auroc_{measure}", auroc_from_bins(ne, nc)))
-                if measure == "entropy":
-                    rows.append((name, mname, "auroc_fp_tp", auroc_from_bins(fp, tp)))
-                    rows.append((name, mname, "auroc_fn_tn", auroc_from_bins(fn, tn)))
-                    ueo = ueo_curve(ne, nc)
-                    best = int(np.nanargmax(ueo)) if np.isfinite(ueo).any() else None
-                    rows.append((name, mname, "ueo_best", float(ueo[best]) if best is not None else math.nan))
-                    rows.append((name, mname, "ueo_best_threshold", UEO_THRESHOLDS[best] if best is not None else math.nan))
-                    rows.append((name, mname, "ueo_t50", float(ueo[UEO_THRESHOLDS.index(0.5)])))
-                    rows.append((name, mname, "bnf_t50", fp_removal_benefit(fp, fn, tp, 0.5)))
-                    cap, bueo = budget_curve(ne, nc)
-                    rows.append((name, mname, "budget_capture_auc", budget_auc(cap)))
-                    rows.append((name, mname, "budget_ueo_auc", budget_auc(bueo)))
-                    rows.append((name, mname, "capture_at_5pct", float(cap[-1])))
-                nz = np.flatnonzero(ne + nc)
-                unc_rows += list(zip([name] * len(nz), [mname] * len(nz), [measure] * len(nz), nz.tolist(),
-                                     ne[nz].tolist(), nc[nz].tolist(), fp[nz].tolist(), fn[nz].tolist(), tp[nz].tolist()))
+            c_idx = calibration_bin_index(pm, n_bins)
+            n, sp, stt = _calibration_bins_idx(c_idx, pm, tm, n_bins)
+            st_roi.update(cal=(n, sp, stt), brier=brier(pm, tm), nll=nll(pm, tm), unc={})
+            # brain = all brain voxels as negatives, corrected at the ROI's true voxels (the only positives)
+            bn, bsp, b_sq, b_nll = _negative_sums(pb, n_bins)
+            pt = pm[tm].astype(np.float64)
+            with np.errstate(divide="ignore"):
+                d_nll = float((np.log(np.clip(1.0 - pt, NLL_EPS, 1 - NLL_EPS))
+                               - np.log(np.clip(pt, NLL_EPS, 1 - NLL_EPS))).sum())
+            st_brain.update(cal=(bn, bsp, stt), brier=(b_sq + float((1.0 - 2.0 * pt).sum())) / n_brain if n_brain else math.nan,
+                            nll=(b_nll + d_nll) / n_brain if n_brain else math.nan, unc={})
+            measures = [("entropy", eb), ("mi", mib)] + ([("epkl", epkl_to_unit(epb))] if epb is not None else [])
+            for measure, ub in measures:
+                if ub is None:
+                    continue
+                fp, fn, tp, tn = _uncertainty_bins_idx(uncertainty_bin_index(ub.take(roi_pos)), err, dm)
+                st_roi["unc"][measure] = (fp, fn, tp, tn)
+                st_brain["unc"][measure] = (fp, fn, tp, _unc_counts(ub) - fp - fn - tp)
+        _mask_rows(name, "brain", st_brain, rows, cal_rows, unc_rows)
+        _mask_rows(name, "roi", st_roi, rows, cal_rows, unc_rows)
     return {"metrics": rows, "calibration_bins": cal_rows, "uncertainty_bins": unc_rows}
 
 

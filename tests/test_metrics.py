@@ -157,6 +157,77 @@ def test_uncertainty_bin_index_matches_edges():
     assert M.UNC_EDGES[idx[6]] == pytest.approx(0.05)  # U-E thresholds are edges
 
 
+def _searchsorted_bins(u):
+    """The definition: bin k holds UNC_EDGES[k] <= u < UNC_EDGES[k + 1], clipped to the first / last bin."""
+    return np.clip(np.searchsorted(M.UNC_EDGES, np.asarray(u, np.float64), side="right") - 1, 0, M.N_UNC_BINS - 1)
+
+
+def _log_formula_bins(u):
+    """The documented closed form in float64: bin 0 below 1e-30, 1 + floor(2000 log(u / 1e-30) / log(1e28)) on the
+    log part, 2001 + floor((u - 0.01) / 0.001) on the linear part (the last bin holds 1)."""
+    u = np.asarray(u, np.float64)
+    out = np.zeros(u.shape, np.int64)
+    log = (u >= M.UNC_MIN) & (u < M.UNC_LIN_START)
+    out[log] = 1 + np.floor(M.N_UNC_LOG * np.log(u[log] / M.UNC_MIN) / math.log(M.UNC_LIN_START / M.UNC_MIN))
+    lin = u >= M.UNC_LIN_START
+    out[lin] = np.minimum(M.N_UNC_LOG + 1 + np.floor((u[lin] - M.UNC_LIN_START) / M.UNC_LIN_STEP), M.N_UNC_BINS - 1)
+    return out
+
+
+def _edge_neighbours(dtype):
+    e = M.UNC_EDGES.astype(dtype)
+    lo, hi = np.array(-1, dtype), np.array(2, dtype)
+    return np.concatenate([e, np.nextafter(e, lo), np.nextafter(e, hi), np.nextafter(np.nextafter(e, lo), lo)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bit_pattern_bins_equal_edges_definition(dtype):
+    rng = np.random.default_rng(7)
+    tiny = np.finfo(dtype).smallest_subnormal
+    special = np.array([0.0, -0.0, tiny, 2 * tiny, np.finfo(dtype).smallest_normal, 1e-31, 1e-30, 0.01, 0.05, 0.15, 0.5,
+                        0.7, 0.95, 0.999, 1.0, np.nextafter(dtype(1), dtype(0)), np.nextafter(dtype(1), dtype(2)), 1.5,
+                        -1e-9, -1.0, np.inf, -np.inf], dtype)
+    random_bits = np.frombuffer(rng.bytes(20000 * np.dtype(dtype).itemsize), dtype)  # every exponent, both signs
+    u = np.concatenate([special, _edge_neighbours(dtype), rng.random(20000).astype(dtype) ** 4,
+                        (10.0 ** rng.uniform(-40, 0, 20000)).astype(dtype), random_bits[~np.isnan(random_bits)]])
+    idx = M.uncertainty_bin_index(u)
+    assert idx.dtype == np.int64 and idx.shape == u.shape
+    assert np.array_equal(idx, _searchsorted_bins(u))  # exact, edge values and denormals included
+    first = dict(zip(special.tolist(), idx[:special.size].tolist()))
+    assert first[0.0] == first[tiny] == first[-1.0] == first[-np.inf] == 0  # 0 (and -0.0), denormal, negative
+    assert first[1.0] == first[1.5] == first[np.inf] == M.N_UNC_BINS - 1  # 1 and above: the last bin
+    # the closed form (log / linear) rounds differently only within a few ulps of an edge
+    inside = (u >= 0) & (u <= 1)
+    ref = _log_formula_bins(u[inside])
+    assert np.abs(idx[inside] - ref).max() <= 1
+    e, v = M.UNC_EDGES, u[inside].astype(np.float64)
+    j = np.clip(np.searchsorted(e, v), 1, e.size - 1)
+    far = np.minimum(v - e[j - 1], e[j] - v) > 1e-6 * v  # relative distance to the nearest edge
+    assert far.sum() > 40000 and np.array_equal(idx[inside][far], ref[far])
+
+
+def test_bit_pattern_bins_thresholds_and_shapes():
+    for t in M.UEO_THRESHOLDS:  # u >= t  <=>  bin >= threshold_bin(t), float32 values compared exactly (float32(0.35) < 0.35)
+        b = M.threshold_bin(t)
+        assert M.UNC_EDGES[b] == t
+        for dtype in (np.float32, np.float64):
+            v = np.array([t, np.nextafter(dtype(t), dtype(0)), np.nextafter(dtype(t), dtype(1))], dtype)
+            assert ((M.uncertainty_bin_index(v) >= b) == (v.astype(np.float64) >= t)).all(), (t, dtype)
+    assert M.uncertainty_bin_index(np.float32(0.5)).shape == ()
+    grid = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    assert np.array_equal(M.uncertainty_bin_index(grid[:, ::2]), _searchsorted_bins(grid[:, ::2]))
+    assert np.array_equal(M.uncertainty_bin_index([0.3, 1e-20]), _searchsorted_bins([0.3, 1e-20]))  # lists, ints -> f64
+    assert np.array_equal(M.uncertainty_bin_index(np.array([0, 1], np.int8)), [0, M.N_UNC_BINS - 1])
+
+
+def test_uncertainty_edges_are_the_documented_ones():
+    e = M.UNC_EDGES
+    assert e.size == M.N_UNC_BINS + 1 == 2992 and (np.diff(e) > 0).all()
+    assert e[0] == 0 and e[1] == 1e-30 and e[2001] == 0.01 and e[-1] == 1.0
+    assert np.allclose(np.diff(np.log(e[1:2002])), math.log(1e28) / 2000, rtol=1e-9)  # 3.3 % wide log bins
+    assert np.array_equal(e[2001:], np.arange(10, 1001) / 1000)  # correctly rounded k / 1000
+
+
 # ---------------------------------------------------------------------------------- input checks
 def test_nan_and_shape_errors():
     p = np.full((3, 4, 4, 4), 0.5, np.float32)
@@ -174,6 +245,141 @@ def test_nan_and_shape_errors():
     inf[1, 1, 1, 1] = np.inf
     with pytest.raises(M.MetricInputError, match="NaN/Inf"):
         M.evaluate_patient(p, inf, None, t, brain)
+
+
+def test_large_inputs_nan_inf_and_range_errors():
+    # >= 2^20 elements: the checks run on torch views (sums, min / max); same errors as the small-array path
+    shape = (3, 80, 80, 64)
+    p = np.full(shape, 0.25, np.float32)
+    t = np.zeros(shape, bool)
+    brain = np.ones(shape[1:], bool)
+    for bad_value, which in ((np.nan, "prob"), (np.inf, "prob"), (-np.inf, "entropy"), (np.nan, "mi")):
+        arrays = {"prob": p.copy(), "entropy": p.copy(), "mi": p.copy()}
+        arrays[which][2, 79, 3, 60] = bad_value
+        with pytest.raises(M.MetricInputError, match="NaN/Inf"):
+            M.evaluate_patient(arrays["prob"], arrays["entropy"], arrays["mi"], t, brain)
+    big = p.copy()
+    big[1, 2, 3, 4] = 1.5
+    with pytest.raises(M.MetricInputError, match=r"outside \[0, 1\]: min 0.25, max 1.5"):
+        M.check_inputs(big)
+    huge = np.full(shape, 3e38, np.float32)  # the float32 sum overflows, yet every value is finite: no error
+    M.check_inputs(p, t, huge)
+    ro = p.copy()
+    ro.flags.writeable = False  # read-only arrays take the numpy path
+    M.check_inputs(ro, t, ro)
+    ro_bad = p.copy()
+    ro_bad[0, 0, 0, 0] = np.nan
+    ro_bad.flags.writeable = False
+    with pytest.raises(M.MetricInputError, match="probabilities contain 1 NaN/Inf"):
+        M.check_inputs(ro_bad)
+
+
+@pytest.mark.parametrize("n", [5, 70000, 300001])
+def test_unc_counts_equals_bincount_of_definition(n):
+    rng = np.random.default_rng(n)
+    u = np.concatenate([M.UNC_EDGES.astype(np.float32), (10.0 ** rng.uniform(-35, 0, n)).astype(np.float32),
+                        np.array([0, -0.0, 1, 1e-45], np.float32)])
+    ref = np.bincount(_searchsorted_bins(u), minlength=M.N_UNC_BINS)
+    assert np.array_equal(M._unc_counts(u), ref)  # torch path (large float32)
+    assert np.array_equal(M._unc_counts(u.astype(np.float64)), ref)  # numpy path
+    ro = u.copy()
+    ro.flags.writeable = False
+    assert np.array_equal(M._unc_counts(ro), ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_negative_sums_equal_voxel_sums(dtype, monkeypatch):
+    monkeypatch.setattr(M, "_CHUNK", 4096)  # several chunks and a remainder
+    rng = np.random.default_rng(3)
+    p = np.concatenate([10.0 ** rng.uniform(-20, 0, 9000), rng.random(3000) * 0.01, [0.0, 1.0, 1e-17, 0.05, 0.999, 1 / 256],
+                        np.nextafter(1 / 256, 0) * np.ones(3)]).astype(dtype)
+    rng.shuffle(p)
+    n, sp, ssq, snll = M._negative_sums(p)
+    rn, rsp, rst = M.calibration_bins(p, np.zeros(p.size, bool))
+    assert np.array_equal(n, rn) and np.allclose(sp, rsp, rtol=1e-13, atol=0) and not rst.any()
+    p64 = p.astype(np.float64)
+    assert ssq == pytest.approx(float(np.sum(p64 ** 2)), rel=1e-13)
+    assert snll / p.size == pytest.approx(M.nll(p, np.zeros(p.size, bool)), rel=1e-10, abs=1e-15)
+    assert snll / p.size == pytest.approx(log_loss(np.zeros(p.size), p64, labels=[0, 1]), rel=1e-9)
+    for n_bins in (10, 300):  # another bin count: the series threshold follows 0.5 / n_bins
+        n, sp, _, _ = M._negative_sums(p, n_bins)
+        rn, rsp, _ = M.calibration_bins(p, np.zeros(p.size, bool), n_bins)
+        assert np.array_equal(n, rn) and np.allclose(sp, rsp, rtol=1e-13, atol=1e-300)
+
+
+def _direct_suite(prob, ent, mi, truth, brain, epkl=None, threshold=0.5):
+    """The suite's voxel-set numbers computed the direct way: gather every voxel of each set, bin it, sum it."""
+    pred = prob >= threshold
+    roi = M.roi_mask(pred, truth, brain)
+    out, cal, unc = {}, {}, {}
+    for r, name in enumerate(("WT", "TC", "ET")):
+        for mname, m in (("brain", brain), ("roi", roi)):
+            p, t, d, e = prob[r][m], truth[r][m], pred[r][m], ent[r][m]
+            out[(name, mname, "mean_entropy")] = M._mean(e)
+            out[(name, mname, "uncertain_fraction")] = M._mean(e >= M.UNCERTAIN_T)
+            n, sp, st = M.calibration_bins(p, t)
+            c = M.calibration_from_bins(n, sp, st)
+            for k in ("ece", "ace", "mce", "cal_gap"):
+                out[(name, mname, k)] = c[k]
+            out[(name, mname, "brier")] = M.brier(p, t)
+            out[(name, mname, "nll")] = M.nll(p, t)
+            cal[(name, mname)] = (n, sp, st)
+            err = d != t
+            measures = {"entropy": e, "mi": mi[r][m]}
+            if epkl is not None:
+                measures["epkl"] = M.epkl_to_unit(epkl[r][m])
+            for measure, u in measures.items():
+                fp, fn, tp, tn = M.uncertainty_bins(u, err, d)
+                unc[(name, mname, measure)] = (fp, fn, tp, tn)
+                out[(name, mname, f"auroc_{measure}")] = M.auroc_from_bins(fp + fn, tp + tn)
+            fp, fn, tp, tn = unc[(name, mname, "entropy")]
+            out[(name, mname, "auroc_fp_tp")] = M.auroc_from_bins(fp, tp)
+            out[(name, mname, "bnf_t50")] = M.fp_removal_benefit(fp, fn, tp, 0.5)
+            cap, _ = M.budget_curve(fp + fn, tp + tn)
+            out[(name, mname, "budget_capture_auc")] = M.budget_auc(cap)
+    return out, cal, unc
+
+
+@pytest.mark.parametrize("chunk", [1 << 17, 3000])
+def test_evaluate_patient_brain_level_equals_direct_voxel_sums(chunk, monkeypatch):
+    # the brain-level bins are computed as "all brain voxels negative" + a correction at the ROI's voxels;
+    # they must equal the bins and numbers of the voxel-by-voxel computation (brain > 2^16 voxels: torch path)
+    monkeypatch.setattr(M, "_CHUNK", chunk)
+    rng = np.random.default_rng(21)
+    shape = (64, 60, 48)
+    g = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    d = np.sqrt(((g - np.array([30, 26, 20])[:, None, None, None]) ** 2).sum(0))
+    truth = np.stack([d < 11, d < 6, (d < 6) & (d > 3)])
+    truth[0, 5:8, 5:8, 5:8] = True  # a missed lesion far away
+    logits = np.stack([(11.5 - d), (5.5 - d), np.minimum(5.5 - d, d - 3.5)]) * 1.3 + rng.normal(0, 1.0, truth.shape)
+    prob = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    prob[0, 58:, 55:, 44:] = 0.7  # a false positive at the volume corner
+    brain = (((g - np.array([32, 30, 24])[:, None, None, None]) / np.array([31, 29, 23])[:, None, None, None]) ** 2).sum(0) < 1
+    brain |= prob.max(0) >= 0.5
+    ent = -(prob * np.log2(np.maximum(prob, 1e-30)) + (1 - prob) * np.log2(np.maximum(1 - prob, 1e-30)))
+    ent = np.clip(ent, 0, 1).astype(np.float32)
+    mi = (ent * rng.uniform(0.05, 0.5, ent.shape)).astype(np.float32)
+    epkl = (mi * 4).astype(np.float32)
+    assert brain.sum() > 1 << 16
+    res = M.evaluate_patient(prob, ent, mi, truth, brain, epkl=epkl)
+    got = {(r, m, k): v for r, m, k, v in res["metrics"]}
+    ref, cal, unc = _direct_suite(prob, ent, mi, truth, brain, epkl)
+    for key, v in ref.items():
+        if math.isnan(v):
+            assert math.isnan(got[key]), key
+        else:
+            assert got[key] == pytest.approx(v, rel=1e-10, abs=1e-15), key
+    for (name, mname), (n, sp, st) in cal.items():
+        rows = {b: (nn, s, t) for r, m, b, nn, s, t in res["calibration_bins"] if (r, m) == (name, mname)}
+        assert sorted(rows) == np.flatnonzero(n).tolist()
+        for b, (nn, s, t) in rows.items():
+            assert nn == n[b] and s == pytest.approx(sp[b], rel=1e-12) and t == st[b]
+    for (name, mname, measure), (fp, fn, tp, tn) in unc.items():
+        rows = [row[3:] for row in res["uncertainty_bins"] if row[:3] == (name, mname, measure)]
+        dense = np.zeros((5, M.N_UNC_BINS), np.int64)
+        for b, ne, nc, nfp, nfn, ntp in rows:
+            dense[:, b] = ne, nc, nfp, nfn, ntp
+        assert np.array_equal(dense, np.stack([fp + fn, tp + tn, fp, fn, tp])), (name, mname, measure)
 
 
 def _suite(prob, truth, brain, mi=None):
@@ -254,6 +460,66 @@ def test_hd95_empty_rules():
     assert M.hd95(one, one) == 0.0
 
 
+def _ball(radius):
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius ** 2
+
+
+@pytest.mark.parametrize("shape", [(9, 11, 7), (2, 8, 8), (6, 1, 5), (12, 12, 3)])
+def test_shift_morphology_equals_scipy(shape):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.02, 0.3, 0.9, 1.0):
+        m = rng.random(shape) < density
+        assert np.array_equal(M._erode_cross(m), ndimage.binary_erosion(m)), density
+        assert np.array_equal(M._edges(m), m ^ ndimage.binary_erosion(m))
+        for radius in (0, 1, 2, 3, 4):
+            ref = ndimage.binary_dilation(m, structure=_ball(radius)) if radius else m
+            assert np.array_equal(M._dilate_ball(m, radius), ref), (density, radius)
+    assert np.array_equal(M._erode_cross(np.ones((4, 5), bool)), ndimage.binary_erosion(np.ones((4, 5), bool)))  # 2-D
+
+
+def test_roi_mask_equals_full_volume_dilation():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    pred = np.zeros((3, 30, 26, 20), bool)
+    truth = np.zeros_like(pred)
+    pred[0, 10:15, 8:12, 5:9] = True
+    truth[1, 0:3, 20:26, 17:20] = True  # touches the volume border
+    pred[2, 25, 2, 10] = True
+    brain = rng.random((30, 26, 20)) < 0.8
+    for radius in (0, 2, 3):
+        u = pred.any(0) | truth.any(0)
+        ref = (ndimage.binary_dilation(u, structure=_ball(radius)) if radius else u) & brain
+        assert np.array_equal(M.roi_mask(pred, truth, brain, radius), ref), radius
+    assert not M.roi_mask(np.zeros_like(pred), None, brain).any()
+
+
+def test_hd95_border_and_single_voxels_vs_monai():
+    from monai.metrics import compute_hausdorff_distance
+
+    rng = np.random.default_rng(11)
+    shape = (16, 18, 12)
+    cases = []
+    a = np.zeros(shape, bool)
+    a[0:5, 0:6, 0:4] = True  # touches three volume faces
+    b = np.zeros(shape, bool)
+    b[1:7, 0:5, 0:5] = True
+    cases.append((a, b))
+    one, two = np.zeros(shape, bool), np.zeros(shape, bool)
+    one[3, 4, 5] = True
+    two[12, 15, 2] = True
+    cases.append((one, two))
+    cases.append((rng.random(shape) < 0.1, rng.random(shape) < 0.2))  # scattered voxels
+    for spacing in ((1.0, 1.0, 1.0), (0.8, 1.2, 3.0)):
+        for p, t in cases:
+            ref = compute_hausdorff_distance(torch.from_numpy(p)[None, None].float(), torch.from_numpy(t)[None, None].float(),
+                                             percentile=95, spacing=spacing).item()
+            assert M.hd95(p, t, spacing) == pytest.approx(ref, abs=1e-4)
+
+
 def _outcomes(seed=0, n=40000):
     rng = np.random.default_rng(seed)
     truth = rng.random(n) < 0.2
@@ -312,3 +578,37 @@ def test_budget_perfect_ranking():
     cap, ueo = M.budget_curve(*M.uncertainty_bins(u, err))
     assert cap[M.BUDGETS.index(0.01)] == pytest.approx(1.0) and ueo[M.BUDGETS.index(0.01)] == pytest.approx(1.0)
     assert cap[M.BUDGETS.index(0.005)] == pytest.approx(0.5)
+
+
+def test_integer_truth_masks_equal_bool():
+    rng = np.random.default_rng(8)
+    truth = rng.random((3, 14, 12, 10)) < 0.2
+    prob = np.clip(truth * 0.6 + rng.random(truth.shape) * 0.5, 0, 1).astype(np.float32)
+    brain = np.ones((14, 12, 10), bool)
+    a = M.evaluate_patient(prob, prob, None, truth, brain)
+    b = M.evaluate_patient(prob, prob, None, truth.astype(np.uint8), brain)
+    assert repr(a) == repr(b)  # (repr: NaN == NaN)
+
+
+def test_positions_in_brain_equal_searchsorted():
+    rng = np.random.default_rng(4)
+    brain = rng.random((13, 11, 9)) < 0.6
+    idx = np.flatnonzero(brain)
+    for box in ((slice(2, 9), slice(0, 11), slice(3, 8)), (slice(0, 13), slice(0, 11), slice(0, 9)), (slice(5, 6),) * 3):
+        sub = brain[box] & (rng.random(brain[box].shape) < 0.5)
+        full = np.zeros_like(brain)
+        full[box] = sub
+        assert np.array_equal(M._positions_in_brain(brain, idx, box, sub), np.searchsorted(idx, np.flatnonzero(full)))
+
+
+def test_bbox_slices_definition():
+    rng = np.random.default_rng(6)
+    for _ in range(100):
+        shape = tuple(rng.integers(1, 9, rng.integers(1, 4)))
+        m = rng.random(shape) < rng.uniform(0, 0.1)
+        ref = None
+        if m.any():
+            ref = tuple(slice(max(int(nz[0]) - 2, 0), min(int(nz[-1]) + 3, n)) for nz, n in
+                        ((np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax))), m.shape[ax])
+                         for ax in range(m.ndim)))
+        assert M.bbox_slices(m, 2) == ref
