@@ -325,9 +325,20 @@ def prepare_models(models, pairs, db, run_id, cohort, splits, cal_split, ts_fit_
     ``{model: {"precision": {...}, "mc_batch": int, "chunk_trial": {...} | None, "temperature": [R] | None}}``
     (plain JSON types: the plan travels to the workers of a sharded run)."""
     plan, loaded = {}, {}
+    with store.writer(db) as con:
+        stored = store.read_run_plan(con, run_id)
     for m in models:
         mine = [meth for mm, meth in pairs if mm is m]
         if not mine:
+            continue
+        old = stored.get(m.name)
+        if old is not None and torch.device(old["precision"]["device"]).type == dev.type and (
+                mc_batch == "auto" or int(mc_batch) == old["mc_batch"]):
+            # a rerun (resume) keeps its plan: the same precision and MC chunk layout for every patient
+            m.precision = old["precision"]["chosen"]
+            plan[m.name] = {**old, "temperature": None}
+            log.info("plan %s: kept from the database (precision %s, %d pass(es) per forward call)", m.name,
+                     m.precision, old["mc_batch"])
             continue
         views = max(_passes_per_call(meth, T) for meth in mine)
         needs_check = precision in ("bf16", "fp16") or (precision == "auto" and bool(auto_candidates(dev)))

@@ -247,6 +247,18 @@ def write_run_plan(con, run_id: str, plan: dict) -> None:
                          p.get("patient_id"), int(e["mc_batch"]), json.dumps(e.get("chunk_trial")), p["device"]])
 
 
+def read_run_plan(con, run_id: str) -> dict:
+    """The stored plan entries of a run, ``{model: {"precision": {...}, "mc_batch", "chunk_trial"}}`` (the shape
+    :func:`write_run_plan` takes, without temperatures)."""
+    rows = con.execute("""SELECT model, precision_requested, precision, precision_reason, precision_checks,
+                                 check_patient, mc_batch, chunk_trial, device
+                          FROM run_plan WHERE run_id = ?""", [run_id]).fetchall()
+    return {m: {"precision": {"requested": req, "chosen": ch, "reason": why, "checks": json.loads(checks or "[]"),
+                              "patient_id": pid, "device": dev},
+                "mc_batch": int(mb), "chunk_trial": json.loads(trial) if trial else None}
+            for m, req, ch, why, checks, pid, mb, trial, dev in rows}
+
+
 def run_plan(con, run_id: str) -> pd.DataFrame:
     return con.execute("""SELECT model, precision_requested, precision, precision_reason, precision_checks,
                                  check_patient, mc_batch, device
