@@ -88,3 +88,25 @@ def test_predict_under_bf16_gives_float32_maps(tiny_set):
     ref = predict(ms, image, "mc_dropout", T=3, mc_batch=3)
     assert p.prob.dtype == np.float32 and p.mi.dtype == np.float32
     assert np.abs(p.prob - ref.prob).max() < 0.05
+
+
+def test_batch_records_an_explicit_precision_and_its_check(tiny_cohort, tiny_checkpoints, tmp_path):
+    """--precision bf16 on CPU: used as asked, its Dice check stored in run_plan, and part of the run id."""
+    import json
+
+    from core import store
+    from core.batch import run_batch
+
+    kw = dict(methods=["deterministic"], split="calibration", progress=False, echo=lambda *_: None, quality=False,
+              save_maps=False)
+    s16 = run_batch(tiny_cohort, tmp_path / "r.duckdb", [str(tiny_checkpoints[1])], precision="bf16", **kw)
+    s32 = run_batch(tiny_cohort, tmp_path / "r.duckdb", [str(tiny_checkpoints[1])], **kw)
+    assert s16["run_id"] != s32["run_id"] and s16["ok"] == s32["ok"] == 1
+    con = store.connect(tmp_path / "r.duckdb", read_only=True)
+    plan = store.run_plan(con, s16["run_id"]).iloc[0]
+    assert plan.precision_requested == plan.precision == "bf16" and plan.check_patient == json.loads((tiny_cohort / "splits.json").read_text())["calibration"][0]
+    checks = json.loads(plan.precision_checks)
+    assert checks[0]["candidate"] == "bf16" and checks[0]["reference"] == "ground truth"
+    auto = store.run_plan(con, s32["run_id"]).iloc[0]
+    assert auto.precision_requested == "auto" and auto.precision == "fp32" and json.loads(auto.precision_checks) == []
+    con.close()

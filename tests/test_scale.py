@@ -107,10 +107,13 @@ def test_local_pool_equals_single_process(single_run, tiny_cohort, tiny_checkpoi
     assert s["ok"] == 12 and s["failed"] == 0 and s["shards"] == 2 and not s["conflicts"]
     assert not list(tmp_path.glob("*.shard-*"))  # shard files merged and removed
     assert_same(snapshot(db), single_run[1])
-    # a rerun skips everything (the merged database's evaluations are passed to the shards)
-    s2 = run_sharded(tiny_cohort, db, [str(tiny_checkpoints[1])], workers=2, **KW)
+    # a rerun skips everything (the merged database's evaluations are passed to the shards) and keeps the plan
+    trial = "SELECT chunk_trial FROM run_plan"
+    before = duckdb.connect(str(db), read_only=True).execute(trial).fetchall()
+    s2 = run_sharded(tiny_cohort, db, [str(tiny_checkpoints[1])], workers=2, **{**KW, "mc_batch": "auto"})
     assert s2["ok"] == 0 and s2["skipped"] == 12
     assert_same(snapshot(db), single_run[1])
+    assert duckdb.connect(str(db), read_only=True).execute(trial).fetchall() == before
 
 
 def test_slurm_style_shards_merged_by_the_cli_equal_single_process(single_run, tiny_cohort, tiny_checkpoints,
