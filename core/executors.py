@@ -103,7 +103,10 @@ def run_sharded(cohort, db, checkpoints, workers: int | None = None, executor: s
     kw.pop("shard", None)
     base = dict(cohort=str(cohort), checkpoints=list(checkpoints), **kw)
     if executor == "ray":
-        import ray
+        try:
+            import ray
+        except ImportError as e:
+            raise RuntimeError("--executor ray needs Ray: pip install ray==2.60.0 (pinned in requirements.txt)") from e
 
         ray_init(ray_address)
         n = int(workers or default_workers("ray"))
