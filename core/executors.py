@@ -15,7 +15,8 @@ The merged database has the rows a single-process run writes (timings and timest
 run id, the same plan in every shard, MC-dropout masks seeded per patient and drawn in the plan's chunk
 layout, so no result depends on which shard or process a patient went to.
 
-Devices: a local pool gives worker i the GPU ``cuda:i mod k`` when there are k GPUs, else the CPU with
+Local workers are separate interpreters (``python -m core.executors <job>.json``; see :func:`_run_local`).
+Devices: local worker i gets the GPU ``cuda:i mod k`` when there are k GPUs, else the CPU with
 ``cpu_count / n`` torch threads; a Ray task asks for ``num_gpus=1`` when the cluster has GPUs (Ray then
 makes exactly that GPU visible to it) and ``num_cpus`` = the cluster's CPUs / n (at most one node's).
 Ray needs the cohort, the checkpoints and the database folder on a file system every node sees.
@@ -23,7 +24,6 @@ Ray needs the cohort, the checkpoints and the database folder on a file system e
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .shards import shard_db_path
@@ -43,6 +43,58 @@ def _shard_worker(kwargs: dict) -> dict:
 
     s = run_batch(**kwargs)
     return {k: v for k, v in s.items() if k not in ("plan", "done")}
+
+
+def _run_local(jobs: list[dict]) -> list[dict]:
+    """Run every job as ``python -m core.executors JOB.json`` (one process each, in parallel); their summaries.
+
+    Fresh interpreters rather than a multiprocessing pool: a spawned pool worker re-runs the parent's
+    ``__main__`` file (whatever it is: a notebook, a test runner that swapped it), and a forked one inherits
+    OpenMP / DuckDB threads. The job travels as JSON (plain types only) beside its shard database."""
+    import json
+    import subprocess
+    import sys
+
+    procs = []
+    try:
+        for j in jobs:
+            jf = Path(j["db"]).with_name(Path(j["db"]).name + ".job.json")
+            jf.write_text(json.dumps({**j, "skip": sorted(j.get("skip") or ())}))
+            env = {**os.environ, "OMP_NUM_THREADS": str(j.get("threads") or 1),
+                   "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+            procs.append((subprocess.Popen([sys.executable, "-m", "core.executors", str(jf)], cwd=ROOT, env=env), jf))
+        bad = []
+        for p, jf in procs:
+            if p.wait() != 0:
+                bad.append(f"{jf.name}: exit code {p.returncode}")
+    finally:
+        for p, _ in procs:  # only our own children, when the driver is interrupted
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = []
+    for _, jf in procs:
+        out = jf.with_name(jf.name[: -len(".job.json")] + ".result.json")
+        if out.exists():
+            results.append(json.loads(out.read_text()))
+            out.unlink()
+        jf.unlink(missing_ok=True)
+    if bad:
+        raise RuntimeError("shard worker(s) failed: " + "; ".join(bad))
+    return results
+
+
+def _job_main(job_file: str) -> int:
+    """Entry of a local shard process: run the JSON job, write ``<shard db>.result.json``."""
+    import json
+
+    job = json.loads(Path(job_file).read_text())
+    job["skip"] = {tuple(k) for k in job.get("skip") or ()}
+    job["shard"] = tuple(job["shard"])
+    summary = _shard_worker(job)
+    db = Path(job["db"])
+    db.with_name(db.name + ".result.json").write_text(json.dumps(summary, default=str))
+    return 0
 
 
 def _prepare_worker(kwargs: dict) -> dict:
@@ -130,8 +182,6 @@ def run_sharded(cohort, db, checkpoints, workers: int | None = None, executor: s
             refs = [ray.remote(_shard_worker).options(**res).remote({**j, "threads": res["num_cpus"]}) for j in jobs]
             results = ray.get(refs)
         else:
-            import multiprocessing as mp
-
             import torch
 
             gpus = torch.cuda.device_count() if torch.cuda.is_available() and not kw.get("device") else 0
@@ -140,8 +190,7 @@ def run_sharded(cohort, db, checkpoints, workers: int | None = None, executor: s
                 j["threads"] = threads
                 if gpus:
                     j["device"] = f"cuda:{i % gpus}"
-            with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as pool:
-                results = list(pool.map(_shard_worker, jobs))
+            results = _run_local(jobs)
     except BaseException as e:  # merge what the shards committed, then re-raise
         error = e
     done = [s for s in shards if s.exists()]
@@ -163,3 +212,9 @@ def run_sharded(cohort, db, checkpoints, workers: int | None = None, executor: s
     echo(f"batch {run_id}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
          f"(model x method x patient) in {summary['seconds']} s over {n} shards ({executor}) -> {db}")
     return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_job_main(sys.argv[1]))
