@@ -8,6 +8,8 @@
 * ``temperature``: (R,) float, one temperature per region fitted on the calibration split
   (:mod:`core.temperature`); set by the batch, used by every ``+ts`` method.
 * ``methods``: optional list of method names for this model only (default: the run's methods).
+* ``precision``: the forward passes' precision, ``fp32`` / ``bf16`` / ``fp16`` (autocast; set by the batch
+  from ``--precision``, :mod:`core.precision`).
 
 A model spec (in a study config or ``run_batch(models=...)``) is either a checkpoint path or a mapping
 ``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path, "methods": [names]}``; for
@@ -38,6 +40,7 @@ class ModelSet:
     auxiliary: LoadedModel | None = None
     temperature: np.ndarray | None = None
     methods: list[str] | None = None  # this model's methods (None: the run's)
+    precision: str = "fp32"  # forward-pass precision (core.precision): fp32, bf16 or fp16 (autocast)
 
     @property
     def name(self) -> str:

@@ -3,7 +3,8 @@
 Every query takes parameters (``?``); no value is ever pasted into SQL text. Tables (names are the
 product's data interface, see the README for every column):
 
-runs, models, patients, evaluations, metrics, calibration_bins, uncertainty_bins, maps
+runs, models, patients, evaluations, metrics, calibration_bins, uncertainty_bins, maps, temperatures,
+run_plan, quality, quality_summary
 """
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ CREATE TABLE IF NOT EXISTS temperatures (
 CREATE TABLE IF NOT EXISTS quality (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR,
     dice DOUBLE, predicted_dice DOUBLE, uncertainty_score DOUBLE, flagged BOOLEAN);
+CREATE TABLE IF NOT EXISTS run_plan (
+    run_id VARCHAR, model VARCHAR, precision_requested VARCHAR, precision VARCHAR, precision_reason VARCHAR,
+    precision_checks JSON, check_patient VARCHAR, mc_batch INTEGER, chunk_trial JSON, device VARCHAR,
+    PRIMARY KEY (run_id, model));
 CREATE TABLE IF NOT EXISTS quality_summary (
     run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR, n_patients INTEGER, r2 DOUBLE,
     pearson_r DOUBLE, score_spearman DOUBLE, regressor VARCHAR, features JSON);
@@ -230,6 +235,36 @@ def write_temperatures(con, run_id: str, model: str, regions, fits: list[dict], 
                          _finite(f["nll_before"]), _finite(f["nll_after"]), json.dumps(sorted(patients))])
 
 
+def write_run_plan(con, run_id: str, plan: dict) -> None:
+    """One row per model of the run's plan (:func:`core.batch.prepare_models`): the precision asked for and
+    chosen with its Dice checks (JSON), the passes per forward call and the chunk trial's timings (JSON)."""
+    with transaction(con):
+        for model, e in plan.items():
+            p = e["precision"]
+            con.execute("DELETE FROM run_plan WHERE run_id = ? AND model = ?", [run_id, model])
+            con.execute("INSERT INTO run_plan VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, model, p["requested"], p["chosen"], p["reason"], json.dumps(p["checks"]),
+                         p.get("patient_id"), int(e["mc_batch"]), json.dumps(e.get("chunk_trial")), p["device"]])
+
+
+def read_run_plan(con, run_id: str) -> dict:
+    """The stored plan entries of a run, ``{model: {"precision": {...}, "mc_batch", "chunk_trial"}}`` (the shape
+    :func:`write_run_plan` takes, without temperatures)."""
+    rows = con.execute("""SELECT model, precision_requested, precision, precision_reason, precision_checks,
+                                 check_patient, mc_batch, chunk_trial, device
+                          FROM run_plan WHERE run_id = ?""", [run_id]).fetchall()
+    return {m: {"precision": {"requested": req, "chosen": ch, "reason": why, "checks": json.loads(checks or "[]"),
+                              "patient_id": pid, "device": dev},
+                "mc_batch": int(mb), "chunk_trial": json.loads(trial) if trial else None}
+            for m, req, ch, why, checks, pid, mb, trial, dev in rows}
+
+
+def run_plan(con, run_id: str) -> pd.DataFrame:
+    return con.execute("""SELECT model, precision_requested, precision, precision_reason, precision_checks,
+                                 check_patient, mc_batch, device
+                          FROM run_plan WHERE run_id = ? ORDER BY model""", [run_id]).df()
+
+
 def _finite(x):
     return float(x) if x is not None and np.isfinite(x) else None
 
@@ -315,7 +350,7 @@ def quality_patients(con, run_id: str, method: str, region: str) -> pd.DataFrame
 
 def table_counts(con) -> pd.DataFrame:
     names = ["runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps",
-             "temperatures", "quality", "quality_summary"]
+             "temperatures", "run_plan", "quality", "quality_summary"]
     # table names come from the fixed list above, never from user input
     return pd.DataFrame({"table": names, "rows": [con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names]})
 

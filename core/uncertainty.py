@@ -47,6 +47,7 @@ from monai.inferers import sliding_window_inference
 
 from .modelset import ModelSet, as_model_set
 from .models import LoadedModel, dropout_modules, preprocess
+from .precision import autocast
 
 BASES = ("deterministic", "mc_dropout", "tta", "ensemble", "checkpoint_ensemble", "auxiliary")
 MODIFIERS = ("tta", "ts")
@@ -137,19 +138,25 @@ def default_device() -> torch.device:
 _CHUNK_CACHE: dict = {}
 
 
-def _forward(lm: LoadedModel, x: torch.Tensor, views: list[tuple], overlap: float) -> torch.Tensor:
-    """Logits (n, R, X, Y, Z) of one network on the flipped views of a (1, C, X, Y, Z) input, flipped back."""
+def _forward(lm: LoadedModel, x: torch.Tensor, views: list[tuple], overlap: float,
+             precision: str = "fp32") -> torch.Tensor:
+    """Logits (n, R, X, Y, Z) of one network on the flipped views of a (1, C, X, Y, Z) input, flipped back.
+
+    ``precision``: the network runs under autocast to bf16 / fp16 (:mod:`core.precision`); MONAI's blending
+    buffers keep the input's dtype (fp32), so the returned logits are fp32 whatever the precision."""
     xb = torch.cat([torch.flip(x, v) if v else x for v in views]) if len(views) > 1 or views[0] else x
-    out = sliding_window_inference(xb, tuple(lm.card["roi_size"]), sw_batch_size=len(views), predictor=lm.model,
-                                   overlap=overlap, mode="gaussian")
+    with autocast(x.device, precision):
+        out = sliding_window_inference(xb, tuple(lm.card["roi_size"]), sw_batch_size=len(views),
+                                       predictor=lm.model, overlap=overlap, mode="gaussian")
     if any(views):
         out = torch.stack([torch.flip(o, [d - 1 for d in v]) if v else o for o, v in zip(out, views)])
     return out
 
 
-def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, overlap: float, stochastic: bool):
+def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, overlap: float, stochastic: bool,
+               precision: str = "fp32"):
     """Yield (view, logits (R, X, Y, Z)) for every view, in chunks (auto-sized, halved on out-of-memory)."""
-    key = (id(lm.model), tuple(x.shape), str(x.device))
+    key = (id(lm.model), tuple(x.shape), str(x.device), precision)
     todo = list(views)
     if mc_batch == "auto":
         chunk = _CHUNK_CACHE.get(key)
@@ -157,12 +164,12 @@ def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, o
             # time a 1-pass chunk against a k-pass chunk; both are real passes of this prediction
             k = min(len(todo) - 1, 8)
             t = time.perf_counter()
-            out = _forward(lm, x, todo[:1], overlap)
+            out = _forward(lm, x, todo[:1], overlap, precision)
             t1 = time.perf_counter() - t
             yield todo[0], out[0]
             t = time.perf_counter()
             try:
-                out = _forward(lm, x, todo[1:1 + k], overlap)
+                out = _forward(lm, x, todo[1:1 + k], overlap, precision)
                 tk = (time.perf_counter() - t) / k
                 chunk = k if tk < t1 else 1
                 for v, o in zip(todo[1:1 + k], out):
@@ -178,7 +185,7 @@ def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, o
     while todo:
         n = min(chunk, len(todo))
         try:
-            out = _forward(lm, x, todo[:n], overlap)
+            out = _forward(lm, x, todo[:n], overlap, precision)
         except torch.OutOfMemoryError:
             if n == 1:
                 raise
@@ -189,6 +196,49 @@ def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, o
             yield v, o
         todo = todo[n:]
     _run_views.last_chunk = chunk if views else 1
+
+
+def choose_chunk(model, image: np.ndarray, n_views: int, overlap: float = 0.25, max_chunk: int | None = None,
+                 device: torch.device | str | None = None) -> dict:
+    """Passes per forward call for a method with ``n_views`` passes of the primary network, fixed for a run.
+
+    Times one warm-up pass, a 1-pass chunk and a k-pass chunk (k = min(n_views, max_chunk); max_chunk 32 on
+    CUDA, 8 on CPU; k halved on out-of-memory) of the primary in eval mode on ``image`` (C, X, Y, Z, the
+    model grid) and returns ``{"chunk", "k", "s_per_pass_1", "s_per_pass_k"}`` (seconds): chunk = k when the
+    k-pass chunk costs less per pass, else 1. The trial passes are thrown away, so every patient of a run
+    (and every shard of it, given the same chunk) draws its MC-dropout masks in the same chunk layout:
+    results do not depend on which patient came first in a process (the in-``predict`` ``"auto"`` trial
+    counts its passes and so differs on the first patient)."""
+    ms = as_model_set(model)
+    device = torch.device(device) if device is not None else next(ms.model.parameters()).device
+    cap = max_chunk or (32 if device.type == "cuda" else 8)
+    k = max(1, min(int(n_views), cap))
+    if k == 1:
+        return {"chunk": 1, "k": 1, "s_per_pass_1": None, "s_per_pass_k": None}
+
+    def timed(n):
+        t = time.perf_counter()
+        _forward(ms.primary, x, [()] * n, overlap, ms.precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t) / n
+
+    with torch.inference_mode():
+        ms.model.eval()
+        x = preprocess(image, ms.card).to(device)
+        timed(1)  # warm-up: kernel selection, allocator
+        t1 = timed(1)
+        while True:
+            try:
+                tk = timed(k)
+                break
+            except torch.OutOfMemoryError:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if k == 1:
+                    raise
+                k = max(1, k // 2)
+    return {"chunk": k if tk < t1 else 1, "k": k, "s_per_pass_1": t1, "s_per_pass_k": tk}
 
 
 class _Accumulator:
@@ -275,7 +325,8 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
             views = [FLIPS[t % len(FLIPS)] if spec.tta else () for t in range(T)]
             set_mc_dropout(ms.model)
             try:
-                for _, z in _run_views(ms.primary, x, views, mc_batch, overlap, stochastic=True):
+                for _, z in _run_views(ms.primary, x, views, mc_batch, overlap, stochastic=True,
+                                       precision=ms.precision):
                     acc.add(z / temp if temp is not None else z)
             finally:
                 ms.model.eval()
@@ -286,7 +337,8 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
                 lm.model.eval()
                 missing = [v for v in views if (id(lm.model), v) not in cache]
                 if missing:
-                    for v, z in _run_views(lm, x, missing, mc_batch, overlap, stochastic=False):
+                    for v, z in _run_views(lm, x, missing, mc_batch, overlap, stochastic=False,
+                                           precision=ms.precision):
                         cache[(id(lm.model), v)] = z
                     chunk = getattr(_run_views, "last_chunk", 1)
                 for v in views:
@@ -298,17 +350,20 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
                       np.stack(acc.volumes))
 
 
-def deterministic_logits(model, image: np.ndarray, overlap: float = 0.25, cache: dict | None = None) -> np.ndarray:
-    """(R, X, Y, Z) float32 logits of the primary network (eval mode, no temperature): the input of TS fitting."""
+def deterministic_logits(model, image: np.ndarray, overlap: float = 0.25, cache: dict | None = None,
+                         precision: str | None = None) -> np.ndarray:
+    """(R, X, Y, Z) float32 logits of the primary network (eval mode, no temperature): the input of TS fitting
+    and of the precision check. ``precision``: default the model set's (:mod:`core.precision`)."""
     ms = as_model_set(model)
     cache = {} if cache is None else cache
     device = next(ms.model.parameters()).device
+    precision = ms.precision if precision is None else precision
     with torch.inference_mode():
         x = preprocess(image, ms.card).to(device)
         ms.model.eval()
         key = (id(ms.model), ())
         if key not in cache:
-            cache[key] = _forward(ms.primary, x, [()], overlap)[0]
+            cache[key] = _forward(ms.primary, x, [()], overlap, precision)[0]
         return cache[key].float().cpu().numpy()
 
 
@@ -317,14 +372,16 @@ def _predict_auxiliary(ms: ModelSet, x: torch.Tensor, overlap: float, cache: dic
     key = (id(ms.model), ())
     if key not in cache:
         ms.model.eval()
-        cache[key] = _forward(ms.primary, x, [()], overlap)[0]
+        cache[key] = _forward(ms.primary, x, [()], overlap, ms.precision)[0]
     p_seg = torch.sigmoid(cache[key].float())
     y = p_seg >= 0.5
     aux = ms.auxiliary
     aux.model.eval()
     inp = torch.cat([x, p_seg.unsqueeze(0)], dim=1)
-    q = torch.sigmoid(sliding_window_inference(inp, tuple(aux.card["roi_size"]), sw_batch_size=1, predictor=aux.model,
-                                               overlap=overlap, mode="gaussian")[0].float()).clamp_(0, AUX_Q_MAX)
+    with autocast(x.device, ms.precision):
+        q = sliding_window_inference(inp, tuple(aux.card["roi_size"]), sw_batch_size=1, predictor=aux.model,
+                                     overlap=overlap, mode="gaussian")
+    q = torch.sigmoid(q[0].float()).clamp_(0, AUX_Q_MAX)
     prob = torch.where(y, 1 - 0.5 * q, 0.5 * q)
     ent = binary_entropy(prob)
     vols = y.flatten(1).sum(1).cpu().numpy()[None]
