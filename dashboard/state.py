@@ -6,6 +6,7 @@ keys include the file's modification time, so a finished write shows up on the n
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,12 @@ class Selection:
     measure_values: pd.DataFrame | None = None  # patient_id, value of the stratification measure
     group_pids: tuple = ()  # every patient with a stratification value, and its quantile group (quantile_groups)
     group_ids: tuple = ()
+
+    @property
+    def groups_key(self) -> str:
+        """A short digest of (group_pids, group_ids): the cache key of the per-group rollups (hashing 10,000
+        patient ids as a cache argument on every rerun costs more than the digest)."""
+        return subset_key(self.group_pids, self.group_ids)
 
     @property
     def colours(self) -> dict[str, str]:
@@ -274,12 +281,21 @@ def filter_by_quantile(values: pd.DataFrame, q_range) -> list[str]:
     return values.patient_id[keep].tolist()
 
 
+def subset_key(*parts) -> str:
+    """SHA-1 of sequences of patient ids / numbers, for cache keys of large patient subsets."""
+    h = hashlib.sha1()
+    for part in parts:
+        h.update("\x1f".join(map(str, part)).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: str, methods: tuple | None,
-            pids: tuple, gids: tuple) -> dict:
+            groups_key: str, _pids: tuple, _gids: tuple) -> dict:
     con = store.connect(db, read_only=True)
     try:
-        return store.grouped_bins(con, run_id, kind, list(pids), list(gids), mask=mask, measure=measure,
+        return store.grouped_bins(con, run_id, kind, list(_pids), list(_gids), mask=mask, measure=measure,
                                   methods=None if methods is None else list(methods))
     finally:
         con.close()
@@ -294,7 +310,8 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
     moving the quantile filter adds up a few dozen groups' rows (numpy) instead of rereading every patient."""
     mask = mask or sel.mask
     roll = _rollup(str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
-                   None if methods is None else tuple(sorted(methods)), sel.group_pids, sel.group_ids)
+                   None if methods is None else tuple(sorted(methods)), sel.groups_key, sel.group_pids,
+                   sel.group_ids)
     combos, cols = roll["combos"], roll["columns"]
     if not len(roll["g"]):
         return pd.DataFrame(columns=["model", "method", "region", "bin"] + cols)

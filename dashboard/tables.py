@@ -14,23 +14,23 @@ import pandas as pd
 import streamlit as st
 
 from core import stats, store
-from dashboard.state import Selection, patient_table
+from dashboard.state import Selection, patient_table, subset_key
 
 LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _bin_arrays(db: str, mtime: float, run_id: str, mask: str, _combos: pd.DataFrame, combos_key: tuple,
-                pids: tuple) -> dict:
+                pids_key: str, _pids: tuple) -> dict:
     con = store.connect(db, read_only=True)
     try:
-        return store.calibration_bin_arrays(con, run_id, mask, _combos, list(pids))
+        return store.calibration_bin_arrays(con, run_id, mask, _combos, list(_pids))
     finally:
         con.close()
 
 
 @st.cache_data(max_entries=64, show_spinner="Bootstrapping confidence intervals ...")
-def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, models: tuple, patients: tuple,
+def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, models: tuple, patients_key: str,
                  B: int, _wide: pd.DataFrame, _all: pd.DataFrame) -> pd.DataFrame:
     if _wide.empty:
         return stats.leaderboard(_wide)
@@ -38,7 +38,8 @@ def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, 
     # per-patient bins of ALL patients are read once (cached) and re-indexed to this subset in memory
     combos = _wide[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
     all_pids = np.array(sorted(set(_all.patient_id)), dtype=object)
-    arrays = _bin_arrays(db, mtime, run_id, mask, combos, tuple(map(tuple, combos.to_numpy())), tuple(all_pids))
+    arrays = _bin_arrays(db, mtime, run_id, mask, combos, tuple(map(tuple, combos.to_numpy())),
+                         subset_key(all_pids), tuple(all_pids))
     sub = np.array(sorted(set(_wide.patient_id)), dtype=object)
     pos = np.searchsorted(sub, all_pids[arrays["patient"]])
     pos = np.minimum(pos, len(sub) - 1)
@@ -55,9 +56,9 @@ def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) ->
     everyone = patient_table(sel, LEADERBOARD_METRICS, subset=False)
     everyone = everyone[everyone.method.isin(methods) & everyone.model.isin(sel.models)]
     wide = everyone[everyone.patient_id.isin(sel.patients)] if len(sel.patients) < len(sel.all_patients) else everyone
-    subset = tuple(sorted(set(wide.patient_id)))
+    key = subset_key(sorted(set(wide.patient_id)), sorted(set(everyone.patient_id)))
     return _leaderboard(str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)),
-                        tuple(sorted(sel.models)), subset, B, _wide=wide, _all=everyone)
+                        tuple(sorted(sel.models)), key, B, _wide=wide, _all=everyone)
 
 
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:
