@@ -351,6 +351,9 @@ def quality_patients(con, run_id: str, method: str, region: str) -> pd.DataFrame
 def table_counts(con) -> pd.DataFrame:
     names = ["runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps",
              "temperatures", "run_plan", "quality", "quality_summary"]
+    # a database written by an older version may lack the newer tables: count those that exist
+    existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    names = [n for n in names if n in existing]
     # table names come from the fixed list above, never from user input
     return pd.DataFrame({"table": names, "rows": [con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names]})
 

@@ -84,3 +84,17 @@ def test_parameters_not_pasted(tmp_path):
 def test_read_only_connection_requires_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         store.connect(tmp_path / "missing.duckdb", read_only=True)
+
+
+def test_table_counts_on_a_database_without_the_newer_tables(tmp_path):
+    import duckdb
+
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE runs (run_id VARCHAR)")
+    con.execute("CREATE TABLE evaluations (run_id VARCHAR)")
+    con.close()
+    con = store.connect(db, read_only=True)
+    counts = store.table_counts(con)
+    con.close()
+    assert list(counts.table) == ["runs", "evaluations"] and (counts.rows == 0).all()
