@@ -133,6 +133,19 @@ def cmd_merge(args) -> int:
     return 0 if not out["conflicts"] else 1
 
 
+def cmd_derive(args) -> int:
+    from . import store
+    from .derived import build, build_all
+
+    with store.writer(args.db) as con:
+        if args.run:
+            out = build(con, args.run)
+            print(f"derived tables of {args.run}: {out['rows']} in {out['seconds']} s")
+        else:
+            build_all(con, echo=print)
+    return 0
+
+
 def cmd_train(args) -> int:
     from .models import DEMO_MODELS
     from .train import train_model
@@ -192,6 +205,11 @@ def main(argv=None) -> int:
     m.add_argument("shards", nargs="+", help="shard databases (written by --shard i/n runs)")
     m.add_argument("--no-quality", action="store_true", help="do not recompute the quality prediction")
     m.set_defaults(fn=cmd_merge)
+    dv = sub.add_parser("derive", help="(re)build the app's derived tables (per-patient summaries, bins as lists, "
+                                       "cohort bin totals) of a database written by an older version")
+    dv.add_argument("--db", required=True)
+    dv.add_argument("--run", help="one run id (default: every run)")
+    dv.set_defaults(fn=cmd_derive)
     t = sub.add_parser("train", help="train a demo architecture on a cohort's train split")
     t.add_argument("--model", choices=["SegResNet", "UNet-Res"], required=True)
     t.add_argument("--cohort", default=str(DEMO_COHORT))

@@ -280,6 +280,15 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
             except Exception as e:  # quality prediction is an add-on: never lose the batch over it
                 log.error("quality prediction failed: %s\n%s", e, traceback.format_exc())
                 echo(f"quality prediction failed: {e}")
+        if shard is None:
+            from .derived import build as build_derived
+
+            try:  # the app's fast tables; readers fall back to the long tables when these are missing or stale
+                d = build_derived(con, run_id)
+                log.info("derived tables %s in %s s", d["rows"], d["seconds"])
+            except Exception as e:
+                log.error("derived tables failed: %s\n%s", e, traceback.format_exc())
+                echo(f"derived tables failed (the app reads the long tables instead): {e}")
     summary = {"run_id": run_id, **counts, "unavailable": unavailable, "seconds": round(time.time() - t_start, 1),
                "db": str(db), "plan": plan}
     log.info("summary %s", {k: v for k, v in summary.items() if k != "plan"})

@@ -9,6 +9,7 @@ run_plan, quality, quality_summary
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +66,7 @@ COLUMNS = {
     "maps": ["kind", "path"],
 }
 KEY = ["run_id", "model", "method", "patient_id"]
+CAL_LIST_COLS = ["n", "sum_prob", "sum_true"]
 
 
 class DatabaseBusy(RuntimeError):
@@ -358,9 +360,33 @@ def table_counts(con) -> pd.DataFrame:
     return pd.DataFrame({"table": names, "rows": [con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names]})
 
 
+def _use_derived(con, run_id: str, mask: str | None = None, metrics: list[str] | None = None) -> bool:
+    """Whether a read can use the run's derived tables (:mod:`core.derived`): they are up to date, the mask is
+    one they hold and every requested metric is a column of ``patient_summary``."""
+    from . import derived
+
+    if os.environ.get("TUMOURQA_DERIVED", "1") == "0":  # benchmarks' reference: the long tables only
+        return False
+    if mask is not None and mask not in derived.MASKS:
+        return False
+    if metrics is not None and (not metrics or not set(metrics) <= set(derived.WIDE_METRICS)):
+        return False
+    return derived.valid(con, run_id)
+
+
 def patient_measure(con, run_id: str, model: str, method: str, metric: str = "mean_entropy", region: str = "WT",
                     mask: str = "brain") -> pd.DataFrame:
     """One per-patient value (columns patient_id, value) of one model/method, e.g. mean WT entropy in the brain."""
+    from .derived import PRED_COLUMNS, WIDE_METRICS
+
+    col = PRED_COLUMNS.get((metric, mask)) or (metric if metric in WIDE_METRICS and mask in ("brain", "roi") else None)
+    if col is not None and _use_derived(con, run_id):
+        row_mask = mask if mask in ("brain", "roi") else "brain"
+        # col is a column name of patient_summary (from derived's constants), never free text
+        return con.execute(f"""
+            SELECT patient_id, {col} AS value FROM patient_summary
+            WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
+            ORDER BY patient_id""", [run_id, model, method, region, row_mask]).df()
     return con.execute("""
         SELECT m.patient_id, m.value FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
         WHERE m.run_id = ? AND m.model = ? AND m.method = ? AND m.metric = ? AND m.region = ? AND m.mask = ?
@@ -395,6 +421,10 @@ def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metr
 def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain") -> pd.DataFrame:
     """Calibration bins summed over a patient subset: model, method, region, bin, n, sum_prob, sum_true."""
     patient_ids = _list(patient_ids)
+    if patient_ids is None and _use_derived(con, run_id, mask):
+        return con.execute("""
+            SELECT model, method, region, bin, n, sum_prob, sum_true FROM cohort_calibration_bins
+            WHERE run_id = ? AND mask = ? ORDER BY model, method, region, bin""", [run_id, mask]).df()
     return con.execute(f"""
         SELECT model, method, region, bin, sum(n) AS n, sum(sum_prob) AS sum_prob, sum(sum_true) AS sum_true
         FROM calibration_bins
@@ -407,6 +437,11 @@ def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = No
     """Uncertainty histograms summed over a patient subset: model, method, region, bin, n_error, n_correct,
     n_fp, n_fn, n_tp."""
     patient_ids = _list(patient_ids)
+    if patient_ids is None and _use_derived(con, run_id, mask):
+        return con.execute("""
+            SELECT model, method, region, bin, n_error, n_correct, n_fp, n_fn, n_tp FROM cohort_uncertainty_bins
+            WHERE run_id = ? AND mask = ? AND measure = ? ORDER BY model, method, region, bin""",
+                           [run_id, mask, measure]).df()
     return con.execute(f"""
         SELECT model, method, region, bin, sum(n_error) AS n_error, sum(n_correct) AS n_correct,
                sum(n_fp) AS n_fp, sum(n_fn) AS n_fn, sum(n_tp) AS n_tp
@@ -433,6 +468,10 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
                         [measure]),
     }[kind]
     methods = _list(methods)
+    from . import derived
+
+    if (kind == "calibration" or measure in derived.LIST_MEASURES) and _use_derived(con, run_id, mask):
+        return _grouped_lists(con, run_id, kind, patient_ids, group_ids, mask, measure, methods, cols)
     combos = con.execute(f"""
         SELECT DISTINCT model, method, region FROM {table} WHERE run_id = ? AND mask = ?
           AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method)) ORDER BY ALL""",
@@ -451,6 +490,61 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
             "bin": np.asarray(res["bin"], np.int64), "columns": cols,
             "counts": np.stack([np.asarray(res[c], np.float64) for c in cols], axis=1) if len(res["g"])
             else np.zeros((0, len(cols)))}
+
+
+def _list_rows(con, run_id: str, kind: str, mask: str, measure: str, methods: list[str] | None, patient_ids: list[str],
+               cols: list[str], combos: pd.DataFrame | None = None):
+    """Rows of ``patient_calibration`` / ``patient_uncertainty`` (:mod:`core.derived`) of the listed patients as
+    (patient index into ``patient_ids`` (R,), combo index into ``combos`` (R,), combos, entry row (E,),
+    {bins, <cols>: (E,)}); ``combos`` (model, method, region) defaults to every combo present, sorted."""
+    from .derived import list_arrays
+
+    table, extra, extra_args = ("patient_calibration", "", []) if kind == "calibration" else \
+        ("patient_uncertainty", " AND t.measure = ?", [measure])
+    if combos is None:
+        combos = con.execute(f"""
+            SELECT DISTINCT model, method, region FROM {table} t WHERE t.run_id = ? AND t.mask = ?{extra}
+              AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], t.method)) ORDER BY ALL""",
+                             [run_id, mask] + extra_args + [methods, methods]).df()
+    pids = _list(patient_ids)
+    lists = ", ".join(f"t.{c}" for c in ["bins"] + cols)
+    tbl = con.sql(f"""
+        WITH pat AS (SELECT unnest(?::VARCHAR[]) AS patient_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS patient),
+             cmb AS (SELECT unnest(?::VARCHAR[]) AS model, unnest(?::VARCHAR[]) AS method,
+                            unnest(?::VARCHAR[]) AS region, generate_subscripts(?::VARCHAR[], 1) - 1 AS combo)
+        SELECT pat.patient, cmb.combo, {lists}
+        FROM {table} t JOIN pat USING (patient_id) JOIN cmb USING (model, method, region)
+        WHERE t.run_id = ? AND t.mask = ?{extra}""",
+                  params=[pids, pids, combos.model.tolist(), combos.method.tolist(), combos.region.tolist(),
+                          combos.model.tolist(), run_id, mask] + extra_args).to_arrow_table()
+    if not tbl.num_rows:
+        z = np.zeros(0, np.int64)
+        return z, z, combos, z, {c: np.zeros(0) for c in ["bins"] + cols}
+    row, vals = list_arrays(tbl, ["bins"] + cols)
+    patient = tbl.column("patient").to_numpy().astype(np.int64)
+    combo = tbl.column("combo").to_numpy().astype(np.int64)
+    return patient, combo, combos, row, vals
+
+
+def _grouped_lists(con, run_id, kind, patient_ids, group_ids, mask, measure, methods, cols) -> dict:
+    """:func:`grouped_bins` from the derived list tables: the rows are read without a string per bin and
+    summed per (group, combo, bin) with numpy."""
+    patient, combo, combos, row, vals = _list_rows(con, run_id, kind, mask, measure, methods, patient_ids, cols)
+    gid = np.asarray([int(g) for g in group_ids], np.int64)
+    if not len(row):
+        return {"combos": combos, "g": np.zeros(0, np.int64), "combo": np.zeros(0, np.int64),
+                "bin": np.zeros(0, np.int64), "columns": cols, "counts": np.zeros((0, len(cols)))}
+    ug, ginv = np.unique(gid[patient], return_inverse=True)
+    bins = vals["bins"].astype(np.int64)
+    nb = int(bins.max()) + 1
+    C = len(combos)
+    key = (ginv[row] * C + combo[row]) * nb + bins
+    size = len(ug) * C * nb
+    present = np.bincount(key, minlength=size) > 0
+    idx = np.flatnonzero(present)
+    counts = np.stack([np.bincount(key, vals[c].astype(np.float64), minlength=size)[idx] for c in cols], axis=1)
+    return {"combos": combos, "g": ug[idx // (C * nb)], "combo": (idx // nb) % C, "bin": idx % nb, "columns": cols,
+            "counts": counts}
 
 
 SUMMARY_METRICS = ["dice", "ece", "auroc_entropy", "mean_entropy"]
@@ -476,6 +570,22 @@ def patient_calibration_bins(con, run_id: str, model: str, method: str, region: 
                              patient_ids: list[str] | None = None) -> pd.DataFrame:
     """Per-patient reliability bins of one model/method/region: patient_id, bin, n, sum_prob, sum_true."""
     patient_ids = _list(patient_ids)
+    if _use_derived(con, run_id, mask):
+        from .derived import list_arrays
+
+        tbl = con.sql(f"""
+            SELECT patient_id, bins, n, sum_prob, sum_true FROM patient_calibration
+            WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
+              AND {_IN_PATIENTS.format(col="patient_id")} ORDER BY patient_id""",
+                      params=[run_id, model, method, region, mask, patient_ids, patient_ids]).to_arrow_table()
+        if not tbl.num_rows:
+            return pd.DataFrame({"patient_id": pd.Series(dtype=object), "bin": pd.Series(dtype=np.int32),
+                                 "n": pd.Series(dtype=np.int64), "sum_prob": pd.Series(dtype=float),
+                                 "sum_true": pd.Series(dtype=float)})
+        row, v = list_arrays(tbl, ["bins"] + CAL_LIST_COLS)
+        pid = np.asarray(tbl.column("patient_id").to_pylist(), dtype=object)
+        return pd.DataFrame({"patient_id": pid[row], "bin": v["bins"].astype(np.int32), "n": v["n"].astype(np.int64),
+                             "sum_prob": v["sum_prob"], "sum_true": v["sum_true"]})
     return con.execute(f"""
         SELECT patient_id, bin, n, sum_prob, sum_true FROM calibration_bins
         WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
@@ -502,6 +612,11 @@ def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, pa
     """Per-patient calibration bins of the listed (model, method, region) combos and patients as integer-coded
     numpy arrays (the input of the bootstrap ECE in :func:`core.stats.leaderboard`): patient (index into
     ``patient_ids``), combo (index into ``combos``), bin, d = sum_prob - sum_true, n."""
+    if _use_derived(con, run_id, mask):
+        patient, combo, _, row, v = _list_rows(con, run_id, "calibration", mask, "", None, patient_ids, CAL_LIST_COLS,
+                                               combos=combos)
+        return {"patient": patient[row], "combo": combo[row], "bin": v["bins"].astype(np.int64),
+                "d": v["sum_prob"] - v["sum_true"], "n": v["n"].astype(np.float64)}
     res = con.execute("""
         WITH pat AS (SELECT unnest(?::VARCHAR[]) AS patient_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS patient),
              cmb AS (SELECT unnest(?::VARCHAR[]) AS model, unnest(?::VARCHAR[]) AS method,
@@ -515,12 +630,23 @@ def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, pa
 
 
 def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patient_ids: list[str] | None = None,
-                method: str | None = None) -> pd.DataFrame:
+                method: str | None = None, derived: bool = True) -> pd.DataFrame:
     """Per-patient metrics as columns: model, method, patient_id, region, <metric>..., one row per ok
     evaluation and region. Each metric is taken in ``mask``, except those stored for one voxel set only
     (:data:`BRAIN_ONLY`: Dice, HD95, volumes -> 'brain'; :data:`PRED_ONLY` -> 'pred'). NULL (NaN) where a
     metric is undefined. Pivoted in SQL (one conditional aggregate per metric, names passed as parameters)."""
     metrics = [str(m) for m in metrics]
+    if derived and _use_derived(con, run_id, mask, metrics):
+        from .derived import WIDE_METRICS
+
+        # column names: members of derived.WIDE_METRICS (checked by _use_derived), never free text
+        cols = ", ".join(WIDE_METRICS[WIDE_METRICS.index(m)] for m in metrics)
+        return con.execute(f"""
+            SELECT model, method, patient_id, region, {cols} FROM patient_summary
+            WHERE run_id = ? AND mask = ? AND (?::VARCHAR IS NULL OR method = ?)
+              AND {_IN_PATIENTS.format(col="patient_id")}
+            ORDER BY model, method, patient_id, region""",
+                           [run_id, mask, method, method, _list(patient_ids), _list(patient_ids)]).df()
     masks = ["brain" if m in BRAIN_ONLY else "pred" if m in PRED_ONLY else mask for m in metrics]
     cols = ", ".join(f"max(m.value) FILTER (WHERE m.metric = ? AND m.mask = ?) AS c{i}" for i in range(len(metrics)))
     params = [v for pair in zip(metrics, masks) for v in pair]

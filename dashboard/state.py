@@ -306,9 +306,16 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
     """The filtered patients' bins, summed (columns as :func:`core.store.summed_calibration_bins` /
     :func:`core.store.summed_uncertainty_bins`), for ``methods`` (default: every method of the run).
 
-    Computed from per-group sums read once per stratification (:func:`core.store.grouped_bins`, cached), so
-    moving the quantile filter adds up a few dozen groups' rows (numpy) instead of rereading every patient."""
+    The whole range (0-100 %) reads the cohort totals (every patient of the run). Other ranges are computed from
+    per-group sums read once per stratification (:func:`core.store.grouped_bins`, cached), so moving the quantile
+    filter adds up a few dozen groups' rows (numpy) instead of rereading every patient."""
     mask = mask or sel.mask
+    if tuple(sel.q_range) == (0, 100):  # everyone: the cohort totals (written by the batch, see core.derived)
+        if kind == "calibration":
+            df = query(sel.db, "summed_calibration_bins", sel.run_id, None, mask)
+        else:
+            df = query(sel.db, "summed_uncertainty_bins", sel.run_id, None, mask, measure)
+        return (df if methods is None else df[df.method.isin(methods)]).reset_index(drop=True)
     roll = _rollup(str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
                    None if methods is None else tuple(sorted(methods)), sel.groups_key, sel.group_pids,
                    sel.group_ids)
