@@ -386,6 +386,7 @@ def patient_measure(con, run_id: str, model: str, method: str, metric: str = "me
         return con.execute(f"""
             SELECT patient_id, {col} AS value FROM patient_summary
             WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
+            QUALIFY count({col}) OVER () > 0  -- a measure the method does not store (MI without samples): no rows
             ORDER BY patient_id""", [run_id, model, method, region, row_mask]).df()
     return con.execute("""
         SELECT m.patient_id, m.value FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
@@ -451,7 +452,7 @@ def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = No
 
 
 def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids: list[int], mask: str = "brain",
-                 measure: str = "entropy", methods: list[str] | None = None) -> dict:
+                 measure: str = "entropy", methods: list[str] | None = None, columns: list[str] | None = None) -> dict:
     """Bins summed per patient GROUP in one pass over the table, as numpy arrays.
 
     Returns dict(combos=DataFrame(model, method, region) indexed by combo number, g (R,) int group id,
@@ -461,12 +462,15 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
 
     The app groups patients by where they fall between the quantiles of the sidebar's measure, so every
     position of the quantile filter is a union of groups: summing the groups' rows gives the subset's bins
-    exactly, without touching the per-patient rows again (see :mod:`dashboard.state`)."""
+    exactly, without touching the per-patient rows again (see :mod:`dashboard.state`). ``columns`` keeps only
+    those count columns."""
     table, cols, extra, extra_args = {
         "calibration": ("calibration_bins", ["n", "sum_prob", "sum_true"], "", []),
         "uncertainty": ("uncertainty_bins", ["n_error", "n_correct", "n_fp", "n_fn", "n_tp"], " AND t.measure = ?",
                         [measure]),
     }[kind]
+    if columns is not None:  # only these count columns (a page that needs n_error / n_correct reads half the lists)
+        cols = [c for c in cols if c in columns]
     methods = _list(methods)
     from . import derived
 

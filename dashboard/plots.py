@@ -1,6 +1,7 @@
 """Plotly figure builders (pure: DataFrames in, figures out)."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -38,15 +39,53 @@ def side_by_side(summary: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     return fig
 
 
+def box_stats(x, y, ids) -> tuple[dict, pd.DataFrame]:
+    """Box statistics per category, as plotly draws them (quartiles by linear interpolation, whiskers at the
+    most extreme values within 1.5 IQR of the box), and the points outside the whiskers.
+
+    x: (n,) category per value; y: (n,) values (NaN skipped); ids: (n,) label per value. Returns
+    (dict(x, q1, median, q3, lowerfence, upperfence, mean): one entry per non-empty category, in first-seen
+    order; DataFrame(x, y, id) of the outliers)."""
+    x, y, ids = np.asarray(x, dtype=object), np.asarray(y, np.float64), np.asarray(ids, dtype=object)
+    stats = {k: [] for k in ("x", "q1", "median", "q3", "lowerfence", "upperfence", "mean")}
+    outs = []
+    for cat in pd.unique(x):
+        sel = (x == cat) & np.isfinite(y)
+        v = y[sel]
+        if not v.size:
+            continue
+        q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
+        iqr = q3 - q1
+        lo, hi = v[v >= q1 - 1.5 * iqr].min(), v[v <= q3 + 1.5 * iqr].max()
+        for k, val in zip(stats, (cat, q1, med, q3, lo, hi, v.mean())):
+            stats[k].append(val)
+        out = (v < lo) | (v > hi)
+        outs.append(pd.DataFrame({"x": cat, "y": v[out], "id": ids[sel][out]}))
+    return stats, (pd.concat(outs, ignore_index=True) if outs else pd.DataFrame(columns=["x", "y", "id"]))
+
+
+def _box_traces(fig: go.Figure, x, y, ids, name: str, colour: str | None, hover: str, all_points: bool, **kw) -> None:
+    """One box per category; every point when ``all_points``, else statistics computed here and only the
+    outliers sent to the browser (a box of 10,000 patients otherwise ships every value and id)."""
+    if all_points:
+        fig.add_trace(go.Box(x=x, y=y, name=name, marker_color=colour, boxpoints="all", jitter=0.4, pointpos=0,
+                             customdata=ids, hovertemplate=hover, **kw))
+        return
+    st, out = box_stats(x, y, ids)
+    fig.add_trace(go.Box(name=name, marker_color=colour, boxpoints=False, offsetgroup=name, **st, **kw))
+    fig.add_trace(go.Scatter(x=out.x, y=out.y, customdata=out.id, mode="markers", name=name, offsetgroup=name,
+                             marker=dict(color=colour, size=4), showlegend=False, hovertemplate=hover,
+                             **{k: v for k, v in kw.items() if k == "legendgroup"}))
+
+
 def per_patient_box(df: pd.DataFrame, metric_label: str, colours: dict[str, str], y_range=None) -> go.Figure:
-    """Per-patient distribution: df with columns model, region, patient_id, value."""
+    """Per-patient distribution: df with columns model, region, patient_id, value. Above :data:`ALL_POINTS`
+    rows the boxes are computed here and only outliers are drawn as points (:func:`box_stats`)."""
     fig = go.Figure()
     for model, g in df.groupby("model", sort=True):
-        fig.add_trace(go.Box(x=g.region, y=g.value, name=model, marker_color=colours.get(model),
-                             boxpoints="all" if len(df) <= ALL_POINTS else "outliers",
-                             jitter=0.4, pointpos=0, customdata=g.patient_id,
-                             hovertemplate="%{customdata}<br>%{y:.3f}<extra>" + model + "</extra>"))
-    fig.update_layout(boxmode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
+        _box_traces(fig, g.region, g.value, g.patient_id, model, colours.get(model),
+                    "%{customdata}<br>%{y:.3f}<extra>" + model + "</extra>", len(df) <= ALL_POINTS, legendgroup=model)
+    fig.update_layout(boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
                       xaxis=dict(title="region", categoryorder="array", categoryarray=REGIONS),
                       yaxis=dict(title=metric_label, range=y_range), legend=dict(orientation="h", y=-0.2))
     return fig
@@ -188,9 +227,9 @@ def paired_differences(df: pd.DataFrame, label: str, a: str, b: str) -> go.Figur
     fig = go.Figure()
     for region in REGIONS:
         g = df[df.region == region]
-        fig.add_trace(go.Box(x=[region] * len(g), y=g["diff"], name=region, boxpoints="all" if len(df) <= ALL_POINTS else "outliers", jitter=0.4, pointpos=0,
-                             customdata=g.patient_id, marker_color="#555", showlegend=False,
-                             hovertemplate="%{customdata}<br>difference %{y:.3f}<extra>" + region + "</extra>"))
+        _box_traces(fig, [region] * len(g), g["diff"], g.patient_id, region, "#555",
+                    "%{customdata}<br>difference %{y:.3f}<extra>" + region + "</extra>", len(df) <= ALL_POINTS,
+                    showlegend=False)
     fig.add_hline(y=0, line=dict(color="#d62728", dash="dash"))
     fig.update_layout(height=360, margin=dict(t=30, b=40, l=60, r=20),
                       xaxis=dict(title="region", categoryorder="array", categoryarray=REGIONS),

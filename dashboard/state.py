@@ -292,17 +292,18 @@ def subset_key(*parts) -> str:
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: str, methods: tuple | None,
-            groups_key: str, _pids: tuple, _gids: tuple) -> dict:
+            columns: tuple | None, groups_key: str, _pids: tuple, _gids: tuple) -> dict:
     con = store.connect(db, read_only=True)
     try:
         return store.grouped_bins(con, run_id, kind, list(_pids), list(_gids), mask=mask, measure=measure,
-                                  methods=None if methods is None else list(methods))
+                                  methods=None if methods is None else list(methods),
+                                  columns=None if columns is None else list(columns))
     finally:
         con.close()
 
 
 def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str = "entropy",
-                methods: list[str] | None = None) -> pd.DataFrame:
+                methods: list[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """The filtered patients' bins, summed (columns as :func:`core.store.summed_calibration_bins` /
     :func:`core.store.summed_uncertainty_bins`), for ``methods`` (default: every method of the run).
 
@@ -317,7 +318,8 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
             df = query(sel.db, "summed_uncertainty_bins", sel.run_id, None, mask, measure)
         return (df if methods is None else df[df.method.isin(methods)]).reset_index(drop=True)
     roll = _rollup(str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
-                   None if methods is None else tuple(sorted(methods)), sel.groups_key, sel.group_pids,
+                   None if methods is None else tuple(sorted(methods)), None if columns is None else tuple(columns),
+                   sel.groups_key, sel.group_pids,
                    sel.group_ids)
     combos, cols = roll["combos"], roll["columns"]
     if not len(roll["g"]):
@@ -362,8 +364,10 @@ def subset_summary(sel: Selection, mask: str | None = None, methods: list[str] |
     from core import summaries
 
     mask = mask or sel.mask
-    wide = patient_table(sel, store.SUMMARY_METRICS, mask)
+    # one method: read only its rows (a quarter of a 4-method run's); several: all, filtered in memory
+    wide = patient_table(sel, store.SUMMARY_METRICS, mask, method=methods[0] if methods and len(methods) == 1 else None)
     if methods is not None:
         wide = wide[wide.method.isin(methods)]
     return summaries.cohort_summary(wide, subset_bins(sel, "calibration", mask, methods=methods),
-                                    subset_bins(sel, "uncertainty", mask, methods=methods))
+                                    subset_bins(sel, "uncertainty", mask, methods=methods,
+                                                columns=["n_error", "n_correct"]))

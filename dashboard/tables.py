@@ -41,9 +41,10 @@ def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, 
     arrays = _bin_arrays(db, mtime, run_id, mask, combos, tuple(map(tuple, combos.to_numpy())),
                          subset_key(all_pids), tuple(all_pids))
     sub = np.array(sorted(set(_wide.patient_id)), dtype=object)
-    pos = np.searchsorted(sub, all_pids[arrays["patient"]])
-    pos = np.minimum(pos, len(sub) - 1)
-    inside = sub[pos] == all_pids[arrays["patient"]]
+    # position of each of ALL patients in the subset (-1: outside), then per bin row by an integer gather
+    ppos = pd.Index(sub).get_indexer(all_pids)
+    pos = ppos[arrays["patient"]]
+    inside = pos >= 0
     sub_arrays = {k: v[inside] for k, v in arrays.items()}
     sub_arrays["patient"] = pos[inside]
     return stats.leaderboard(_wide, sub_arrays, B=B)
@@ -53,7 +54,7 @@ def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) ->
     """model x method x region (the given methods) with Dice, AUROC (means over patients) and dataset ECE, each
     with a 95 % patient-bootstrap interval over the patients inside the entropy filter, and the patient counts
     behind them (:func:`core.stats.leaderboard`). Cached per database version, methods and patient subset."""
-    everyone = patient_table(sel, LEADERBOARD_METRICS, subset=False)
+    everyone = patient_table(sel, LEADERBOARD_METRICS, subset=False, method=methods[0] if len(methods) == 1 else None)
     everyone = everyone[everyone.method.isin(methods) & everyone.model.isin(sel.models)]
     wide = everyone[everyone.patient_id.isin(sel.patients)] if len(sel.patients) < len(sel.all_patients) else everyone
     key = subset_key(sorted(set(wide.patient_id)), sorted(set(everyone.patient_id)))

@@ -81,6 +81,8 @@ def test_metric_wide_and_measures_equal_long_tables(dbs, mask):
     model = a.model.iloc[0]
     for metric, mmask in [("mean_entropy", mask), ("mean_entropy", "pred"), ("mean_mi", "pred"), ("mean_epkl", mask)]:
         _same_frame(*_both(dbs, "patient_measure", run, model, "mc_dropout", metric=metric, region="WT", mask=mmask))
+    x, y = _both(dbs, "patient_measure", run, model, "deterministic", metric="mean_mi", region="WT", mask=mask)
+    assert x.empty and y.empty  # no samples, no MI: no rows (the sidebar falls back to entropy)
 
 
 @pytest.mark.parametrize("mask", ["brain", "roi"])

@@ -1,4 +1,8 @@
 """Figure builders and the scatter-selection glue of dashboard.plots."""
+import numpy as np
+import pandas as pd
+import pytest
+
 from dashboard import plots
 
 
@@ -15,3 +19,27 @@ def test_selection_keys_from_plotly_event():
                         {"customdata": ["p2", "A"]}, {"x": 1.0}], "box": [], "lasso": []}
     assert plots.selected_keys(event) == [("p2", "A"), ("p1", "B")]
     assert plots.selected_keys(None) == [] and plots.selected_keys({"points": []}) == []
+
+
+def test_box_stats_hand_computed_and_large_boxes_ship_only_outliers():
+    """Quartiles by linear interpolation, whiskers at the extreme values within 1.5 IQR, the rest outliers;
+    above ALL_POINTS rows the figure carries the statistics and the outliers only, never every patient."""
+    x = ["WT"] * 11 + ["TC"] * 3
+    y = list(range(1, 11)) + [100.0] + [0.5, np.nan, 0.7]
+    st, out = plots.box_stats(x, y, [f"P{i}" for i in range(14)])
+    assert st["x"] == ["WT", "TC"]
+    # WT: 1..10, 100 -> q1 = 3.5, median 6, q3 = 8.5, IQR 5: fences 1 and 10, 100 is an outlier
+    assert (st["q1"][0], st["median"][0], st["q3"][0]) == (3.5, 6.0, 8.5)
+    assert (st["lowerfence"][0], st["upperfence"][0]) == (1.0, 10.0)
+    assert out.to_dict("records") == [{"x": "WT", "y": 100.0, "id": "P10"}]
+    assert st["median"][1] == 0.6 and st["mean"][1] == pytest.approx(0.6)  # NaN skipped
+    n = plots.ALL_POINTS + 1
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"model": "A", "region": rng.choice(["WT", "TC", "ET"], n), "patient_id": [f"P{i}" for i in range(n)],
+                       "value": rng.normal(size=n)})
+    fig = plots.per_patient_box(df, "Dice", {"A": "#123456"})
+    box, pts = fig.data
+    assert box.y is None and len(box.q1) == 3
+    assert 0 < len(pts.x) < n / 10
+    small = plots.per_patient_box(df.head(50), "Dice", {"A": "#123456"})
+    assert len(small.data) == 1 and len(small.data[0].y) == 50
