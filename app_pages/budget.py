@@ -5,6 +5,7 @@ import streamlit as st
 from core import summaries
 from dashboard import plots
 from dashboard.state import REGIONS, require_selection, subset_bins
+from dashboard.tables import csv_later
 
 st.title("Review budget")
 sel = require_selection()
@@ -28,6 +29,6 @@ for col, label in (("captured", "share of all errors captured"), ("ueo", "uncert
     st.plotly_chart(plots.budget_curves(curves, col, label, sel.colours), key=f"budget_{col}")
 st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns
                                                     if table[c].dtype.kind == "f"})
-st.download_button("Download (CSV)", table.to_csv(index=False), file_name=f"budget_{sel.run_id}_{region}.csv", mime="text/csv")
+st.download_button("Download (CSV)", csv_later(table), file_name=f"budget_{sel.run_id}_{region}.csv", mime="text/csv")
 st.caption("AUC 0-5 %: area under the curve over budgets 0.1-5 % (from (0, 0)), divided by 5 %. FP vs TP: among "
            "predicted-tumour voxels; FN vs TN: among predicted-background voxels (paper 003).")

@@ -7,6 +7,7 @@ import streamlit as st
 from core import stats
 from dashboard import plots, tables
 from dashboard.state import REGIONS, patient_table, query, require_selection, subset_summary
+from dashboard.tables import csv_later
 
 SCATTER_METRICS = {
     "dice": "Dice", "hd95": "HD95 (mm)", "ece": "ECE", "brier": "Brier", "nll": "NLL",
@@ -56,7 +57,7 @@ st.dataframe(table, hide_index=True, column_config={
     "ece_dataset": st.column_config.NumberColumn("ECE dataset", format="%.4f"),
     "ece_mean": st.column_config.NumberColumn("ECE mean/patient", format="%.4f"),
 })
-st.download_button("Download table (CSV)", table.to_csv(index=False), file_name=f"compare_{sel.run_id}_{sel.method}.csv",
+st.download_button("Download table (CSV)", csv_later(table), file_name=f"compare_{sel.run_id}_{sel.method}.csv",
                    mime="text/csv")
 st.caption("Dice: mean over patients (BraTS empty rules). AUROC pooled: entropy vs voxel error from the summed "
            "per-patient histograms; AUROC mean: mean of per-patient AUROC (NaN patients skipped). ECE dataset: 20 "
@@ -74,7 +75,7 @@ else:
         "AUROC pooled": st.column_config.NumberColumn(format="%.3f"),
         "patients": st.column_config.NumberColumn(help="patients behind each number (inside the entropy filter)"),
         "AUROC NaN skipped": st.column_config.NumberColumn(help="patients without an error (or a correct) voxel")})
-    st.download_button("Download leaderboard (CSV, with interval bounds)", lb.to_csv(index=False),
+    st.download_button("Download leaderboard (CSV, with interval bounds)", csv_later(lb),
                        file_name=f"leaderboard_{sel.run_id}_{sel.mask}.csv", mime="text/csv", key="dl_leaderboard")
     st.caption(f"Sorted by region, then Dice. [95 % CI]: percentile interval over 1000 patient-bootstrap resamples "
                f"(seed 0). Dice and AUROC: mean over patients; ECE: dataset-level from the resampled patients' summed "
@@ -125,7 +126,7 @@ else:
                         if c in ptable},
                      "open": st.column_config.LinkColumn("link", display_text="viewer ↗",
                                                          help="this patient in the viewer, in a new tab")})
-    st.download_button("Download patient table (CSV)", ptable.drop(columns="open").to_csv(index=False),
+    st.download_button("Download patient table (CSV)", csv_later(ptable.drop(columns="open")),
                        file_name=f"patients_{sel.run_id}_{sel.method}_{s_region}.csv", mime="text/csv",
                        key="dl_patients")
     if st.session_state.pop("_go_viewer", False):
@@ -163,7 +164,7 @@ else:
             "p_value": st.column_config.NumberColumn("p", format="%.4g"),
             "p_holm": st.column_config.NumberColumn("p (Holm, 3 regions)", format="%.4g")})
         st.plotly_chart(plots.paired_differences(diffs, PAIRED_METRICS[pm], a, b), key="paired_plot")
-        st.download_button("Download paired differences (CSV)", diffs.rename(columns={"a": a, "b": b}).to_csv(index=False),
+        st.download_button("Download paired differences (CSV)", csv_later(diffs.rename(columns={"a": a, "b": b})),
                            file_name=f"paired_{sel.run_id}_{sel.method}_{pm}_{a}_vs_{b}.csv", mime="text/csv",
                            key="dl_paired")
         st.caption(f"Method {sel.method}, voxel set {sel.mask} for calibration metrics. Two-sided Wilcoxon signed-rank "

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from dashboard.glossary import glossary
+from dashboard.tables import csv_later
 
 st.title("Glossary")
 st.caption("Exact definitions of every stored metric (mask = voxel set it is computed on) and of every uncertainty "
@@ -14,4 +15,4 @@ if g.empty:
     st.info("Nothing matches this search.")
 else:
     st.table(g.set_index("term"))  # a static table wraps long definitions instead of cutting them
-    st.download_button("Download glossary (CSV)", g.to_csv(index=False), file_name="glossary.csv", mime="text/csv")
+    st.download_button("Download glossary (CSV)", csv_later(g), file_name="glossary.csv", mime="text/csv")

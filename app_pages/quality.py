@@ -4,6 +4,7 @@ import streamlit as st
 
 from dashboard import plots
 from dashboard.state import REGIONS, query, require_selection
+from dashboard.tables import csv_later
 
 st.title("Quality prediction")
 sel = require_selection(patients=False)
@@ -31,7 +32,7 @@ st.dataframe(table, hide_index=True, column_config={
     "pearson_r": st.column_config.NumberColumn("Pearson r", format="%.3f"),
     "score_spearman": st.column_config.NumberColumn("score vs Dice (Spearman)", format="%.3f",
                                                     help="negative: higher uncertainty score, lower Dice")})
-st.download_button("Download summary (CSV)", table.to_csv(index=False), file_name=f"quality_{sel.run_id}_{region}.csv",
+st.download_button("Download summary (CSV)", csv_later(table), file_name=f"quality_{sel.run_id}_{region}.csv",
                    mime="text/csv")
 st.markdown("**Patients flagged for review** (predicted Dice in the lowest quarter, or below 0.5)")
 flagged = pts[pts.flagged].sort_values("predicted_dice")
@@ -40,5 +41,5 @@ if flagged.empty:
 else:
     st.dataframe(flagged, hide_index=True, column_config={
         c: st.column_config.NumberColumn(format="%.3f") for c in ("dice", "predicted_dice", "uncertainty_score")})
-    st.download_button("Download flagged patients (CSV)", flagged.to_csv(index=False),
+    st.download_button("Download flagged patients (CSV)", csv_later(flagged),
                        file_name=f"flagged_{sel.run_id}_{sel.method}_{region}.csv", mime="text/csv")

@@ -6,6 +6,7 @@ from core import metrics as M
 from core import summaries
 from dashboard import plots
 from dashboard.state import REGIONS, patient_table, query, require_selection
+from dashboard.tables import csv_later
 
 st.title("Reliability")
 sel = require_selection()
@@ -50,7 +51,7 @@ worst = wide.sort_values("ece", ascending=False).head(15)[["model", "patient_id"
                                                            "brier", "nll", "dice"]]
 st.dataframe(worst, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4f")
                                                      for c in ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"]})
-st.download_button("Download per-patient calibration (CSV)", wide.to_csv(index=False),
+st.download_button("Download per-patient calibration (CSV)", csv_later(wide),
                    file_name=f"calibration_{sel.run_id}_{sel.method}_{region}_{sel.mask}.csv", mime="text/csv")
 with st.expander("Definitions"):
     st.markdown(

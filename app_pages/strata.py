@@ -5,6 +5,7 @@ import streamlit as st
 from core import summaries
 from dashboard import plots
 from dashboard.state import STRAT_MEASURES, patient_table, require_selection, subset_summary
+from dashboard.tables import csv_later
 
 st.title("Patient strata")
 sel = require_selection(patients=False)
@@ -44,5 +45,5 @@ tri = tri.pivot_table(index=["patient_id", "stratum", "value"], columns="region"
 tri = tri.rename(columns={"value": STRAT_MEASURES[sel.strat_measure][0], **{r: f"dice_{r}" for r in ["WT", "TC", "ET"]}})
 tri = tri.sort_values(tri.columns[2], ascending=False)
 st.dataframe(tri, hide_index=True, key="triage")
-st.download_button("Download triage table (CSV)", tri.to_csv(index=False),
+st.download_button("Download triage table (CSV)", csv_later(tri),
                    file_name=f"triage_{sel.run_id}_{sel.strat_model}_{sel.method}.csv", mime="text/csv")

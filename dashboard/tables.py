@@ -62,6 +62,12 @@ def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) ->
                         tuple(sorted(sel.models)), key, B, _wide=wide, _all=everyone)
 
 
+def csv_later(df: pd.DataFrame):
+    """The ``data`` of a CSV download button, built only when the user clicks it (a 40,000-row table would
+    otherwise be rendered to CSV on every rerun)."""
+    return lambda: df.to_csv(index=False)
+
+
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:
     """'0.812 [0.781, 0.840]'; '-' for a missing estimate."""
     if est is None or not math.isfinite(est):
