@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import summaries
 from dashboard import plots
-from dashboard.state import REGIONS, require_selection, subset_bins
+from dashboard.state import REGIONS, require_selection, start_prefetch, subset_bins
 from dashboard.tables import csv_later
 
 st.title("Review budget")
@@ -32,3 +32,5 @@ st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberCo
 st.download_button("Download (CSV)", csv_later(table), file_name=f"budget_{sel.run_id}_{region}.csv", mime="text/csv")
 st.caption("AUC 0-5 %: area under the curve over budgets 0.1-5 % (from (0, 0)), divided by 5 %. FP vs TP: among "
            "predicted-tumour voxels; FN vs TN: among predicted-background voxels (paper 003).")
+
+start_prefetch()  # per-group sums for the first move of the entropy filter, in the background

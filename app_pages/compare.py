@@ -6,7 +6,7 @@ import streamlit as st
 
 from core import stats
 from dashboard import plots, tables
-from dashboard.state import REGIONS, patient_table, query, require_selection, subset_summary
+from dashboard.state import REGIONS, patient_table, query, require_selection, start_prefetch, subset_summary
 from dashboard.tables import csv_later
 
 SCATTER_METRICS = {
@@ -189,3 +189,5 @@ if not temps.empty:
             "temperature": st.column_config.NumberColumn(format="%.3f"),
             "nll_before": st.column_config.NumberColumn("NLL before (nats)", format="%.4f"),
             "nll_after": st.column_config.NumberColumn("NLL after (nats)", format="%.4f")})
+
+start_prefetch()  # per-group sums for the first move of the entropy filter, in the background

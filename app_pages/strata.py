@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import summaries
 from dashboard import plots
-from dashboard.state import STRAT_MEASURES, patient_table, require_selection, subset_summary
+from dashboard.state import STRAT_MEASURES, patient_table, require_selection, start_prefetch, subset_summary
 from dashboard.tables import csv_later
 
 st.title("Patient strata")
@@ -47,3 +47,5 @@ tri = tri.sort_values(tri.columns[2], ascending=False)
 st.dataframe(tri, hide_index=True, key="triage")
 st.download_button("Download triage table (CSV)", csv_later(tri),
                    file_name=f"triage_{sel.run_id}_{sel.strat_model}_{sel.method}.csv", mime="text/csv")
+
+start_prefetch()  # per-group sums for the first move of the entropy filter, in the background

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,6 +303,46 @@ def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: s
         con.close()
 
 
+_PREFETCHED: dict[tuple, threading.Thread] = {}
+_QUEUED: list[tuple] = []
+
+
+def start_prefetch() -> None:
+    """Start the rollups queued by :func:`subset_bins` during this page run (call at the END of a page, so that
+    the background work does not compete with drawing it)."""
+    while _QUEUED:
+        _prefetch_rollup(_QUEUED.pop(0))
+
+
+def _prefetch_rollup(args: tuple) -> None:
+    """Compute ``_rollup(*args)`` in a background thread, once per key: a page opened on the whole cohort
+    shows the batch's totals at once, and the per-group sums that the first move of the quantile filter needs
+    (a pass over every patient's bins) are made while the user reads the page. The foreground call with the
+    same arguments waits for this one through Streamlit's per-key compute lock and then reads the cache, so
+    nothing is computed twice; an error here is left to the foreground call to report."""
+    key = args[:-2]  # without the patient tuples (their digest, groups_key, is part of the key)
+    if len(args[-2]) == 0 or (key in _PREFETCHED and _PREFETCHED[key].is_alive()):
+        return  # (a finished key starts again: a cache hit returns at once, an evicted entry is recomputed)
+    if len(_PREFETCHED) > 64:
+        _PREFETCHED.clear()
+
+    def work():
+        try:
+            _rollup(*args)
+        except Exception:  # noqa: BLE001 - the foreground call recomputes and shows the error
+            pass
+
+    t = threading.Thread(target=work, name="tumourqa-rollup-prefetch", daemon=True)
+    try:
+        from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
+        add_script_run_ctx(t, get_script_run_ctx())
+    except ImportError:  # pragma: no cover - older Streamlit
+        pass
+    _PREFETCHED[key] = t
+    t.start()
+
+
 def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str = "entropy",
                 methods: list[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """The filtered patients' bins, summed (columns as :func:`core.store.summed_calibration_bins` /
@@ -311,16 +352,17 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
     per-group sums read once per stratification (:func:`core.store.grouped_bins`, cached), so moving the quantile
     filter adds up a few dozen groups' rows (numpy) instead of rereading every patient."""
     mask = mask or sel.mask
+    args = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
+            None if methods is None else tuple(sorted(methods)), None if columns is None else tuple(columns),
+            sel.groups_key, sel.group_pids, sel.group_ids)
     if tuple(sel.q_range) == (0, 100):  # everyone: the cohort totals (written by the batch, see core.derived)
         if kind == "calibration":
             df = query(sel.db, "summed_calibration_bins", sel.run_id, None, mask)
         else:
             df = query(sel.db, "summed_uncertainty_bins", sel.run_id, None, mask, measure)
+        _QUEUED.append(args)  # what the first move of the filter will need: computed after the page is drawn
         return (df if methods is None else df[df.method.isin(methods)]).reset_index(drop=True)
-    roll = _rollup(str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
-                   None if methods is None else tuple(sorted(methods)), None if columns is None else tuple(columns),
-                   sel.groups_key, sel.group_pids,
-                   sel.group_ids)
+    roll = _rollup(*args)
     combos, cols = roll["combos"], roll["columns"]
     if not len(roll["g"]):
         return pd.DataFrame(columns=["model", "method", "region", "bin"] + cols)
