@@ -30,6 +30,12 @@ COMPARE = {
                 "mc_batch, device",
     "quality": "*",
     "quality_summary": "*",
+    # the derived tables (core/derived.py): built by the single run's end and by the merge, from the same rows
+    "patient_summary": "*",
+    "patient_calibration": "*",
+    "patient_uncertainty": "*",
+    "cohort_calibration_bins": "*",
+    "cohort_uncertainty_bins": "*",
 }
 
 
@@ -52,7 +58,10 @@ def _same_row(a: tuple, b: tuple) -> bool:
     if len(a) != len(b):
         return False
     for x, y in zip(a, b):
-        if isinstance(x, float) and isinstance(y, float):
+        if isinstance(x, list) and isinstance(y, list):  # list columns of the derived tables
+            if not _same_row(tuple(x), tuple(y)):
+                return False
+        elif isinstance(x, float) and isinstance(y, float):
             if not (x == y or math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-15) or (x != x and y != y)):
                 return False
         elif x != y:
