@@ -291,14 +291,20 @@ def subset_key(*parts) -> str:
     return h.hexdigest()
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
+# cache_resource, not cache_data: these values are large (per-group bins of every combo, per-patient tables)
+# and only read; cache_data would pickle them on every miss and unpickle a copy on every rerun
+@st.cache_resource(max_entries=32, show_spinner=False)
 def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: str, methods: tuple | None,
             columns: tuple | None, groups_key: str, _pids: tuple, _gids: tuple) -> dict:
     con = store.connect(db, read_only=True)
     try:
-        return store.grouped_bins(con, run_id, kind, list(_pids), list(_gids), mask=mask, measure=measure,
-                                  methods=None if methods is None else list(methods),
-                                  columns=None if columns is None else list(columns))
+        out = store.grouped_bins(con, run_id, kind, list(_pids), list(_gids), mask=mask, measure=measure,
+                                 methods=None if methods is None else list(methods),
+                                 columns=None if columns is None else list(columns))
+        for v in out.values():
+            if isinstance(v, np.ndarray):
+                v.flags.writeable = False  # shared by every session (cache_resource)
+        return out
     finally:
         con.close()
 
@@ -381,7 +387,7 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
     return out
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_resource(max_entries=64, show_spinner=False)
 def _patient_table(db: str, mtime: float, run_id: str, metrics: tuple, mask: str, method: str | None):
     con = store.connect(db, read_only=True)
     try:

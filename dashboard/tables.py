@@ -19,14 +19,22 @@ from dashboard.state import Selection, patient_table, subset_key
 LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+@st.cache_resource(max_entries=16, show_spinner=False)  # large and read-only: no pickled copy per rerun
 def _bin_arrays(db: str, mtime: float, run_id: str, mask: str, _combos: pd.DataFrame, combos_key: tuple,
                 pids_key: str, _pids: tuple) -> dict:
     con = store.connect(db, read_only=True)
     try:
-        return store.calibration_bin_arrays(con, run_id, mask, _combos, list(_pids))
+        out = store.calibration_bin_arrays(con, run_id, mask, _combos, list(_pids))
     finally:
         con.close()
+    for v in out.values():
+        v.flags.writeable = False  # shared by every session
+    return out
+
+
+def _sorted_ids(s: pd.Series) -> np.ndarray:
+    """Sorted unique patient ids as an object array (unique() in Arrow, not a Python loop over every row)."""
+    return np.sort(np.asarray(s.unique(), dtype=object))
 
 
 @st.cache_data(max_entries=64, show_spinner="Bootstrapping confidence intervals ...")
@@ -37,10 +45,12 @@ def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, 
     keys = ["model", "method", "region"]
     # per-patient bins of ALL patients are read once (cached) and re-indexed to this subset in memory
     combos = _wide[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
-    all_pids = np.array(sorted(set(_all.patient_id)), dtype=object)
+    all_pids = _sorted_ids(_all.patient_id)
     arrays = _bin_arrays(db, mtime, run_id, mask, combos, tuple(map(tuple, combos.to_numpy())),
                          subset_key(all_pids), tuple(all_pids))
-    sub = np.array(sorted(set(_wide.patient_id)), dtype=object)
+    sub = _sorted_ids(_wide.patient_id)
+    if len(sub) == len(all_pids):  # nobody filtered out: the same patient indices
+        return stats.leaderboard(_wide, arrays, B=B)
     # position of each of ALL patients in the subset (-1: outside), then per bin row by an integer gather
     ppos = pd.Index(sub).get_indexer(all_pids)
     pos = ppos[arrays["patient"]]
@@ -57,7 +67,7 @@ def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) ->
     everyone = patient_table(sel, LEADERBOARD_METRICS, subset=False, method=methods[0] if len(methods) == 1 else None)
     everyone = everyone[everyone.method.isin(methods) & everyone.model.isin(sel.models)]
     wide = everyone[everyone.patient_id.isin(sel.patients)] if len(sel.patients) < len(sel.all_patients) else everyone
-    key = subset_key(sorted(set(wide.patient_id)), sorted(set(everyone.patient_id)))
+    key = subset_key(_sorted_ids(wide.patient_id), _sorted_ids(everyone.patient_id))
     return _leaderboard(str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)),
                         tuple(sorted(sel.models)), key, B, _wide=wide, _all=everyone)
 
