@@ -5,7 +5,7 @@ import streamlit as st
 from core import metrics as M
 from core import summaries
 from dashboard import plots
-from dashboard.state import REGIONS, patient_table, query, require_selection
+from dashboard.state import REGIONS, in_filter, patient_table, query, require_selection
 from dashboard.tables import csv_later
 
 st.title("Reliability")
@@ -15,11 +15,15 @@ st.caption(f"Method **{sel.method}** · region **{region}** · voxel set **{sel.
            f"{M.N_CAL_BINS} equal-width bins of the region probability")
 
 curves, bands, hists = {}, {}, {}
+dense = query(sel.db, "calibration_dense", sel.run_id, sel.method, region, mask=sel.mask)
 for model in sel.models:
-    bins = query(sel.db, "patient_calibration_bins", sel.run_id, model, sel.method, region, mask=sel.mask)
-    bins = bins[bins.patient_id.isin(sel.patients)] if len(sel.patients) < len(sel.all_patients) else bins
-    if not bins.empty:
-        curves[model], bands[model], hists[model] = summaries.reliability(bins)
+    if model not in dense:
+        continue
+    d = dense[model]
+    keep = in_filter(sel, d["patient_id"])
+    if keep.any():
+        curves[model], bands[model], hists[model] = summaries.reliability_arrays(
+            d["n"][keep], d["sum_prob"][keep], d["sum_true"][keep])
 if not curves:
     st.info("No calibration bins for this selection (a run without ground truth has none).")
     st.stop()

@@ -597,6 +597,43 @@ def patient_calibration_bins(con, run_id: str, model: str, method: str, region: 
         ORDER BY patient_id, bin""", [run_id, model, method, region, mask, patient_ids, patient_ids]).df()
 
 
+def calibration_dense(con, run_id: str, method: str, region: str, mask: str = "brain",
+                      n_bins: int = M.N_CAL_BINS) -> dict[str, dict[str, np.ndarray]]:
+    """Per-patient calibration bins of every model of one method/region as dense arrays, in one read:
+    {model: {patient_id (P,) sorted, n, sum_prob, sum_true (P, n_bins) float64}} (zeros in empty bins)."""
+    if _use_derived(con, run_id, mask):
+        from .derived import list_arrays
+
+        tbl = con.sql("""SELECT model, patient_id, bins, n, sum_prob, sum_true FROM patient_calibration
+                         WHERE run_id = ? AND method = ? AND region = ? AND mask = ?""",
+                      params=[run_id, method, region, mask]).to_arrow_table()
+        if tbl.num_rows:
+            row, v = list_arrays(tbl, ["bins"] + CAL_LIST_COLS)
+            model = np.asarray(tbl.column("model").to_pylist(), dtype=object)[row]
+            pid = np.asarray(tbl.column("patient_id").to_pylist(), dtype=object)[row]
+            long = {"model": model, "patient_id": pid, "bin": v["bins"], **{c: v[c] for c in CAL_LIST_COLS}}
+        else:
+            long = None
+    else:
+        df = con.execute("""SELECT model, patient_id, bin, n, sum_prob, sum_true FROM calibration_bins
+                            WHERE run_id = ? AND method = ? AND region = ? AND mask = ?""",
+                         [run_id, method, region, mask]).df()
+        long = {c: df[c].to_numpy() for c in df.columns} if len(df) else None
+    out = {}
+    if long is None:
+        return out
+    models = np.asarray(long["model"], dtype=object)
+    for m in sorted(set(models)):
+        sel = models == m
+        ids, r = np.unique(np.asarray(long["patient_id"], dtype=object)[sel].astype(str), return_inverse=True)
+        flat = r * n_bins + np.asarray(long["bin"], np.int64)[sel]
+        size = len(ids) * n_bins
+        out[m] = {"patient_id": ids.astype(object)}
+        for c in CAL_LIST_COLS:
+            out[m][c] = np.bincount(flat, np.asarray(long[c], np.float64)[sel], minlength=size).reshape(len(ids), n_bins)
+    return out
+
+
 def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
                             methods: list[str] | None = None) -> pd.DataFrame:
     """Per-patient calibration bins of ok evaluations for a patient subset (and optionally some methods):

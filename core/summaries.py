@@ -23,6 +23,18 @@ def reliability(bins: pd.DataFrame, n_bins: int = M.N_CAL_BINS):
     * histogram: (n_bins x n_bins) dataset reliability histogram (paper 004), columns sum to 1.
     """
     acc, conf, n, _ = M.patient_reliability(bins, n_bins)
+    return _reliability(acc, conf, n, n_bins)
+
+
+def reliability_arrays(n: np.ndarray, sum_prob: np.ndarray, sum_true: np.ndarray):
+    """:func:`reliability` from dense per-patient bins (P, n_bins) (:func:`core.store.calibration_dense`)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(n > 0, sum_true / n, np.nan)
+        conf = np.where(n > 0, sum_prob / n, np.nan)
+    return _reliability(acc, conf, n, n.shape[1])
+
+
+def _reliability(acc: np.ndarray, conf: np.ndarray, n: np.ndarray, n_bins: int):
     tot = n.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         curve = pd.DataFrame({"conf": (np.nan_to_num(conf) * n).sum(0) / tot,

@@ -225,6 +225,14 @@ def current_selection() -> Selection | None:
     return sidebar()
 
 
+def in_filter(sel: "Selection", patient_ids) -> np.ndarray:
+    """Boolean per id of ``patient_ids``: inside the entropy filter (all True when nobody is filtered out)."""
+    ids = np.asarray(patient_ids, dtype=object)
+    if len(sel.patients) == len(sel.all_patients):
+        return np.ones(len(ids), bool)
+    return pd.Index(sel.patients).get_indexer(ids) >= 0
+
+
 def require_selection(models: bool = True, patients: bool = True) -> Selection:
     """The page's selection; stops the page with a message when there is no data, no model selected, or
     (``patients``) nobody inside the entropy filter."""

@@ -166,3 +166,23 @@ def test_older_layout_is_rebuilt(dbs, tmp_path):
                                       "WHERE table_name = 'patient_summary'").fetchall()]
     assert "capture_at_5pct" in cols
     con.close()
+
+
+def test_dense_calibration_and_reliability_equal_long_tables(dbs):
+    """The reliability page's one-read dense bins (both paths) give the same curves, bands and histograms as
+    the per-model long rows."""
+    from core import summaries
+
+    run = _run(dbs[0])
+    fast, slow = _both(dbs, "calibration_dense", run, "mc_dropout", "WT", mask="roi")
+    assert sorted(fast) == sorted(slow) and fast
+    for model in fast:
+        for k in ("n", "sum_prob", "sum_true"):
+            np.testing.assert_allclose(fast[model][k], slow[model][k], rtol=1e-12)
+        assert list(fast[model]["patient_id"]) == list(slow[model]["patient_id"])
+        bins = _both(dbs, "patient_calibration_bins", run, model, "mc_dropout", "WT", mask="roi")[1]
+        ref = summaries.reliability(bins)
+        got = summaries.reliability_arrays(fast[model]["n"], fast[model]["sum_prob"], fast[model]["sum_true"])
+        _same_frame(got[0], ref[0])
+        _same_frame(got[1], ref[1])
+        np.testing.assert_allclose(got[2], ref[2])
