@@ -329,7 +329,8 @@ def start_prefetch() -> None:
 
 
 def _prefetch_rollup(args: tuple) -> None:
-    """Compute ``_rollup(*args)`` in a background thread, once per key: a page opened on the whole cohort
+    """Compute ``_rollup(*args)`` in a background thread (none while one for the same key still runs; a finished
+    key is a cache hit, or recomputed if it was evicted): a page opened on the whole cohort
     shows the batch's totals at once, and the per-group sums that the first move of the quantile filter needs
     (a pass over every patient's bins) are made while the user reads the page. The foreground call with the
     same arguments waits for this one through Streamlit's per-key compute lock and then reads the cache, so
@@ -375,6 +376,7 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
         else:
             df = query(sel.db, "summed_uncertainty_bins", sel.run_id, None, mask, measure)
         _QUEUED.append(args)  # what the first move of the filter will need: computed after the page is drawn
+        del _QUEUED[:-16]  # a page that stopped early never started its queue: keep the newest only
         return (df if methods is None else df[df.method.isin(methods)]).reset_index(drop=True)
     roll = _rollup(*args)
     combos, cols = roll["combos"], roll["columns"]
