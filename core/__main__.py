@@ -65,9 +65,7 @@ def cmd_demo(args) -> int:
     specs = demo_weights(DATA / "weights", DEMO_COHORT, args.retrain, use_demo_methods=args.methods is None)
     stages["models"] = time.time() - t
     t = time.time()
-    import torch
-
-    T = args.T or (10 if torch.cuda.is_available() else 5)
+    T = args.T or 10
     summary = run_batch(DEMO_COHORT, args.db, specs, methods=args.methods or list(DEMO_METHODS), T=T, split="test",
                         patient_meta=_demo_meta())
     stages["batch"] = time.time() - t
@@ -167,7 +165,7 @@ def main(argv=None) -> int:
     d = sub.add_parser("demo", help="build the demo cohort, load or train the demo models, run the batch")
     d.add_argument("--db", default=str(DEMO_DB))
     d.add_argument("--T", type=int, default=None,
-                   help="MC dropout samples (default 10 on a GPU, 5 on CPU to keep the demo near its 5-minute budget)")
+                   help="MC dropout samples (default 10)")
     d.add_argument("--methods", nargs="+", default=None,
                    help=f"methods for every model (default: each model's demo methods, all of {', '.join(DEMO_METHODS)} "
                         "for UNet-Res); see core/uncertainty.py for the grammar")

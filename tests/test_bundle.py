@@ -10,7 +10,7 @@ from monai.networks.nets import SegResNet
 
 from core import store
 from core.bundle import BundleError
-from core.models import load_checkpoint, preprocess
+from core.models import load_checkpoint, prefer_onednn, preprocess
 
 ARGS = {"blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "init_filters": 8, "in_channels": 4,
         "out_channels": 3, "dropout_prob": 0.2}
@@ -22,6 +22,14 @@ OUT_PERM = [1, 0, 2]     # our region k = bundle output OUT_PERM[k]
 def _net(seed=0):
     torch.manual_seed(seed)
     return SegResNet(spatial_dims=3, **{k: tuple(v) if isinstance(v, list) else v for k, v in ARGS.items()}).eval()
+
+
+def _same_kernels(net):
+    """The reference net on the kernels a loaded model uses (oneDNN convolutions on CPU, core.models.prefer_onednn),
+    so that these comparisons test loading and channel/region order to 1e-6, not float summation order."""
+    import copy
+
+    return prefer_onednn(copy.deepcopy(net))
 
 
 def make_bundle(root, net=None, target="SegResNet", pixdim=(1.0, 1.0, 1.0), roi=(64, 64, 64), weights=None):
@@ -80,7 +88,7 @@ def test_bundle_card_and_permuted_prediction(tmp_path, target):
     assert c["source"]["regions"] == ["Tumor core", "Whole tumor", "Enhancing tumor"]
     x = torch.randn(1, 4, 32, 32, 32)  # our channel order
     with torch.no_grad():
-        want = net(x[:, IN_PERM])[:, OUT_PERM]
+        want = _same_kernels(net)(x[:, IN_PERM])[:, OUT_PERM]
         assert torch.allclose(lm.model(x), want, atol=1e-6)
     # through the prediction path: normalise (our order) + sliding window = the plain net in its own order
     from core.uncertainty import predict
@@ -138,7 +146,7 @@ def test_state_dict_with_sidecar(tmp_path):
     assert lm.name == "plain" and lm.card["spacing_mm"] == [2.0, 2.0, 2.0] and lm.card["regions"] == ["WT", "TC", "ET"]
     x = torch.randn(1, 4, 32, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(lm.model(x), net(x[:, IN_PERM])[:, OUT_PERM], atol=1e-6)
+        assert torch.allclose(lm.model(x), _same_kernels(net)(x[:, IN_PERM])[:, OUT_PERM], atol=1e-6)
     # a sidecar naming an unknown modality is refused with the name in the message
     (tmp_path / "brats.json").write_text(json.dumps({
         "arch": "segresnet", "arch_args": {"spatial_dims": 3, **ARGS}, "channels": ["t1c", "t1n", "t2w", "dwi"],
@@ -178,6 +186,6 @@ def test_state_dict_with_card_in_model_spec(tmp_path):
     assert ms.name == "from-spec" and ms.card["source"]["sidecar"] == "spec"
     x = torch.randn(1, 4, 32, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(ms.model(x), net(x[:, IN_PERM])[:, OUT_PERM], atol=1e-6)
+        assert torch.allclose(ms.model(x), _same_kernels(net)(x[:, IN_PERM])[:, OUT_PERM], atol=1e-6)
     with pytest.raises(ValueError, match="not a tumourqa-checkpoint"):  # no card, no sidecar: refused as before
         load_model_set(str(tmp_path / "weights.pt"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.models import (DEMO_MODELS, build_model, dropout_modules, load_checkpoint, make_card, preprocess,
+from core.models import (DEMO_MODELS, build_model, dropout_modules, load_checkpoint, make_card, prefer_onednn, preprocess,
                          save_checkpoint)
 from core.__main__ import SHIPPED_WEIGHTS, demo_checkpoint_name
 
@@ -24,8 +24,32 @@ def test_checkpoint_roundtrip_weights_only(tmp_path, name):
     assert lm.card["channels"] == ["t1", "t1ce", "t2", "flair"] and lm.card["regions"] == ["WT", "TC", "ET"]
     x = torch.randn(1, 4, 16, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(model(x), lm.model(x))
+        assert torch.allclose(prefer_onednn(model)(x), lm.model(x))
     assert len(dropout_modules(lm.model)) >= 1
+
+
+@pytest.mark.parametrize("name", list(DEMO_MODELS))
+def test_onednn_convolutions_match_native(name):
+    """prefer_onednn: same state dict, same outputs as nn.Conv3d's own kernel to float32 rounding (inference),
+    and autograd still takes nn.Conv3d's path (training is untouched)."""
+    spec = DEMO_MODELS[name]
+    card = make_card(name, spec["arch"], spec["arch_args"])
+    torch.manual_seed(0)
+    native = build_model(card).eval()
+    fast = prefer_onednn(build_model(card).eval())
+    fast.load_state_dict(native.state_dict())
+    assert list(fast.state_dict()) == list(native.state_dict())
+    assert any(type(m).__name__ == "_OneDNNConv3d" for m in fast.modules())
+    x = torch.randn(2, 4, 24, 32, 16)
+    with torch.inference_mode():
+        a, b = native(x), fast(x)
+    assert a.shape == b.shape
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    fast.train()
+    torch.manual_seed(1)
+    out = fast(x)
+    out.sum().backward()  # grad path: nn.Conv3d's kernel, gradients reach every conv weight
+    assert all(m.weight.grad is not None for m in fast.modules() if isinstance(m, torch.nn.Conv3d))
 
 
 def test_unet_has_residual_units():
