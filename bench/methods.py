@@ -6,6 +6,10 @@ Each (model, method) runs on the same first N test patients of the demo cohort w
 cache (so a method pays for all of its passes), after one warm-up patient. Prints a table of mean seconds
 per patient and the number of network passes, and the ratio to the deterministic pass of the same model
 (the reference run in the same process). CUDA is used when available.
+
+On CPU it then times each model's deterministic and mc_dropout passes again with PyTorch's own ``Conv3d``
+kernels (``--no-native`` skips this) and prints the ratio native / oneDNN (``core.models.prefer_onednn``,
+which every loaded model uses).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ def main(argv=None) -> int:
 
     from core.cohort import discover, load_case
     from core.modelset import demo_model_spec, load_model_set
-    from core.models import DEMO_MODELS
+    from core.models import DEMO_MODELS, _OneDNNConv3d, prefer_onednn
     from core.uncertainty import DEMO_METHODS, default_device, predict, unavailable_reason
 
     ap = argparse.ArgumentParser()
@@ -33,12 +37,27 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=str(ROOT / "weights"))
     ap.add_argument("--cohort", default=str(ROOT / "data" / "demo"))
     ap.add_argument("--methods", nargs="+", default=list(DEMO_METHODS) + ["mc_dropout+tta"])
+    ap.add_argument("--no-native", action="store_true", help="skip the native-Conv3d reference (CPU)")
     args = ap.parse_args(argv)
     dev = default_device()
     cases = [load_case(f) for f in discover(args.cohort, "test")[: args.patients + 1]]
     print(f"device {dev}, torch threads {torch.get_num_threads()}, {args.patients} patients "
           f"{cases[0].image.shape[1:]}, T={args.T}")
     print(f"{'model':14s} {'method':28s} {'passes':>6s} {'s/patient':>10s} {'x deterministic':>16s}")
+
+    def timed(ms, method):
+        predict(ms, cases[0].image, method, T=args.T)  # warm-up (and auto chunk size)
+        times, n = [], 0
+        for c in cases[1:]:
+            t = time.perf_counter()
+            p = predict(ms, c.image, method, T=args.T, cache={})
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+            n = p.n_samples
+        return float(np.mean(times)), n
+
+    native_rows = []
     for name in DEMO_MODELS:
         if not (Path(args.weights) / demo_model_spec(name, args.weights)["checkpoint"]).exists():
             continue
@@ -48,18 +67,21 @@ def main(argv=None) -> int:
         for method in args.methods:
             if unavailable_reason(method, ms):
                 continue
-            predict(ms, cases[0].image, method, T=args.T)  # warm-up (and auto chunk size)
-            times, n = [], 0
-            for c in cases[1:]:
-                t = time.perf_counter()
-                p = predict(ms, c.image, method, T=args.T, cache={})
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t)
-                n = p.n_samples
-            s = float(np.mean(times))
+            s, n = timed(ms, method)
             ref = ref or s
             print(f"{name:14s} {method:28s} {n:6d} {s:10.3f} {s / ref:16.2f}")
+            if method in ("deterministic", "mc_dropout") and dev.type == "cpu" and not args.no_native:
+                native_rows.append((ms, name, method, s))
+    if native_rows:
+        print(f"\nsame passes on PyTorch's native Conv3d kernels (reference) vs oneDNN (core.models.prefer_onednn):")
+        print(f"{'model':14s} {'method':28s} {'native s':>10s} {'oneDNN s':>10s} {'native/oneDNN':>14s}")
+        for ms, name, method, s in native_rows:
+            for m in ms.primary.model.modules():  # back to nn.Conv3d's own forward (same weights)
+                if type(m) is _OneDNNConv3d:
+                    m.__class__ = torch.nn.Conv3d
+            s_native, _ = timed(ms, method)
+            prefer_onednn(ms.primary.model)
+            print(f"{name:14s} {method:28s} {s_native:10.3f} {s:10.3f} {s_native / s:14.2f}")
     return 0
 
 
