@@ -8,7 +8,8 @@ bins, a BraTS-sized one more), all values deterministic pseudo-random with a per
 Dice, ECE and entropy correlate as in a real cohort. Then, with ``streamlit.testing.v1.AppTest`` (the
 script run on the server, no browser), measures for every page:
 
-* first render: a new session opening the page with the caches cleared (cold), seconds;
+* first render: a new session opening the page with the caches cleared and the database file closed (cold),
+  seconds (the one-off scan of installed Streamlit components that a server does at start-up is done before);
 * a filter change: the entropy quantile range moved to N random ranges (5 % steps, as the slider allows),
   seconds per rerun, median and p95 (on the pages that depend on the filter).
 
@@ -163,11 +164,17 @@ def measure(db: Path, changes: int, seed: int = 0, think: float = 0.0) -> list[d
     import core.stats, core.summaries, dashboard.plots, dashboard.state, dashboard.tables, plotly.graph_objects  # noqa
     warm = AppTest.from_file(str(ROOT / "app_pages" / "glossary.py"), default_timeout=600)
     warm.run()
+    # a served app scans the installed packages for Streamlit components once, at start-up; a new AppTest scans
+    # them on its first run (0.3-1.8 s here, depending on load): share the warm-up's registry, as a server would
+    components = getattr(warm, "_bidi_component_manager", None)
     out = []
     for page in PAGES:
         st.cache_data.clear()
         st.cache_resource.clear()
+        store.release_readers()  # cold: the page opens the database file itself
         at = AppTest.from_file(str(ROOT / "app_pages" / f"{page}.py"), default_timeout=600)
+        if components is not None:
+            at._bidi_component_manager = components
         at.query_params["method"] = "mc_dropout"
         first = _timed_run(at)
         warm = _timed_run(at)  # the same view again (cached): what every later rerun of an unchanged view costs

@@ -16,6 +16,9 @@ millions of rows, and every page would scan them. So the batch (:func:`core.batc
   ``n_error``, ``n_correct``, ``n_fp``, ``n_fn``, ``n_tp``).
 * ``cohort_calibration_bins`` / ``cohort_uncertainty_bins``: the bins summed over every patient of the run
   (what :func:`core.store.summed_calibration_bins` with no patient list returns).
+* ``cohort_leaderboard``: per mask, the leaderboard of every (model, method, region) over every patient of
+  the run with its Poisson-bootstrap intervals (:func:`core.stats.leaderboard`, B = 1000, seed 0): what the
+  Compare page shows for the whole cohort, so its first render does not bootstrap 10,000 patients.
 * ``derived_state``: per run, when they were built and from what: the count of ok evaluations and the latest
   ``evaluations.finished_at``. :func:`valid` compares those with the live table, so a reader never uses
   derived rows that a later (or running) batch has made stale; it falls back to the long tables then.
@@ -42,7 +45,8 @@ CAL_COLS = ["n", "sum_prob", "sum_true"]
 UNC_COLS = ["n_error", "n_correct", "n_fp", "n_fn", "n_tp"]
 KEYS = "run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR"
 TABLES = ("patient_summary", "patient_calibration", "patient_uncertainty", "cohort_calibration_bins",
-          "cohort_uncertainty_bins")
+          "cohort_uncertainty_bins", "cohort_leaderboard")
+LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
 
 
 def _summary_columns() -> list[str]:
@@ -51,7 +55,12 @@ def _summary_columns() -> list[str]:
 
 def _schema() -> str:
     # column names come from the constants above (identifiers of this module), never from input
+    from .stats import LEADERBOARD_COLUMNS
+
     cols = ", ".join(f"{c} DOUBLE" for c in _summary_columns())
+    lb_cols = ", ".join(f"{c} VARCHAR" if c in ("model", "method", "region") else
+                        f"{c} BIGINT" if c == "n_patients" or c.endswith(("_n", "_nan")) else f"{c} DOUBLE"
+                        for c in LEADERBOARD_COLUMNS)
     return f"""
 CREATE TABLE IF NOT EXISTS derived_state (
     run_id VARCHAR PRIMARY KEY, built_at TIMESTAMP, n_ok BIGINT, last_finished TIMESTAMP, seconds DOUBLE);
@@ -65,6 +74,7 @@ CREATE TABLE IF NOT EXISTS cohort_calibration_bins (run_id VARCHAR, model VARCHA
 CREATE TABLE IF NOT EXISTS cohort_uncertainty_bins (run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR,
     mask VARCHAR, measure VARCHAR, bin INTEGER, n_error DOUBLE, n_correct DOUBLE, n_fp DOUBLE, n_fn DOUBLE,
     n_tp DOUBLE);
+CREATE TABLE IF NOT EXISTS cohort_leaderboard (run_id VARCHAR, mask VARCHAR, B INTEGER, seed INTEGER, {lb_cols});
 """
 
 
@@ -150,9 +160,36 @@ def build(con, run_id: str) -> dict:
             FROM uncertainty_bins WHERE run_id = ? GROUP BY ALL""", [run_id])
         for t in TABLES[1:]:
             rows[t] = con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchall()[0][0]
-        secs = time.perf_counter() - t0
-        con.execute("INSERT INTO derived_state VALUES (?, now(), ?, ?, ?)", [run_id, int(n_ok), last, secs])
+        con.execute("INSERT INTO derived_state VALUES (?, now(), ?, ?, NULL)", [run_id, int(n_ok), last])
+        # from here the reads below use the rows just written (the same transaction sees them as valid)
+        rows["cohort_leaderboard"] = _write_leaderboard(con, run_id, summary)
+        con.execute("UPDATE derived_state SET seconds = ? WHERE run_id = ?", [time.perf_counter() - t0, run_id])
     return {"rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _write_leaderboard(con, run_id: str, summary: pd.DataFrame) -> int:
+    """cohort_leaderboard rows of the run, one mask at a time (a writer connection inside build's transaction)."""
+    from . import stats, store
+
+    keys = ["model", "method", "region"]
+    n = 0
+    for mask in MASKS:
+        per = summary[summary["mask"] == mask][keys + ["patient_id"] + LEADERBOARD_METRICS]
+        if per.empty:
+            continue
+        combos = per[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+        pids = sorted(per.patient_id.unique())
+        lb = stats.leaderboard(per, store.calibration_bin_arrays(con, run_id, mask, combos, pids))
+        lb = lb.reindex(columns=stats.LEADERBOARD_COLUMNS)
+        lb.insert(0, "run_id", run_id)
+        lb.insert(1, "mask", mask)
+        lb.insert(2, "B", stats.DEFAULT_B)
+        lb.insert(3, "seed", 0)
+        con.register("_lb", lb)
+        con.execute("INSERT INTO cohort_leaderboard SELECT * FROM _lb")
+        con.unregister("_lb")
+        n += len(lb)
+    return n
 
 
 def build_all(con, echo=None) -> dict:

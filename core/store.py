@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,8 @@ def connect(path: str | Path, read_only: bool = False, retries: int = 20, wait_s
     path = Path(path)
     if read_only and not path.exists():
         raise FileNotFoundError(f"no results database at {path}")
+    if not read_only:  # this process's shared readers of the file would refuse a writer (other configuration)
+        release_readers(path)
     last = None
     for _ in range(max(1, retries)):
         try:
@@ -89,6 +92,100 @@ def connect(path: str | Path, read_only: bool = False, retries: int = 20, wait_s
             last = e
             time.sleep(wait_s)
     raise DatabaseBusy(f"{path} is locked by another process (a batch is writing?): {last}")
+
+
+# ---- shared read-only connections (the app's cached queries) ----------------------------------------------
+READER_IDLE_S = 1.0  # a shared reader unused this long is closed, so a batch in another process can write
+
+
+class _Reader:
+    __slots__ = ("con", "users", "last", "memo")
+
+    def __init__(self, con):
+        # memo: answers about the file that cannot change while it is open read-only (no writer can open it),
+        # e.g. whether a run's derived tables are current (:func:`_use_derived`)
+        self.con, self.users, self.last, self.memo = con, 0, time.monotonic(), {}
+
+
+_READERS: dict[str, _Reader] = {}
+_READERS_CV = threading.Condition()
+_CLOSER: list[threading.Thread] = []
+_TLS = threading.local()  # the shared reader whose cursor this thread is using (for its memo)
+
+
+def _reader_key(path) -> str:
+    return str(Path(path).resolve())
+
+
+@contextmanager
+def shared_reader(path: str | Path):
+    """A read-only cursor on the one connection this process keeps open per database file.
+
+    Opening a multi-GB DuckDB file costs 20-30 ms (catalog read); a cursor on an open connection costs
+    nothing, so the many cached queries of one page run share a connection instead of opening the file each.
+    The connection stays open only while in use and :data:`READER_IDLE_S` after: DuckDB lets no other
+    process write while a reader holds the file, and the batch (:func:`writer`, which retries for a minute)
+    writes between two patients. A write connection of this process (:func:`connect` with
+    ``read_only=False``) first closes it (:func:`release_readers`). Raises :class:`DatabaseBusy` as
+    :func:`connect` when a writer holds the file. Each cursor is for one thread (DuckDB cursors are not shared)."""
+    key = _reader_key(path)
+    with _READERS_CV:
+        r = _READERS.get(key)
+        if r is None:
+            r = _READERS[key] = _Reader(connect(path, read_only=True))
+            _start_closer()
+        r.users += 1
+        try:
+            cur = r.con.cursor()
+        except BaseException:
+            r.users -= 1
+            raise
+    outer = getattr(_TLS, "reader", None)
+    _TLS.reader = r
+    try:
+        yield cur
+    finally:
+        _TLS.reader = outer
+        cur.close()
+        with _READERS_CV:
+            r.users -= 1
+            r.last = time.monotonic()
+            _READERS_CV.notify_all()
+
+
+def release_readers(path: str | Path | None = None, timeout: float = 60.0) -> None:
+    """Close this process's shared reader of ``path`` (every file's when None), waiting up to ``timeout`` s
+    for the queries running on it to finish."""
+    keys = None if path is None else {_reader_key(path)}
+    deadline = time.monotonic() + timeout
+    with _READERS_CV:
+        for key in [k for k in _READERS if keys is None or k in keys]:
+            r = _READERS[key]
+            while r.users > 0 and time.monotonic() < deadline:
+                _READERS_CV.wait(0.05)
+            if r.users == 0 and _READERS.get(key) is r:
+                del _READERS[key]
+                r.con.close()
+
+
+def _start_closer() -> None:
+    """One daemon thread that closes shared readers idle for :data:`READER_IDLE_S` (called holding the lock)."""
+    if _CLOSER and _CLOSER[0].is_alive():
+        return
+
+    def loop():
+        while True:
+            time.sleep(READER_IDLE_S / 4)
+            with _READERS_CV:
+                now = time.monotonic()
+                for key, r in list(_READERS.items()):
+                    if r.users == 0 and now - r.last >= READER_IDLE_S:
+                        del _READERS[key]
+                        r.con.close()
+
+    t = threading.Thread(target=loop, name="tumourqa-reader-closer", daemon=True)
+    _CLOSER[:] = [t]
+    t.start()
 
 
 @contextmanager
@@ -371,7 +468,13 @@ def _use_derived(con, run_id: str, mask: str | None = None, metrics: list[str] |
         return False
     if metrics is not None and (not metrics or not set(metrics) <= set(derived.WIDE_METRICS)):
         return False
-    return derived.valid(con, run_id)
+    reader = getattr(_TLS, "reader", None)  # inside shared_reader: the file cannot change while it is open
+    if reader is None:
+        return derived.valid(con, run_id)
+    key = ("derived_valid", run_id)
+    if key not in reader.memo:
+        reader.memo[key] = derived.valid(con, run_id)
+    return reader.memo[key]
 
 
 def patient_measure(con, run_id: str, model: str, method: str, metric: str = "mean_entropy", region: str = "WT",
@@ -419,36 +522,49 @@ def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metr
     return con.execute(q, [run_id, patient_ids, patient_ids, metrics, metrics, mask, mask]).df()
 
 
-def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain") -> pd.DataFrame:
-    """Calibration bins summed over a patient subset: model, method, region, bin, n, sum_prob, sum_true."""
-    patient_ids = _list(patient_ids)
+def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
+                            methods: list[str] | None = None) -> pd.DataFrame:
+    """Calibration bins summed over a patient subset: model, method, region, bin, n, sum_prob, sum_true
+    (``methods``: only those methods' rows)."""
+    patient_ids, methods = _list(patient_ids), _list(methods)
     if patient_ids is None and _use_derived(con, run_id, mask):
         return con.execute("""
             SELECT model, method, region, bin, n, sum_prob, sum_true FROM cohort_calibration_bins
-            WHERE run_id = ? AND mask = ? ORDER BY model, method, region, bin""", [run_id, mask]).df()
+            WHERE run_id = ? AND mask = ? AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+            ORDER BY model, method, region, bin""", [run_id, mask, methods, methods]).df()
     return con.execute(f"""
         SELECT model, method, region, bin, sum(n) AS n, sum(sum_prob) AS sum_prob, sum(sum_true) AS sum_true
         FROM calibration_bins
         WHERE run_id = ? AND mask = ? AND {_IN_PATIENTS.format(col="patient_id")}
-        GROUP BY ALL ORDER BY model, method, region, bin""", [run_id, mask, patient_ids, patient_ids]).df()
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+        GROUP BY ALL ORDER BY model, method, region, bin""",
+                       [run_id, mask, patient_ids, patient_ids, methods, methods]).df()
+
+
+UNC_COUNT_COLS = ["n_error", "n_correct", "n_fp", "n_fn", "n_tp"]
 
 
 def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
-                            measure: str = "entropy") -> pd.DataFrame:
+                            measure: str = "entropy", methods: list[str] | None = None,
+                            columns: list[str] | None = None) -> pd.DataFrame:
     """Uncertainty histograms summed over a patient subset: model, method, region, bin, n_error, n_correct,
-    n_fp, n_fn, n_tp."""
-    patient_ids = _list(patient_ids)
+    n_fp, n_fn, n_tp (``methods``: only those methods' rows; ``columns``: only those count columns)."""
+    patient_ids, methods = _list(patient_ids), _list(methods)
+    cols = [c for c in UNC_COUNT_COLS if columns is None or c in columns]  # identifiers of this module only
     if patient_ids is None and _use_derived(con, run_id, mask):
-        return con.execute("""
-            SELECT model, method, region, bin, n_error, n_correct, n_fp, n_fn, n_tp FROM cohort_uncertainty_bins
-            WHERE run_id = ? AND mask = ? AND measure = ? ORDER BY model, method, region, bin""",
-                           [run_id, mask, measure]).df()
+        return con.execute(f"""
+            SELECT model, method, region, bin, {", ".join(cols)} FROM cohort_uncertainty_bins
+            WHERE run_id = ? AND mask = ? AND measure = ?
+              AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+            ORDER BY model, method, region, bin""", [run_id, mask, measure, methods, methods]).df()
+    sums = ", ".join(f"sum({c}) AS {c}" for c in cols)
     return con.execute(f"""
-        SELECT model, method, region, bin, sum(n_error) AS n_error, sum(n_correct) AS n_correct,
-               sum(n_fp) AS n_fp, sum(n_fn) AS n_fn, sum(n_tp) AS n_tp
+        SELECT model, method, region, bin, {sums}
         FROM uncertainty_bins
         WHERE run_id = ? AND mask = ? AND measure = ? AND {_IN_PATIENTS.format(col="patient_id")}
-        GROUP BY ALL ORDER BY model, method, region, bin""", [run_id, mask, measure, patient_ids, patient_ids]).df()
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+        GROUP BY ALL ORDER BY model, method, region, bin""",
+                       [run_id, mask, measure, patient_ids, patient_ids, methods, methods]).df()
 
 
 def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids: list[int], mask: str = "brain",
@@ -647,6 +763,24 @@ def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = No
           AND {_IN_PATIENTS.format(col="c.patient_id")}
           AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], c.method))""",
                        [run_id, mask, patient_ids, patient_ids, methods, methods]).df()
+
+
+def cohort_leaderboard(con, run_id: str, mask: str, methods: list[str], models: list[str],
+                       B: int = 1000) -> pd.DataFrame | None:
+    """The whole run's leaderboard rows (derived table ``cohort_leaderboard``, written by the batch) of these
+    methods and models, sorted by model, method, region, columns :data:`core.stats.LEADERBOARD_COLUMNS`; None
+    when the derived tables are stale or older than that table (the caller bootstraps then)."""
+    from . import derived, stats
+
+    if not _use_derived(con, run_id, mask) or "cohort_leaderboard" not in derived._tables(con):
+        return None
+    cols = ", ".join(stats.LEADERBOARD_COLUMNS)  # fixed identifiers of core.stats, never input
+    df = con.execute(f"""SELECT {cols} FROM cohort_leaderboard
+                         WHERE run_id = ? AND mask = ? AND B = ? AND seed = 0
+                           AND list_contains(?::VARCHAR[], method) AND list_contains(?::VARCHAR[], model)
+                         ORDER BY model, method, region""",
+                     [run_id, mask, int(B), _list(methods), _list(models)]).df()
+    return df if len(df) else None
 
 
 def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, patient_ids: list[str]) -> dict:

@@ -1,7 +1,8 @@
 """Shared sidebar state (session state + URL query parameters) and cached read-only queries.
 
-The app never holds a DuckDB connection open between reruns: each cached query opens the file read-only,
-runs one :mod:`core.store` function and closes it, so a batch can take the write lock in between. Cache
+The app holds a DuckDB file open only while it reads it: the cached queries of a page run share one read-only
+connection (:func:`core.store.shared_reader`), closed one second after its last use, so a batch can take
+the write lock between two reruns. Cache
 keys include the file's modification time, so a finished write shows up on the next rerun.
 """
 from __future__ import annotations
@@ -53,11 +54,8 @@ def resolve_db(name: str) -> Path:
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def _query(db: str, mtime: float, fn: str, args: tuple, kwargs: tuple):
-    con = store.connect(db, read_only=True)
-    try:
+    with store.shared_reader(db) as con:
         return getattr(store, fn)(con, *args, **dict(kwargs))
-    finally:
-        con.close()
 
 
 def query(db: Path, fn: str, *args, **kwargs):
@@ -304,8 +302,7 @@ def subset_key(*parts) -> str:
 @st.cache_resource(max_entries=32, show_spinner=False)
 def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: str, methods: tuple | None,
             columns: tuple | None, groups_key: str, _pids: tuple, _gids: tuple) -> dict:
-    con = store.connect(db, read_only=True)
-    try:
+    with store.shared_reader(db) as con:
         out = store.grouped_bins(con, run_id, kind, list(_pids), list(_gids), mask=mask, measure=measure,
                                  methods=None if methods is None else list(methods),
                                  columns=None if columns is None else list(columns))
@@ -313,41 +310,47 @@ def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: s
             if isinstance(v, np.ndarray):
                 v.flags.writeable = False  # shared by every session (cache_resource)
         return out
-    finally:
-        con.close()
 
 
 _PREFETCHED: dict[tuple, threading.Thread] = {}
 _QUEUED: list[tuple] = []
 
 
+def queue_prefetch(fn, args: tuple, n_private: int = 2) -> None:
+    """Queue ``fn(*args)`` (a cached function) to run in the background once this page is drawn
+    (:func:`start_prefetch`); the last ``n_private`` arguments are the large ones that the cache key leaves out
+    (underscore-named), whose digest is among the others."""
+    _QUEUED.append((fn, args, n_private))
+    del _QUEUED[:-16]  # a page that stopped early never started its queue: keep the newest only
+
+
 def start_prefetch() -> None:
-    """Start the rollups queued by :func:`subset_bins` during this page run (call at the END of a page, so that
-    the background work does not compete with drawing it)."""
+    """Start the work queued by :func:`subset_bins` and :func:`dashboard.tables.leaderboard` during this page run
+    (call at the END of a page, so that the background work does not compete with drawing it)."""
     while _QUEUED:
-        _prefetch_rollup(_QUEUED.pop(0))
+        _prefetch(*_QUEUED.pop(0))
 
 
-def _prefetch_rollup(args: tuple) -> None:
-    """Compute ``_rollup(*args)`` in a background thread (none while one for the same key still runs; a finished
-    key is a cache hit, or recomputed if it was evicted): a page opened on the whole cohort
-    shows the batch's totals at once, and the per-group sums that the first move of the quantile filter needs
-    (a pass over every patient's bins) are made while the user reads the page. The foreground call with the
-    same arguments waits for this one through Streamlit's per-key compute lock and then reads the cache, so
-    nothing is computed twice; an error here is left to the foreground call to report."""
-    key = args[:-2]  # without the patient tuples (their digest, groups_key, is part of the key)
-    if len(args[-2]) == 0 or (key in _PREFETCHED and _PREFETCHED[key].is_alive()):
+def _prefetch(fn, args: tuple, n_private: int) -> None:
+    """Compute ``fn(*args)`` in a background thread (none while one for the same key still runs; a finished
+    key is a cache hit, or recomputed if it was evicted): a page opened on the whole cohort shows the batch's
+    totals at once, and the per-group sums that the first move of the quantile filter needs (a pass over every
+    patient's bins) are made while the user reads the page. The foreground call with the same arguments waits
+    for this one through Streamlit's per-key compute lock and then reads the cache, so nothing is computed
+    twice; an error here is left to the foreground call to report."""
+    key = (fn.__qualname__,) + args[:len(args) - n_private]
+    if len(args[-1]) == 0 or (key in _PREFETCHED and _PREFETCHED[key].is_alive()):
         return  # (a finished key starts again: a cache hit returns at once, an evicted entry is recomputed)
     if len(_PREFETCHED) > 64:
         _PREFETCHED.clear()
 
     def work():
         try:
-            _rollup(*args)
+            fn(*args)
         except Exception:  # noqa: BLE001 - the foreground call recomputes and shows the error
             pass
 
-    t = threading.Thread(target=work, name="tumourqa-rollup-prefetch", daemon=True)
+    t = threading.Thread(target=work, name="tumourqa-prefetch", daemon=True)
     try:
         from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
@@ -371,13 +374,14 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
             None if methods is None else tuple(sorted(methods)), None if columns is None else tuple(columns),
             sel.groups_key, sel.group_pids, sel.group_ids)
     if tuple(sel.q_range) == (0, 100):  # everyone: the cohort totals (written by the batch, see core.derived)
+        meths = None if methods is None else sorted(methods)
         if kind == "calibration":
-            df = query(sel.db, "summed_calibration_bins", sel.run_id, None, mask)
+            df = query(sel.db, "summed_calibration_bins", sel.run_id, None, mask, methods=meths)
         else:
-            df = query(sel.db, "summed_uncertainty_bins", sel.run_id, None, mask, measure)
-        _QUEUED.append(args)  # what the first move of the filter will need: computed after the page is drawn
-        del _QUEUED[:-16]  # a page that stopped early never started its queue: keep the newest only
-        return (df if methods is None else df[df.method.isin(methods)]).reset_index(drop=True)
+            df = query(sel.db, "summed_uncertainty_bins", sel.run_id, None, mask, measure, methods=meths,
+                       columns=None if columns is None else list(columns))
+        queue_prefetch(_rollup, args)  # what the first move of the filter will need: computed after the page is drawn
+        return df
     roll = _rollup(*args)
     combos, cols = roll["combos"], roll["columns"]
     if not len(roll["g"]):
@@ -399,11 +403,8 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
 
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _patient_table(db: str, mtime: float, run_id: str, metrics: tuple, mask: str, method: str | None):
-    con = store.connect(db, read_only=True)
-    try:
+    with store.shared_reader(db) as con:
         return store.metric_wide(con, run_id, list(metrics), mask=mask, method=method)
-    finally:
-        con.close()
 
 
 def patient_table(sel: Selection, metrics: list[str], mask: str | None = None, method: str | None = None,

@@ -1,8 +1,8 @@
 """Cached table builders of the Compare page (bootstrap leaderboard, paired tests) and CI formatting.
 
 Thin glue between :mod:`dashboard.state` (cached read-only queries) and :mod:`core.stats` (pure statistics);
-the results are cached per database file version and patient subset, so moving a widget that does not change
-the subset does not redo the bootstrap.
+the bootstrap's per-group sums are cached per database file version and stratification, so moving the entropy
+filter adds up groups instead of resampling patients.
 """
 from __future__ import annotations
 
@@ -14,22 +14,9 @@ import pandas as pd
 import streamlit as st
 
 from core import stats, store
-from dashboard.state import Selection, patient_table, subset_key
+from dashboard.state import Selection, groups_kept, patient_table, query, queue_prefetch
 
 LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
-
-
-@st.cache_resource(max_entries=16, show_spinner=False)  # large and read-only: no pickled copy per rerun
-def _bin_arrays(db: str, mtime: float, run_id: str, mask: str, _combos: pd.DataFrame, combos_key: tuple,
-                pids_key: str, _pids: tuple) -> dict:
-    con = store.connect(db, read_only=True)
-    try:
-        out = store.calibration_bin_arrays(con, run_id, mask, _combos, list(_pids))
-    finally:
-        con.close()
-    for v in out.values():
-        v.flags.writeable = False  # shared by every session
-    return out
 
 
 def _sorted_ids(s: pd.Series) -> np.ndarray:
@@ -37,39 +24,45 @@ def _sorted_ids(s: pd.Series) -> np.ndarray:
     return np.sort(np.asarray(s.unique(), dtype=object))
 
 
-@st.cache_data(max_entries=64, show_spinner="Bootstrapping confidence intervals ...")
-def _leaderboard(db: str, mtime: float, run_id: str, mask: str, methods: tuple, models: tuple, patients_key: str,
-                 B: int, _wide: pd.DataFrame, _all: pd.DataFrame) -> pd.DataFrame:
-    if _wide.empty:
-        return stats.leaderboard(_wide)
+# cache_resource: per-group replicate sums of every combo (tens of MB at 10,000 patients), only read
+@st.cache_resource(max_entries=6, show_spinner=False)
+def _leaderboard_parts(db: str, mtime: float, run_id: str, mask: str, methods: tuple, models: tuple, groups_key: str,
+                       B: int, _everyone: pd.DataFrame, _gpids: tuple, _gids: tuple) -> dict:
     keys = ["model", "method", "region"]
-    # per-patient bins of ALL patients are read once (cached) and re-indexed to this subset in memory
-    combos = _wide[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
-    all_pids = _sorted_ids(_all.patient_id)
-    arrays = _bin_arrays(db, mtime, run_id, mask, combos, tuple(map(tuple, combos.to_numpy())),
-                         subset_key(all_pids), tuple(all_pids))
-    sub = _sorted_ids(_wide.patient_id)
-    if len(sub) == len(all_pids):  # nobody filtered out: the same patient indices
-        return stats.leaderboard(_wide, arrays, B=B)
-    # position of each of ALL patients in the subset (-1: outside), then per bin row by an integer gather
-    ppos = pd.Index(sub).get_indexer(all_pids)
-    pos = ppos[arrays["patient"]]
-    inside = pos >= 0
-    sub_arrays = {k: v[inside] for k, v in arrays.items()}
-    sub_arrays["patient"] = pos[inside]
-    return stats.leaderboard(_wide, sub_arrays, B=B)
+    combos = _everyone[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
+    with store.shared_reader(db) as con:
+        arrays = store.calibration_bin_arrays(con, run_id, mask, combos, list(_sorted_ids(_everyone.patient_id)))
+    parts = stats.leaderboard_parts(_everyone, arrays, pd.Series(_gids, index=list(_gpids), dtype="float64"), B=B)
+    for v in parts.values():
+        for a in (v.values() if isinstance(v, dict) else [v]):
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False  # shared by every session
+    return parts
 
 
 def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) -> pd.DataFrame:
     """model x method x region (the given methods) with Dice, AUROC (means over patients) and dataset ECE, each
-    with a 95 % patient-bootstrap interval over the patients inside the entropy filter, and the patient counts
-    behind them (:func:`core.stats.leaderboard`). Cached per database version, methods and patient subset."""
+    with a 95 % Poisson-bootstrap interval over the patients inside the entropy filter, and the patient counts
+    behind them (:func:`core.stats.leaderboard`).
+
+    The whole cohort reads the batch's leaderboard (:func:`core.store.cohort_leaderboard`) and queues, for the
+    first move of the filter, the per-quantile-group replicate sums of every patient
+    (:func:`core.stats.leaderboard_parts`, cached per database version, methods, models and stratification);
+    any other range adds up its groups' sums (:func:`core.stats.leaderboard_from_parts`): the same numbers as
+    bootstrapping the subgroup's patients afresh, without a pass over them."""
     everyone = patient_table(sel, LEADERBOARD_METRICS, subset=False, method=methods[0] if len(methods) == 1 else None)
     everyone = everyone[everyone.method.isin(methods) & everyone.model.isin(sel.models)]
-    wide = everyone[everyone.patient_id.isin(sel.patients)] if len(sel.patients) < len(sel.all_patients) else everyone
-    key = subset_key(_sorted_ids(wide.patient_id), _sorted_ids(everyone.patient_id))
-    return _leaderboard(str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)),
-                        tuple(sorted(sel.models)), key, B, _wide=wide, _all=everyone)
+    if everyone.empty:
+        return stats.leaderboard(everyone)
+    args = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)), tuple(sorted(sel.models)),
+            sel.groups_key, int(B), everyone, sel.group_pids, sel.group_ids)
+    if tuple(sel.q_range) == (0, 100):
+        stored = query(sel.db, "cohort_leaderboard", sel.run_id, sel.mask, sorted(methods), sorted(sel.models), B=int(B))
+        if stored is not None:
+            queue_prefetch(_leaderboard_parts, args, n_private=3)
+            return stored
+    parts = _leaderboard_parts(*args)
+    return stats.leaderboard_from_parts(parts, groups_kept(parts["groups"], sel.q_range))
 
 
 def csv_later(df: pd.DataFrame):

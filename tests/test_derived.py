@@ -186,3 +186,26 @@ def test_dense_calibration_and_reliability_equal_long_tables(dbs):
         _same_frame(got[0], ref[0])
         _same_frame(got[1], ref[1])
         np.testing.assert_allclose(got[2], ref[2])
+
+
+@pytest.mark.parametrize("mask", ["brain", "roi"])
+def test_cohort_leaderboard_equals_bootstrapping_the_long_tables(dbs, mask):
+    """The batch's leaderboard = core.stats.leaderboard over every patient read from the long tables."""
+    from core import stats
+
+    fast, slow = dbs
+    run = _run(fast)
+    con = store.connect(slow, read_only=True)
+    methods = store.run_methods(con, run)
+    models = store.run_models(con, run).model.tolist()
+    wide = store.metric_wide(con, run, ["dice", "auroc_entropy"], mask=mask)
+    ref = stats.leaderboard(wide, store.calibration_bins_subset(con, run, None, mask=mask))
+    assert store.cohort_leaderboard(con, run, mask, methods, models) is None  # stale derived tables: not used
+    con.close()
+    con = store.connect(fast, read_only=True)
+    got = store.cohort_leaderboard(con, run, mask, methods, models)
+    one = store.cohort_leaderboard(con, run, mask, methods[:1], models[-1:])
+    con.close()
+    assert list(got.columns) == stats.LEADERBOARD_COLUMNS and len(got) == len(ref) == len(methods) * len(models) * 3
+    pd.testing.assert_frame_equal(got, ref[stats.LEADERBOARD_COLUMNS], check_dtype=False, rtol=1e-6)
+    assert set(one.method) == set(methods[:1]) and set(one.model) == set(models[-1:]) and len(one) == 3

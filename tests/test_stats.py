@@ -136,3 +136,83 @@ def test_leaderboard_counts_nans_and_intervals():
     assert a.dice == pytest.approx(0.8 + 0.025) and a.dice_lo <= a.dice <= a.dice_hi
     pooled = M.calibration_from_bins(*M.calibration_bins(np.concatenate(probs), np.concatenate(truths)))["ece"]
     assert a.ece_dataset == pytest.approx(pooled, abs=1e-12) and a.ece_dataset_lo <= a.ece_dataset_hi
+
+
+def test_poisson_weights_follow_the_patient_not_the_subset():
+    ids = [f"P{i:03d}" for i in range(50)]
+    W = S.poisson_weights(ids, B=4000, seed=0)
+    assert W.shape == (4000, 50) and W.dtype == np.float32 and (W >= 0).all() and (W == np.round(W)).all()
+    assert abs(W.mean() - 1.0) < 0.02 and abs(W.var() - 1.0) < 0.03  # Poisson(1)
+    sub = S.poisson_weights(["P007", "P031", "P002"], B=4000, seed=0)
+    assert np.array_equal(sub, W[:, [7, 31, 2]])  # a patient's counts do not depend on who else is drawn
+    assert not np.array_equal(S.poisson_weights(ids, B=4000, seed=1), W)
+    # independent columns: correlation between patients ~ 0
+    assert abs(np.corrcoef(W[:, 0], W[:, 1])[0, 1]) < 0.06
+
+
+def _cohort(rng, P=60, models=("A", "B"), regions=("WT", "ET")):
+    rows, bins = [], []
+    for i in range(P):
+        for mi, model in enumerate(models):
+            for region in regions:
+                dice = np.nan if (region == "ET" and i % 7 == 0) else float(np.clip(rng.normal(0.8 - 0.1 * mi, 0.1), 0, 1))
+                rows.append({"model": model, "method": "mc", "region": region, "patient_id": f"P{i:03d}",
+                             "dice": dice, "auroc_entropy": np.nan if i % 5 == 0 else rng.uniform(0.7, 1.0)})
+                p = np.clip(rng.beta(0.5, 0.5, size=200) + 0.05 * mi, 0, 1)
+                y = (rng.random(200) < p).astype(np.uint8)
+                n, sp, st = M.calibration_bins(p, y)
+                bins += [{"model": model, "method": "mc", "region": region, "patient_id": f"P{i:03d}", "bin": k,
+                          "n": n[k], "sum_prob": sp[k], "sum_true": st[k]} for k in range(20) if n[k] > 0]
+    return pd.DataFrame(rows), pd.DataFrame(bins)
+
+
+def test_leaderboard_of_a_union_of_groups_equals_the_subset_leaderboard():
+    rng = np.random.default_rng(11)
+    wide, bins = _cohort(rng)
+    pids = sorted(wide.patient_id.unique())
+    groups = {p: int(rng.integers(0, 5)) for p in pids[:-3]}  # the last three have no group (-2)
+    parts = S.leaderboard_parts(wide, bins, groups, B=300)
+    assert list(parts["groups"]) == [-2, 0, 1, 2, 3, 4]
+    for kept in ([1, 3], [0], [-2, 0, 1, 2, 3, 4]):
+        keep = np.isin(parts["groups"], kept)
+        got = S.leaderboard_from_parts(parts, keep)
+        sub = [p for p in pids if groups.get(p, -2) in kept]
+        ref = S.leaderboard(wide[wide.patient_id.isin(sub)], bins[bins.patient_id.isin(sub)], B=300)
+        pd.testing.assert_frame_equal(got, ref, check_dtype=False, rtol=1e-5)
+        assert (got.n_patients == len(sub)).all()
+    # the point estimates are the plain ones: mean of the defined values, ECE of the summed bins
+    sub = [p for p in pids if groups.get(p, -2) in (1, 3)]
+    got = S.leaderboard_from_parts(parts, np.isin(parts["groups"], [1, 3])).set_index(["model", "region"])
+    w = wide[wide.patient_id.isin(sub)]
+    assert got.loc[("B", "ET"), "dice"] == pytest.approx(w[(w.model == "B") & (w.region == "ET")].dice.mean(), abs=1e-12)
+    assert got.loc[("B", "ET"), "dice_nan"] == w[(w.model == "B") & (w.region == "ET")].dice.isna().sum()
+    b = bins[bins.patient_id.isin(sub) & (bins.model == "A") & (bins.region == "WT")].groupby("bin")[["n", "sum_prob", "sum_true"]].sum()
+    assert got.loc[("A", "WT"), "ece_dataset"] == pytest.approx(
+        M.calibration_from_bins(b.n.to_numpy(), b.sum_prob.to_numpy(), b.sum_true.to_numpy())["ece"], abs=1e-12)
+
+
+def test_poisson_leaderboard_interval_agrees_with_multinomial_and_normal_theory():
+    rng = np.random.default_rng(2)
+    P = 1500
+    x = rng.gamma(3.0, 0.1, size=P)
+    wide = pd.DataFrame({"model": "A", "method": "m", "region": "WT", "patient_id": [f"Q{i}" for i in range(P)],
+                         "dice": x})
+    lb = S.leaderboard(wide, B=4000).iloc[0]
+    multi = S.mean_ci(x, B=4000, seed=0)
+    half = 1.959964 * x.std(ddof=1) / math.sqrt(P)
+    for lo, hi in ((multi["lo"], multi["hi"]), (x.mean() - half, x.mean() + half)):
+        assert abs(lb.dice_lo - lo) < 0.06 * (hi - lo) and abs(lb.dice_hi - hi) < 0.06 * (hi - lo)
+
+
+def test_leaderboard_parts_edge_cases():
+    empty = S.leaderboard(pd.DataFrame(columns=["model", "method", "region", "patient_id", "dice"]))
+    assert empty.empty and "n_patients" in empty
+    # one patient, all-NaN AUROC: estimate NaN, counted as NaN; Dice interval from the replicates that drew it
+    one = pd.DataFrame({"model": ["A"], "method": ["m"], "region": ["WT"], "patient_id": ["P0"], "dice": [1.0],
+                        "auroc_entropy": [np.nan]})
+    lb = S.leaderboard(one, B=200).iloc[0]
+    assert lb.dice == 1.0 and lb.dice_lo == 1.0 and lb.dice_hi == 1.0
+    assert math.isnan(lb.auroc_entropy) and math.isnan(lb.auroc_entropy_lo) and lb.auroc_entropy_nan == 1
+    parts = S.leaderboard_parts(one, None, {"P0": 3}, B=50)
+    none_kept = S.leaderboard_from_parts(parts, [False]).iloc[0]
+    assert none_kept.n_patients == 0 and math.isnan(none_kept.dice) and math.isnan(none_kept.dice_lo)

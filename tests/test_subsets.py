@@ -83,3 +83,23 @@ def test_leaderboard_from_coded_arrays_equals_dataframe_path(results_db):
     b = stats.leaderboard(wide, arrays, B=300)
     pd.testing.assert_frame_equal(a, b)
     assert a.ece_dataset.notna().all() and (a.n_patients == len(pids)).all()
+
+
+@pytest.mark.parametrize("q_range", [(0, 100), (50, 100), (20, 60)])
+def test_leaderboard_of_the_filter_equals_bootstrapping_its_patients(results_db, q_range):
+    """The page's leaderboard (stored for the whole cohort, else summed per quantile group) = a fresh
+    bootstrap of exactly the patients inside the filter."""
+    from core import stats
+    from dashboard import tables
+
+    sel = _selection(results_db, q_range)
+    methods = ["deterministic", "mc_dropout"]
+    got = tables.leaderboard(sel, methods)
+    con = store.connect(results_db, read_only=True)
+    wide = store.metric_wide(con, sel.run_id, ["dice", "auroc_entropy"], mask=sel.mask)
+    wide = wide[wide.method.isin(methods) & wide.patient_id.isin(sel.patients)]
+    ref = stats.leaderboard(wide, store.calibration_bins_subset(con, sel.run_id, sel.patients, mask=sel.mask))
+    con.close()
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), ref[stats.LEADERBOARD_COLUMNS], check_dtype=False,
+                                  rtol=1e-6)
+    assert (got.n_patients == len(sel.patients)).all() and got.dice_lo.le(got.dice).all()
