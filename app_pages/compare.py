@@ -94,10 +94,10 @@ points = points.dropna(subset=[c for c in (x_metric, y_metric) if c in points]) 
 if points.empty or x_metric not in points or y_metric not in points:
     st.info("No patient has both metrics for this region (e.g. HD95 is undefined when a region is empty).")
 else:
-    event = st.plotly_chart(plots.patient_scatter(points, x_metric, y_metric, SCATTER_METRICS[x_metric],
-                                                  SCATTER_METRICS[y_metric], sel.colours),
-                            key="patient_scatter", on_select="rerun", selection_mode=("box", "lasso"))
-    keys = plots.selected_keys(event.selection if event else None)
+    fig = plots.patient_scatter(points, x_metric, y_metric, SCATTER_METRICS[x_metric], SCATTER_METRICS[y_metric],
+                                sel.colours)
+    event = st.plotly_chart(fig, key="patient_scatter", on_select="rerun", selection_mode=("box", "lasso"))
+    keys = plots.selected_keys(event.selection if event else None, [t.name for t in fig.data])
     ptable = points.set_index(["patient_id", "model"])
     if keys:
         ptable = ptable.loc[[k for k in keys if k in ptable.index]]

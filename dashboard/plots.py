@@ -193,31 +193,52 @@ def predicted_vs_true(df: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
 
 
 def patient_scatter(df: pd.DataFrame, x: str, y: str, x_label: str, y_label: str, colours: dict[str, str]) -> go.Figure:
-    """Per-patient scatter (df: model, patient_id, <x>, <y>), one trace per model, box / lasso selection on.
+    """Per-patient scatter (df: model, patient_id, <x>, <y>), one trace per model (named and legend-grouped by
+    the model), box / lasso selection on.
 
-    Each point's customdata is [patient_id, model], which is what a selection event returns
-    (:func:`selected_keys`)."""
+    Each point's customdata is its patient id (a flat string array: a 2-D [patient, model] array would cost
+    ten times as much to serialise at 40,000 points); a selection event's point carries it with its trace's
+    legendgroup and curve_number, which :func:`selected_keys` turns back into (patient_id, model)."""
     fig = go.Figure()
     trace = go.Scattergl if len(df) > WEBGL_POINTS else go.Scatter  # WebGL keeps 10,000s of points responsive
     for model, g in df.groupby("model", sort=True):
         fig.add_trace(trace(
-            x=g[x], y=g[y], mode="markers", name=model, customdata=g[["patient_id", "model"]].to_numpy(),
+            x=g[x].to_numpy(np.float64), y=g[y].to_numpy(np.float64), mode="markers", name=model, legendgroup=model,
+            customdata=g.patient_id.to_numpy(object),
             marker=dict(color=colours.get(model), size=8, line=dict(width=0.5, color="white")),
-            hovertemplate="%{customdata[0]}<br>" + x_label + " %{x:.3f}<br>" + y_label + " %{y:.3f}<extra>"
+            hovertemplate="%{customdata}<br>" + x_label + " %{x:.3f}<br>" + y_label + " %{y:.3f}<extra>"
                           + model + "</extra>"))
     fig.update_layout(height=430, margin=dict(t=30, b=40, l=60, r=20), dragmode="select", clickmode="event+select",
                       xaxis=dict(title=x_label), yaxis=dict(title=y_label), legend=dict(orientation="h", y=-0.2))
     return fig
 
 
-def selected_keys(selection) -> list[tuple[str, str]]:
-    """(patient_id, model) of the points of a Streamlit plotly selection (``event.selection``), in order, unique."""
+def selected_keys(selection, trace_names: list[str] | None = None) -> list[tuple[str, str]]:
+    """(patient_id, model) of the points of a Streamlit plotly selection (``event.selection``), in order, unique.
+
+    A point's customdata is its patient id and its model is its legendgroup, else the name of trace
+    ``curve_number`` in ``trace_names`` (:func:`patient_scatter`); a [patient_id, model] customdata also works."""
     points = (selection or {}).get("points", []) if isinstance(selection, dict) else getattr(selection, "points", [])
     out: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
     for pt in points or []:
-        cd = pt.get("customdata") if isinstance(pt, dict) else None
-        if cd is not None and len(cd) >= 2 and (str(cd[0]), str(cd[1])) not in out:
-            out.append((str(cd[0]), str(cd[1])))
+        if not isinstance(pt, dict) or pt.get("customdata") is None:
+            continue
+        cd = pt["customdata"]
+        if isinstance(cd, (list, tuple)) and len(cd) >= 2:
+            key = (str(cd[0]), str(cd[1]))
+        else:
+            pid = cd[0] if isinstance(cd, (list, tuple)) and cd else cd
+            model = pt.get("legendgroup")
+            curve = pt.get("curve_number")
+            if model is None and trace_names is not None and isinstance(curve, int) and 0 <= curve < len(trace_names):
+                model = trace_names[curve]
+            if model is None:
+                continue
+            key = (str(pid), str(model))
+        if key not in seen:
+            seen.add(key)
+            out.append(key)
     return out
 
 

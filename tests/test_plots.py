@@ -13,11 +13,18 @@ def test_selection_keys_from_plotly_event():
                        "ece": [0.01, 0.05, 0.02]})
     fig = plots.patient_scatter(df, "dice", "ece", "Dice", "ECE", {"A": "#111111", "B": "#222222"})
     assert fig.layout.dragmode == "select" and len(fig.data) == 2
-    assert [list(c) for c in fig.data[1].customdata] == [["p1", "B"]]
-    # what Streamlit's plotly selection returns: points carrying their customdata (duplicates possible with lasso)
-    event = {"points": [{"customdata": ["p2", "A"], "x": 0.5}, {"customdata": ["p1", "B"]},
-                        {"customdata": ["p2", "A"]}, {"x": 1.0}], "box": [], "lasso": []}
+    assert list(fig.data[1].customdata) == ["p1"] and fig.data[1].legendgroup == "B"
+    # what Streamlit's plotly selection returns: points carrying their customdata, curve_number and legendgroup
+    # (duplicates possible with lasso)
+    event = {"points": [{"customdata": "p2", "curve_number": 0, "legendgroup": "A", "x": 0.5},
+                        {"customdata": "p1", "curve_number": 1, "legendgroup": "B"},
+                        {"customdata": "p2", "curve_number": 0, "legendgroup": "A"}, {"x": 1.0}],
+             "box": [], "lasso": []}
     assert plots.selected_keys(event) == [("p2", "A"), ("p1", "B")]
+    no_group = {"points": [{"customdata": "p1", "curve_number": 1}, {"customdata": "p9", "curve_number": 7}]}
+    assert plots.selected_keys(no_group, [t.name for t in fig.data]) == [("p1", "B")]  # curve 7: no such trace
+    assert plots.selected_keys(no_group) == []  # no way to tell the model
+    assert plots.selected_keys({"points": [{"customdata": ["p2", "A"]}]}) == [("p2", "A")]
     assert plots.selected_keys(None) == [] and plots.selected_keys({"points": []}) == []
 
 
