@@ -1,12 +1,15 @@
-"""Compare models: leaderboard with bootstrap intervals, Dice / AUROC / ECE side by side, a per-patient scatter
-whose box / lasso selection fills a patient table (a row opens the viewer), and a paired Wilcoxon test."""
+"""Compare models, in five lazy tabs (only the open one is computed and drawn; the URL's ``view`` names it):
+Overview (Dice / AUROC / ECE side by side, summary table), Leaderboard (bootstrap intervals), Patients (a
+per-patient scatter whose box / lasso selection fills a patient table; a row opens the viewer), Paired test
+(Wilcoxon) and Distributions (per-patient boxes, temperatures)."""
 from urllib.parse import quote, urlencode
 
 import streamlit as st
 
 from core import stats
 from dashboard import plots, tables
-from dashboard.state import REGIONS, patient_table, query, require_selection, start_prefetch, subset_summary
+from dashboard.state import (REGIONS, keep_widget_state, page_tabs, patient_table, query, require_selection,
+                             start_prefetch, subset_summary)
 from dashboard.tables import csv_later
 
 SCATTER_METRICS = {
@@ -17,6 +20,8 @@ SCATTER_METRICS = {
 PAIRED_METRICS = {"dice": "Dice", "ece": "ECE", "auroc_entropy": "AUROC entropy vs error", "brier": "Brier",
                   "hd95": "HD95 (mm)"}
 
+TABS = ["Overview", "Leaderboard", "Patients", "Paired test", "Distributions"]
+
 st.title("Compare models")
 sel = require_selection(patients=False)
 st.caption(f"Method **{sel.method}** · voxel set **{sel.mask}** · {len(sel.patients)} of {len(sel.all_patients)} "
@@ -24,170 +29,205 @@ st.caption(f"Method **{sel.method}** · voxel set **{sel.mask}** · {len(sel.pat
 if not sel.patients:
     st.warning("No patient inside the entropy filter: widen the quantile range.")
     st.stop()
+keep_widget_state({"scatter_x": "dice", "scatter_y": "ece", "scatter_region": REGIONS[0], "paired_metric": "dice",
+                   "paired_a": None, "paired_b": None, "lb_methods": None})
+TAB_WIDGETS = page_tabs(TABS, key="compare_view")
 
-lb_methods = st.session_state.get("lb_methods") or [sel.method]
-lb_methods = [m for m in lb_methods if m in sel.methods] or [sel.method]
-if sel.method not in lb_methods:
-    lb_methods = [sel.method] + lb_methods
-summary_all = subset_summary(sel, methods=lb_methods)
-summary_all = summary_all[summary_all.model.isin(sel.models)]
-summary = summary_all[summary_all.method == sel.method]
-if summary.empty:
-    st.info("No ok evaluation for this selection.")
-    st.stop()
 
-lb = tables.leaderboard(sel, lb_methods)
-ci_cols = ["model", "method", "region", "dice_lo", "dice_hi", "ece_dataset_lo", "ece_dataset_hi"]
-with_ci = summary.merge(lb[[c for c in ci_cols if c in lb]], on=["model", "method", "region"], how="left") if len(lb) \
-    else summary
-st.plotly_chart(plots.side_by_side(with_ci, sel.colours), key="side_by_side")
-st.caption("Error bars: 95 % patient-bootstrap intervals (1000 resamples of the patients) of mean Dice and of "
-           "dataset ECE; pooled AUROC is shown without an interval.")
+def summaries(methods: list[str]):
+    """(summary of every given method, summary of the sidebar's method) over the selected models; stops the tab
+    when the sidebar's method has no ok evaluation."""
+    summary_all = subset_summary(sel, methods=methods)
+    summary_all = summary_all[summary_all.model.isin(sel.models)]
+    summary = summary_all[summary_all.method == sel.method]
+    if summary.empty:
+        st.info("No ok evaluation for this selection.")
+        st.stop()
+    return summary_all, summary
 
-table = summary[["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset",
-                 "auroc_entropy_mean", "auroc_nan", "ece_dataset", "ece_mean", "ace_dataset", "mce_dataset",
-                 "mean_entropy"]].sort_values(["region", "model"])
-fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype.kind == "f"}
-st.dataframe(table, hide_index=True, column_config={
-    **fmt,
-    "n_patients": st.column_config.NumberColumn("patients"),
-    "auroc_nan": st.column_config.NumberColumn("AUROC NaN", help="patients skipped: no error (or no correct) voxel"),
-    "auroc_entropy_dataset": st.column_config.NumberColumn("AUROC pooled", format="%.3f"),
-    "auroc_entropy_mean": st.column_config.NumberColumn("AUROC mean", format="%.3f"),
-    "ece_dataset": st.column_config.NumberColumn("ECE dataset", format="%.4f"),
-    "ece_mean": st.column_config.NumberColumn("ECE mean/patient", format="%.4f"),
-})
-st.download_button("Download table (CSV)", csv_later(table), file_name=f"compare_{sel.run_id}_{sel.method}.csv",
-                   mime="text/csv")
-st.caption("Dice: mean over patients (BraTS empty rules). AUROC pooled: entropy vs voxel error from the summed "
-           "per-patient histograms; AUROC mean: mean of per-patient AUROC (NaN patients skipped). ECE dataset: 20 "
-           "equal-width bins summed over the patients; ECE mean: mean of per-patient ECE.")
 
-st.subheader("Leaderboard: model x method x region")
-st.session_state["lb_methods"] = lb_methods
-lb_methods = st.multiselect("Methods in the leaderboard", sel.methods, key="lb_methods",
-               help="the sidebar's method and any other method of the run; each added method is bootstrapped too")
-if lb.empty:
-    st.info("No per-patient metrics for this selection.")
-else:
-    disp = tables.leaderboard_display(lb, summary_all)
-    st.dataframe(disp, hide_index=True, column_config={
-        "AUROC pooled": st.column_config.NumberColumn(format="%.3f"),
-        "patients": st.column_config.NumberColumn(help="patients behind each number (inside the entropy filter)"),
-        "AUROC NaN skipped": st.column_config.NumberColumn(help="patients without an error (or a correct) voxel")})
-    st.download_button("Download leaderboard (CSV, with interval bounds)", csv_later(lb),
-                       file_name=f"leaderboard_{sel.run_id}_{sel.mask}.csv", mime="text/csv", key="dl_leaderboard")
-    st.caption(f"Sorted by region, then Dice. [95 % CI]: percentile interval over 1000 patient-bootstrap resamples "
-               f"(seed 0). Dice and AUROC: mean over patients; ECE: dataset-level from the resampled patients' summed "
-               f"bins ({sel.mask}).")
+def draw_overview():
+    """Dice / AUROC / ECE side by side per region, and the summary table."""
+    _, summary = summaries([sel.method])
+    lb = tables.leaderboard(sel, [sel.method])
+    ci_cols = ["model", "method", "region", "dice_lo", "dice_hi", "ece_dataset_lo", "ece_dataset_hi"]
+    with_ci = summary.merge(lb[[c for c in ci_cols if c in lb]], on=["model", "method", "region"], how="left") \
+        if len(lb) else summary
+    st.plotly_chart(plots.side_by_side(with_ci, sel.colours), key="side_by_side")
+    st.caption("Error bars: 95 % patient-bootstrap intervals (1000 resamples of the patients) of mean Dice and of "
+               "dataset ECE; pooled AUROC is shown without an interval.")
+    table = summary[["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset",
+                     "auroc_entropy_mean", "auroc_nan", "ece_dataset", "ece_mean", "ace_dataset", "mce_dataset",
+                     "mean_entropy"]].sort_values(["region", "model"])
+    fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype.kind == "f"}
+    st.dataframe(table, hide_index=True, column_config={
+        **fmt,
+        "n_patients": st.column_config.NumberColumn("patients"),
+        "auroc_nan": st.column_config.NumberColumn("AUROC NaN",
+                                                   help="patients skipped: no error (or no correct) voxel"),
+        "auroc_entropy_dataset": st.column_config.NumberColumn("AUROC pooled", format="%.3f"),
+        "auroc_entropy_mean": st.column_config.NumberColumn("AUROC mean", format="%.3f"),
+        "ece_dataset": st.column_config.NumberColumn("ECE dataset", format="%.4f"),
+        "ece_mean": st.column_config.NumberColumn("ECE mean/patient", format="%.4f"),
+    })
+    st.download_button("Download table (CSV)", csv_later(table),
+                       file_name=f"compare_{sel.run_id}_{sel.method}.csv", mime="text/csv")
+    st.caption("Dice: mean over patients (BraTS empty rules). AUROC pooled: entropy vs voxel error from the summed "
+               "per-patient histograms; AUROC mean: mean of per-patient AUROC (NaN patients skipped). ECE dataset: "
+               "20 equal-width bins summed over the patients; ECE mean: mean of per-patient ECE.")
 
-st.subheader("Per-patient scatter: select patients with a box or lasso")
-c1, c2, c3 = st.columns(3)
-names = list(SCATTER_METRICS)
-x_metric = c1.selectbox("x axis", names, index=names.index("dice"), format_func=SCATTER_METRICS.get, key="scatter_x")
-y_metric = c2.selectbox("y axis", names, index=names.index("ece"), format_func=SCATTER_METRICS.get, key="scatter_y")
-s_region = c3.radio("Region", REGIONS, horizontal=True, key="scatter_region")
-wide = patient_table(sel, list(SCATTER_METRICS), method=sel.method)
-wide = wide[wide.model.isin(sel.models)]
-points = wide[wide.region == s_region]
-points = points.dropna(subset=[c for c in (x_metric, y_metric) if c in points]) if len(points) else points
-if points.empty or x_metric not in points or y_metric not in points:
-    st.info("No patient has both metrics for this region (e.g. HD95 is undefined when a region is empty).")
-else:
-    fig = plots.patient_scatter(points, x_metric, y_metric, SCATTER_METRICS[x_metric], SCATTER_METRICS[y_metric],
-                                sel.colours)
-    event = st.plotly_chart(fig, key="patient_scatter", on_select="rerun", selection_mode=("box", "lasso"))
-    keys = plots.selected_keys(event.selection if event else None, [t.name for t in fig.data])
-    ptable = points.set_index(["patient_id", "model"])
-    if keys:
-        ptable = ptable.loc[[k for k in keys if k in ptable.index]]
-        st.caption(f"{len(ptable)} selected point(s). Double-click the chart to clear the selection.")
+def draw_leaderboard():
+    """model x method x region with bootstrap intervals; methods chosen here."""
+    st.subheader("Leaderboard: model x method x region")
+    kept = [m for m in st.session_state.get("lb_methods") or [] if m in sel.methods]
+    st.session_state["lb_methods"] = kept if sel.method in kept else [sel.method] + kept
+    lb_methods = st.multiselect("Methods in the leaderboard", sel.methods, key="lb_methods",
+                                help="the sidebar's method and any other method of the run; each added method is "
+                                     "bootstrapped too") or [sel.method]
+    summary_all, _ = summaries(lb_methods)
+    lb = tables.leaderboard(sel, lb_methods)
+    if lb.empty:
+        st.info("No per-patient metrics for this selection.")
     else:
-        st.caption(f"No selection: all {len(ptable)} points. Drag a box (or pick lasso in the chart's toolbar) to "
-                   "narrow the table; click a row to open that patient in the viewer.")
-    ptable = ptable.reset_index()
-    cols = ["patient_id", "model"] + [c for c in SCATTER_METRICS if c in ptable]
-    ptable = ptable[cols].sort_values([y_metric, "patient_id"], ascending=[False, True]).reset_index(drop=True)
-    base = "./viewer?" + urlencode({"db": str(st.query_params.get("db", "")), "run": sel.run_id, "method": sel.method,
-                                    "mask": sel.mask})
-    quoted = {v: quote(str(v), safe="") for v in set(ptable.patient_id) | set(ptable.model)}
-    ptable["open"] = base + "&patient=" + ptable.patient_id.map(quoted) + "&model=" + ptable.model.map(quoted)
+        disp = tables.leaderboard_display(lb, summary_all)
+        st.dataframe(disp, hide_index=True, column_config={
+            "AUROC pooled": st.column_config.NumberColumn(format="%.3f"),
+            "patients": st.column_config.NumberColumn(help="patients behind each number (inside the entropy filter)"),
+            "AUROC NaN skipped": st.column_config.NumberColumn(help="patients without an error (or a correct) voxel")})
+        st.download_button("Download leaderboard (CSV, with interval bounds)", csv_later(lb),
+                           file_name=f"leaderboard_{sel.run_id}_{sel.mask}.csv", mime="text/csv",
+                           key="dl_leaderboard")
+        st.caption(f"Sorted by region, then Dice. [95 % CI]: percentile interval over 1000 Poisson patient-bootstrap "
+                   f"replicates (seeded per patient). Dice and AUROC: mean over patients; ECE: dataset-level from the "
+                   f"resampled patients' summed bins ({sel.mask}).")
 
-    def _open_selected_row():
-        rows = st.session_state["patient_table"].selection.rows
-        if rows:
-            r = ptable.iloc[rows[0]]
-            st.session_state["viewer_request"] = (r.patient_id, r.model)
-            st.session_state["_go_viewer"] = True
 
-    st.dataframe(ptable, hide_index=True, key="patient_table", on_select=_open_selected_row,
-                 selection_mode="single-row", column_config={
-                     **{c: st.column_config.NumberColumn(SCATTER_METRICS[c], format="%.3f") for c in SCATTER_METRICS
-                        if c in ptable},
-                     "open": st.column_config.LinkColumn("link", display_text="viewer ↗",
-                                                         help="this patient in the viewer, in a new tab")})
-    st.download_button("Download patient table (CSV)", csv_later(ptable.drop(columns="open")),
-                       file_name=f"patients_{sel.run_id}_{sel.method}_{s_region}.csv", mime="text/csv",
-                       key="dl_patients")
-    if st.session_state.pop("_go_viewer", False):
-        st.switch_page("app_pages/viewer.py")
+def wide_table():
+    """Per-patient metrics (SCATTER_METRICS) of the sidebar's method and the selected models, inside the filter."""
+    wide = patient_table(sel, list(SCATTER_METRICS), method=sel.method)
+    return wide[wide.model.isin(sel.models)]
 
-st.subheader("Paired comparison of two models (Wilcoxon signed-rank)")
-status = query(sel.db, "evaluation_status", sel.run_id)
-ran = sorted(set(status[(status.method == sel.method) & (status.ok > 0)].model) & set(sel.models))
-if len(ran) < 2:
-    st.info(f"Needs two selected models that ran {sel.method}; this selection has {len(ran)}.")
-else:
+def draw_patients():
+    """per-patient scatter; a box / lasso selection fills the patient table, a row opens the viewer."""
+    st.subheader("Per-patient scatter: select patients with a box or lasso")
     c1, c2, c3 = st.columns(3)
-    a = c1.selectbox("Model A", ran, key="paired_a")
-    b_options = [m for m in ran if m != a]
-    if st.session_state.get("paired_b") not in b_options:
-        st.session_state.pop("paired_b", None)
-    b = c2.selectbox("Model B", b_options, key="paired_b")
-    pm = c3.selectbox("Metric", list(PAIRED_METRICS), format_func=PAIRED_METRICS.get, key="paired_metric")
-    pw = wide[wide.model.isin([a, b])]
-    if pw.empty or pm not in pw:
-        st.info("No per-patient values of this metric.")
+    names = list(SCATTER_METRICS)
+    x_metric = c1.selectbox("x axis", names, format_func=SCATTER_METRICS.get, key="scatter_x")
+    y_metric = c2.selectbox("y axis", names, format_func=SCATTER_METRICS.get, key="scatter_y")
+    s_region = c3.radio("Region", REGIONS, horizontal=True, key="scatter_region")
+    wide = wide_table()
+    points = wide[wide.region == s_region]
+    points = points.dropna(subset=[c for c in (x_metric, y_metric) if c in points]) if len(points) else points
+    if points.empty or x_metric not in points or y_metric not in points:
+        st.info("No patient has both metrics for this region (e.g. HD95 is undefined when a region is empty).")
     else:
-        ptest, diffs = stats.paired_table(pw, pm, a, b)
-        show = ptest[["region", "n", "n_nan", "n_zero", "mean_diff", "diff_lo", "diff_hi", "median_diff", "statistic",
-                      "p_value", "p_holm"]]
-        st.dataframe(show, hide_index=True, column_config={
-            "n": st.column_config.NumberColumn("pairs", help="patients with a value for both models"),
-            "n_nan": st.column_config.NumberColumn("NaN skipped"),
-            "n_zero": st.column_config.NumberColumn("zero differences", help="dropped by the test (Wilcoxon's method)"),
-            "mean_diff": st.column_config.NumberColumn(f"mean A − B", format="%.4f"),
-            "diff_lo": st.column_config.NumberColumn("95 % CI low", format="%.4f"),
-            "diff_hi": st.column_config.NumberColumn("95 % CI high", format="%.4f"),
-            "median_diff": st.column_config.NumberColumn("median A − B", format="%.4f"),
-            "statistic": st.column_config.NumberColumn("W", format="%.1f"),
-            "p_value": st.column_config.NumberColumn("p", format="%.4g"),
-            "p_holm": st.column_config.NumberColumn("p (Holm, 3 regions)", format="%.4g")})
-        st.plotly_chart(plots.paired_differences(diffs, PAIRED_METRICS[pm], a, b), key="paired_plot")
-        st.download_button("Download paired differences (CSV)", csv_later(diffs.rename(columns={"a": a, "b": b})),
-                           file_name=f"paired_{sel.run_id}_{sel.method}_{pm}_{a}_vs_{b}.csv", mime="text/csv",
-                           key="dl_paired")
-        st.caption(f"Method {sel.method}, voxel set {sel.mask} for calibration metrics. Two-sided Wilcoxon signed-rank "
-                   "test on the per-patient differences (scipy, zero differences dropped); interval: patient bootstrap "
-                   "of the mean difference. Holm adjusts the three regions' p-values for testing three times.")
+        fig = plots.patient_scatter(points, x_metric, y_metric, SCATTER_METRICS[x_metric], SCATTER_METRICS[y_metric],
+                                    sel.colours)
+        event = st.plotly_chart(fig, key="patient_scatter", on_select="rerun", selection_mode=("box", "lasso"))
+        keys = plots.selected_keys(event.selection if event else None, [t.name for t in fig.data])
+        ptable = points.set_index(["patient_id", "model"])
+        if keys:
+            ptable = ptable.loc[[k for k in keys if k in ptable.index]]
+            st.caption(f"{len(ptable)} selected point(s). Double-click the chart to clear the selection.")
+        else:
+            st.caption(f"No selection: all {len(ptable)} points. Drag a box (or pick lasso in the chart's toolbar) to "
+                       "narrow the table; click a row to open that patient in the viewer.")
+        ptable = ptable.reset_index()
+        cols = ["patient_id", "model"] + [c for c in SCATTER_METRICS if c in ptable]
+        ptable = ptable[cols].sort_values([y_metric, "patient_id"], ascending=[False, True]).reset_index(drop=True)
+        base = "./viewer?" + urlencode({"db": str(st.query_params.get("db", "")), "run": sel.run_id, "method": sel.method,
+                                        "mask": sel.mask})
+        quoted = {v: quote(str(v), safe="") for v in set(ptable.patient_id) | set(ptable.model)}
+        ptable["open"] = base + "&patient=" + ptable.patient_id.map(quoted) + "&model=" + ptable.model.map(quoted)
 
-st.subheader("Per-patient distributions")
-long = wide.melt(id_vars=["model", "patient_id", "region"], value_vars=["dice", "ece"], var_name="metric")
-c1, c2 = st.columns(2)
-with c1:
-    st.markdown("**Dice per patient**")
-    st.plotly_chart(plots.per_patient_box(long[long.metric == "dice"], "Dice", sel.colours, [0, 1.02]), key="dice_box")
-with c2:
-    st.markdown(f"**ECE per patient ({sel.mask})**")
-    st.plotly_chart(plots.per_patient_box(long[long.metric == "ece"], "ECE", sel.colours),
-                    key="ece_box")
+        def _open_selected_row():
+            rows = st.session_state["patient_table"].selection.rows
+            if rows:
+                r = ptable.iloc[rows[0]]
+                st.session_state["viewer_request"] = (r.patient_id, r.model)
+                st.session_state["_go_viewer"] = True
 
-temps = query(sel.db, "run_temperatures", sel.run_id)
-if not temps.empty:
-    with st.expander("Temperatures (+ts methods), fitted on the calibration split"):
-        st.dataframe(temps[temps.model.isin(sel.models)], hide_index=True, column_config={
-            "temperature": st.column_config.NumberColumn(format="%.3f"),
-            "nll_before": st.column_config.NumberColumn("NLL before (nats)", format="%.4f"),
-            "nll_after": st.column_config.NumberColumn("NLL after (nats)", format="%.4f")})
+        st.dataframe(ptable, hide_index=True, key="patient_table", on_select=_open_selected_row,
+                     selection_mode="single-row", column_config={
+                         **{c: st.column_config.NumberColumn(SCATTER_METRICS[c], format="%.3f") for c in SCATTER_METRICS
+                            if c in ptable},
+                         "open": st.column_config.LinkColumn("link", display_text="viewer ↗",
+                                                             help="this patient in the viewer, in a new tab")})
+        st.download_button("Download patient table (CSV)", csv_later(ptable.drop(columns="open")),
+                           file_name=f"patients_{sel.run_id}_{sel.method}_{s_region}.csv", mime="text/csv",
+                           key="dl_patients")
+        if st.session_state.pop("_go_viewer", False):
+            st.switch_page("app_pages/viewer.py")
+
+def draw_paired():
+    """paired per-patient differences of two models with the Wilcoxon signed-rank test."""
+    st.subheader("Paired comparison of two models (Wilcoxon signed-rank)")
+    status = query(sel.db, "evaluation_status", sel.run_id)
+    ran = sorted(set(status[(status.method == sel.method) & (status.ok > 0)].model) & set(sel.models))
+    if len(ran) < 2:
+        st.info(f"Needs two selected models that ran {sel.method}; this selection has {len(ran)}.")
+    else:
+        c1, c2, c3 = st.columns(3)
+        if st.session_state.get("paired_a") not in ran:
+            st.session_state.pop("paired_a", None)
+        a = c1.selectbox("Model A", ran, key="paired_a")
+        b_options = [m for m in ran if m != a]
+        if st.session_state.get("paired_b") not in b_options:
+            st.session_state.pop("paired_b", None)
+        b = c2.selectbox("Model B", b_options, key="paired_b")
+        pm = c3.selectbox("Metric", list(PAIRED_METRICS), format_func=PAIRED_METRICS.get, key="paired_metric")
+        wide = wide_table()
+        pw = wide[wide.model.isin([a, b])]
+        if pw.empty or pm not in pw:
+            st.info("No per-patient values of this metric.")
+        else:
+            ptest, diffs = stats.paired_table(pw, pm, a, b)
+            show = ptest[["region", "n", "n_nan", "n_zero", "mean_diff", "diff_lo", "diff_hi", "median_diff", "statistic",
+                          "p_value", "p_holm"]]
+            st.dataframe(show, hide_index=True, column_config={
+                "n": st.column_config.NumberColumn("pairs", help="patients with a value for both models"),
+                "n_nan": st.column_config.NumberColumn("NaN skipped"),
+                "n_zero": st.column_config.NumberColumn("zero differences", help="dropped by the test (Wilcoxon's method)"),
+                "mean_diff": st.column_config.NumberColumn("mean A − B", format="%.4f"),
+                "diff_lo": st.column_config.NumberColumn("95 % CI low", format="%.4f"),
+                "diff_hi": st.column_config.NumberColumn("95 % CI high", format="%.4f"),
+                "median_diff": st.column_config.NumberColumn("median A − B", format="%.4f"),
+                "statistic": st.column_config.NumberColumn("W", format="%.1f"),
+                "p_value": st.column_config.NumberColumn("p", format="%.4g"),
+                "p_holm": st.column_config.NumberColumn("p (Holm, 3 regions)", format="%.4g")})
+            st.plotly_chart(plots.paired_differences(diffs, PAIRED_METRICS[pm], a, b), key="paired_plot")
+            st.download_button("Download paired differences (CSV)", csv_later(diffs.rename(columns={"a": a, "b": b})),
+                               file_name=f"paired_{sel.run_id}_{sel.method}_{pm}_{a}_vs_{b}.csv", mime="text/csv",
+                               key="dl_paired")
+            st.caption(f"Method {sel.method}, voxel set {sel.mask} for calibration metrics. Two-sided Wilcoxon signed-rank "
+                       "test on the per-patient differences (scipy, zero differences dropped); interval: patient bootstrap "
+                       "of the mean difference. Holm adjusts the three regions' p-values for testing three times.")
+
+def draw_distributions():
+    """per-patient Dice and ECE boxes; the fitted temperatures."""
+    st.subheader("Per-patient distributions")
+    wide = wide_table()
+    long = wide.melt(id_vars=["model", "patient_id", "region"], value_vars=["dice", "ece"], var_name="metric")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.markdown("**Dice per patient**")
+        st.plotly_chart(plots.per_patient_box(long[long.metric == "dice"], "Dice", sel.colours, [0, 1.02]), key="dice_box")
+    with c2:
+        st.markdown(f"**ECE per patient ({sel.mask})**")
+        st.plotly_chart(plots.per_patient_box(long[long.metric == "ece"], "ECE", sel.colours),
+                        key="ece_box")
+
+    temps = query(sel.db, "run_temperatures", sel.run_id)
+    if not temps.empty:
+        with st.expander("Temperatures (+ts methods), fitted on the calibration split"):
+            st.dataframe(temps[temps.model.isin(sel.models)], hide_index=True, column_config={
+                "temperature": st.column_config.NumberColumn(format="%.3f"),
+                "nll_before": st.column_config.NumberColumn("NLL before (nats)", format="%.4f"),
+                "nll_after": st.column_config.NumberColumn("NLL after (nats)", format="%.4f")})
+
+for tab, draw in zip(TAB_WIDGETS, (draw_overview, draw_leaderboard, draw_patients, draw_paired, draw_distributions)):
+    if tab.open:  # the others are not computed
+        with tab:
+            draw()
 
 start_prefetch()  # per-group sums for the first move of the entropy filter, in the background

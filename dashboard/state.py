@@ -209,9 +209,11 @@ def _sidebar() -> Selection | None:
     gids = quantile_groups(values) if len(values) else np.zeros(0, np.int64)
     patients = values.patient_id[groups_kept(gids, q_range)].tolist() if len(values) else []
     sb.caption(f"{len(patients)} of {len(all_patients)} patients in the filter")
-    st.query_params.from_dict({"db": db_name, "run": run_id, "models": ",".join(models), "method": method,
-                               "mask": mask, "strat": strat_model, "measure": strat_measure,
-                               "q": f"{q_range[0]}-{q_range[1]}"})
+    shared = {"db": db_name, "run": run_id, "models": ",".join(models), "method": method, "mask": mask,
+              "strat": strat_model, "measure": strat_measure, "q": f"{q_range[0]}-{q_range[1]}"}
+    for k, v in shared.items():  # a page's own parameters (?view=, ?patient=) stay in the URL
+        if st.query_params.get(k) != v:
+            st.query_params[k] = v
     return Selection(db, run_id, models, all_models, method, methods, mask, strat_model, strat_measure,
                      tuple(q_range), patients, all_patients, values, tuple(all_patients), tuple(int(g) for g in gids))
 
@@ -244,6 +246,29 @@ def require_selection(models: bool = True, patients: bool = True) -> Selection:
         st.warning("No patient inside the entropy filter: widen the quantile range.")
         st.stop()
     return sel
+
+
+def page_tabs(labels: list[str], key: str, param: str = "view"):
+    """Lazy tabs whose open tab lives in session state and in the URL (``?view=<label>``, so a link opens the
+    same tab): each returned container's ``.open`` is True for the open tab only, and the page draws only
+    that one (a filter change then recomputes one tab's tables and figures, not the whole page's)."""
+    if st.session_state.get(key) not in labels:
+        st.session_state[key] = _qp_default(param, labels, labels[0])
+    tabs = st.tabs(labels, key=key, on_change="rerun")
+    st.query_params[param] = st.session_state[key]
+    return tabs
+
+
+def keep_widget_state(defaults: dict) -> None:
+    """Keep the values of widgets that are not drawn in this rerun (those of closed tabs): Streamlit drops the
+    state of a widget absent from a rerun, so each key is written back (or set to its default) as the page
+    starts; widgets then take their value from session state (no ``index=``/``default=`` of their own). A default
+    of None keeps a value that is there and sets none."""
+    for k, default in defaults.items():
+        if k in st.session_state:
+            st.session_state[k] = st.session_state[k]
+        elif default is not None:
+            st.session_state[k] = default
 
 
 QUANTILE_STEP = 5  # the sidebar's quantile slider moves in 5 % steps

@@ -82,39 +82,68 @@ def test_compare_widgets(data_env):
     _ok(at)
 
 
-def test_compare_leaderboard_and_paired_test(data_env):
+def _tab(at, label):
+    """Open a tab of the Compare page, as a click on it does."""
+    at.session_state["compare_view"] = label
+    return _ok(at.run())
+
+
+def test_compare_tabs_are_lazy_and_in_the_url(data_env):
     at = _ok(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120).run())
-    assert set(at.dataframe[1].value.method) == {"mc_dropout"}  # the sidebar's method by default
+    assert at.query_params["view"] in (["Overview"], "Overview")
+    assert len(at.dataframe) == 1 and len(at.get("plotly_chart")) == 1  # only the open tab is drawn
+    _tab(at, "Distributions")
+    assert len(at.get("plotly_chart")) == 2 and at.query_params["view"] in (["Distributions"], "Distributions")
+    # a link with ?view= opens that tab
+    at2 = AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120)
+    at2.query_params["view"] = "Paired test"
+    _ok(at2.run())
+    assert any("Wilcoxon" in s.value for s in at2.subheader)
+    # a widget of a closed tab keeps its value
+    _tab(at, "Patients")
+    at.selectbox(key="scatter_y").set_value("hd95").run()
+    _tab(at, "Overview")
+    _tab(at, "Patients")
+    assert at.selectbox(key="scatter_y").value == "hd95"
+
+
+def test_compare_leaderboard_and_paired_test(data_env):
+    at = _tab(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120), "Leaderboard")
+    assert set(at.dataframe[0].value.method) == {"mc_dropout"}  # the sidebar's method by default
     at.multiselect(key="lb_methods").set_value(["mc_dropout", "deterministic"]).run()
     _ok(at)
-    lb = at.dataframe[1].value
+    lb = at.dataframe[0].value
     # model x method x region, with intervals and the patient counts behind them
     assert len(lb) == 2 * 2 * 3 and set(lb.method) == {"deterministic", "mc_dropout"}
     assert (lb.patients == 4).all() and list(dict.fromkeys(lb.region)) == ["WT", "TC", "ET"]
     dice_ci = lb["Dice [95 % CI]"].iloc[0]
     est, lo, hi = (float(v) for v in dice_ci.replace("[", "").replace("]", "").replace(",", "").split())
     assert lo <= est <= hi
-    paired = at.dataframe[3].value
-    assert list(paired.region) == ["WT", "TC", "ET"] and (paired.n + paired.n_nan == 4).all()
+    # the leaderboard follows the entropy filter, and keeps its methods across a tab switch
+    at.slider(key="q_range").set_value((50, 100)).run()
+    _ok(at)
+    assert (at.dataframe[0].value.patients == 2).all()
+    _tab(at, "Paired test")
+    paired = at.dataframe[0].value
+    assert list(paired.region) == ["WT", "TC", "ET"] and (paired.n + paired.n_nan == 2).all()
     assert ((paired.p_holm >= paired.p_value) | paired.p_value.isna()).all()
     at.selectbox(key="paired_metric").set_value("ece").run()
     _ok(at)
     at.selectbox(key="paired_a").set_value("UNet-Res").run()
     _ok(at)
     assert at.selectbox(key="paired_b").value == "SegResNet"
-    # the leaderboard follows the entropy filter
-    at.slider(key="q_range").set_value((50, 100)).run()
-    _ok(at)
-    assert (at.dataframe[1].value.patients == 2).all()
+    _tab(at, "Leaderboard")
+    assert set(at.dataframe[0].value.method) == {"deterministic", "mc_dropout"}
     # one model selected: no paired test, said so
+    _tab(at, "Paired test")
     at.multiselect(key="models").set_value(["UNet-Res"]).run()
     _ok(at)
     assert any("Needs two selected models" in i.value for i in at.info)
 
 
 def test_compare_scatter_axes_and_region(data_env):
-    at = _ok(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120).run())
-    table = at.dataframe[2].value
+    at = _tab(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120), "Patients")
+    table = at.dataframe[0].value
     assert len(table) == 2 * 4 and table.open.str.contains("viewer\\?").all()
     at.selectbox(key="scatter_y").set_value("hd95").run()
     at.radio(key="scatter_region").set_value("ET").run()
@@ -128,6 +157,16 @@ def test_viewer_opens_requested_patient(data_env):
     at.session_state["viewer_request"] = (pid, "SegResNet")  # what a row click on the Compare page leaves
     _ok(at.run())
     assert at.selectbox(key="viewer_patient").value == pid and at.selectbox(key="viewer_left").value == "SegResNet"
+
+
+def test_viewer_link_opens_patient_and_model(data_env):
+    at = _ok(AppTest.from_file(str(ROOT / "app_pages/viewer.py"), default_timeout=120).run())
+    pid = at.selectbox(key="viewer_patient").options[-1]
+    link = AppTest.from_file(str(ROOT / "app_pages/viewer.py"), default_timeout=120)
+    link.query_params["patient"] = pid  # what the patient table's "viewer ↗" link carries
+    link.query_params["model"] = "UNet-Res"
+    _ok(link.run())
+    assert link.selectbox(key="viewer_patient").value == pid and link.selectbox(key="viewer_left").value == "UNet-Res"
 
 
 def test_query_params_restore_view(data_env):

@@ -112,19 +112,36 @@ def test_entropy_filter_moves_numbers(server, page):
 
 
 def test_link_reproduces_view(server, page):
-    page.goto(f"{server}/compare?method=deterministic&mask=roi&q=0-50")
-    _settle(page, "Compare models")
+    page.goto(f"{server}/compare?method=deterministic&mask=roi&q=0-50&view=Leaderboard")
+    _settle(page, "Leaderboard: model x method x region")
     _no_exception(page, "compare from link")
     html = page.content()
     assert "deterministic" in html and "0-50" in html
+    assert page.get_by_role("tab", name="Leaderboard").get_attribute("aria-selected") == "true"
+
+
+COMPARE_TABS = [("Overview", "Error bars: 95 %"), ("Leaderboard", "Leaderboard: model x method x region"),
+                ("Patients", "Per-patient scatter"), ("Paired test", "Paired comparison of two models"),
+                ("Distributions", "Per-patient distributions")]
+
+
+def test_compare_tabs_open_on_click_and_go_into_the_url(server, page):
+    page.goto(f"{server}/compare?method=mc_dropout&q=0-100")
+    _settle(page, "Error bars: 95 %")
+    for name, text in COMPARE_TABS[::-1]:
+        page.get_by_role("tab", name=name).click()
+        _settle(page, text)
+        _no_exception(page, f"compare tab {name}")
+        assert "view=" + name.replace(" ", "+") in page.url or "view=" + name.replace(" ", "%20") in page.url
+        page.screenshot(path=str(SHOTS / f"compare_{name.lower().replace(' ', '_')}.png"), full_page=True)
 
 
 def test_scatter_selection_fills_table_and_row_opens_viewer(server, page):
     """Box-select on the per-patient scatter narrows the patient table; clicking a row opens that patient
     in the viewer (as a person does it: mouse drag on the chart, click on the table's row marker)."""
-    page.goto(f"{server}/compare?method=mc_dropout&q=0-100")
+    page.goto(f"{server}/compare?method=mc_dropout&q=0-100&view=Patients")
     _settle(page, "Per-patient scatter")
-    chart = page.locator("[data-testid='stPlotlyChart']").nth(1)
+    chart = page.locator("[data-testid='stPlotlyChart']").first
     chart.scroll_into_view_if_needed()
     box = chart.locator(".nsewdrag").first.bounding_box()
     x0, y0 = box["x"] + 2, box["y"] + 2  # a box over the whole plotting area selects every point
@@ -136,7 +153,7 @@ def test_scatter_selection_fills_table_and_row_opens_viewer(server, page):
     _no_exception(page, "compare after box selection")
     assert "8 selected point(s)" in page.content()  # 4 patients x 2 models, WT
     page.screenshot(path=str(SHOTS / "compare_selection.png"), full_page=True)
-    grid = page.locator("[data-testid='stDataFrame']").nth(2)
+    grid = page.locator("[data-testid='stDataFrame']").first
     grid.scroll_into_view_if_needed()
     gb = grid.bounding_box()
     page.mouse.click(gb["x"] + 18, gb["y"] + 35 + 17)  # the first row's selection marker
@@ -145,3 +162,34 @@ def test_scatter_selection_fills_table_and_row_opens_viewer(server, page):
     assert page.locator("h1").filter(has_text="Patient viewer").count() == 1
     assert "patient=" in page.url and "model=" in page.url
     page.screenshot(path=str(SHOTS / "viewer_from_compare.png"), full_page=True)
+
+
+def test_viewer_link_and_slice_slider(server, page):
+    """A "viewer ↗" link (?patient=&model=) opens that patient and model; the slice slider moves with the keyboard
+    and the image follows (the caption names no slice, so the slider's value is read back)."""
+    page.goto(f"{server}/viewer?method=mc_dropout&q=0-100")
+    _settle(page, "Patient viewer")
+    sel = page.get_by_test_id("stSelectbox").filter(has_text="Patient (inside the entropy filter)")
+    sel.click()
+    options = page.get_by_role("option")
+    last = options.nth(options.count() - 1).inner_text().strip()
+    page.keyboard.press("Escape")
+    assert page.get_by_text(f"Metrics of {last}").count() == 0  # not the patient the viewer opens on
+    page.goto(f"{server}/viewer?method=mc_dropout&q=0-100&patient={last}&model=UNet-Res")
+    _settle(page, f"Metrics of {last}")
+    _no_exception(page, "viewer from a link")
+    assert page.get_by_text("UNet-Res · mc_dropout").count() >= 1
+    box = page.get_by_test_id("stSlider").filter(has_text="slice")  # "Axial slice"
+    slider = box.get_by_role("slider")
+
+    def value() -> int:
+        return int(box.get_by_test_id("stSliderThumbValue").inner_text())
+
+    before = value()
+    slider.focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowLeft" if before >= 5 else "ArrowRight")
+    _settle(page)
+    _no_exception(page, "viewer after moving the slice slider")
+    assert abs(value() - before) == 5
+    page.screenshot(path=str(SHOTS / "viewer_slice_moved.png"), full_page=True)
