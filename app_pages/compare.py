@@ -6,7 +6,6 @@ from urllib.parse import quote, urlencode
 
 import streamlit as st
 
-from core import stats
 from dashboard import plots, tables
 from dashboard.state import (REGIONS, keep_widget_state, page_tabs, patient_table, query, require_selection,
                              start_prefetch, subset_summary)
@@ -46,6 +45,7 @@ def summaries(methods: list[str]):
     return summary_all, summary
 
 
+
 def draw_overview():
     """Dice / AUROC / ECE side by side per region, and the summary table."""
     _, summary = summaries([sel.method])
@@ -76,6 +76,7 @@ def draw_overview():
                "per-patient histograms; AUROC mean: mean of per-patient AUROC (NaN patients skipped). ECE dataset: "
                "20 equal-width bins summed over the patients; ECE mean: mean of per-patient ECE.")
 
+
 def draw_leaderboard():
     """model x method x region with bootstrap intervals; methods chosen here."""
     st.subheader("Leaderboard: model x method x region")
@@ -102,10 +103,12 @@ def draw_leaderboard():
                    f"resampled patients' summed bins ({sel.mask}).")
 
 
+
 def wide_table():
     """Per-patient metrics (SCATTER_METRICS) of the sidebar's method and the selected models, inside the filter."""
     wide = patient_table(sel, list(SCATTER_METRICS), method=sel.method)
     return wide[wide.model.isin(sel.models)]
+
 
 def draw_patients():
     """per-patient scatter; a box / lasso selection fills the patient table, a row opens the viewer."""
@@ -159,6 +162,7 @@ def draw_patients():
         if st.session_state.pop("_go_viewer", False):
             st.switch_page("app_pages/viewer.py")
 
+
 def draw_paired():
     """paired per-patient differences of two models with the Wilcoxon signed-rank test."""
     st.subheader("Paired comparison of two models (Wilcoxon signed-rank)")
@@ -176,12 +180,10 @@ def draw_paired():
             st.session_state.pop("paired_b", None)
         b = c2.selectbox("Model B", b_options, key="paired_b")
         pm = c3.selectbox("Metric", list(PAIRED_METRICS), format_func=PAIRED_METRICS.get, key="paired_metric")
-        wide = wide_table()
-        pw = wide[wide.model.isin([a, b])]
-        if pw.empty or pm not in pw:
+        ptest, diffs = tables.paired(sel, list(SCATTER_METRICS), pm, a, b)
+        if not len(diffs):
             st.info("No per-patient values of this metric.")
         else:
-            ptest, diffs = stats.paired_table(pw, pm, a, b)
             show = ptest[["region", "n", "n_nan", "n_zero", "mean_diff", "diff_lo", "diff_hi", "median_diff", "statistic",
                           "p_value", "p_holm"]]
             st.dataframe(show, hide_index=True, column_config={
@@ -200,8 +202,9 @@ def draw_paired():
                                file_name=f"paired_{sel.run_id}_{sel.method}_{pm}_{a}_vs_{b}.csv", mime="text/csv",
                                key="dl_paired")
             st.caption(f"Method {sel.method}, voxel set {sel.mask} for calibration metrics. Two-sided Wilcoxon signed-rank "
-                       "test on the per-patient differences (scipy, zero differences dropped); interval: patient bootstrap "
-                       "of the mean difference. Holm adjusts the three regions' p-values for testing three times.")
+                       "test on the per-patient differences (scipy, zero differences dropped); interval: Poisson patient "
+                       "bootstrap of the mean difference (1000 replicates, the leaderboard's patient weights). Holm adjusts the three regions' p-values for testing three times.")
+
 
 def draw_distributions():
     """per-patient Dice and ECE boxes; the fitted temperatures."""
@@ -224,6 +227,7 @@ def draw_distributions():
                 "temperature": st.column_config.NumberColumn(format="%.3f"),
                 "nll_before": st.column_config.NumberColumn("NLL before (nats)", format="%.4f"),
                 "nll_after": st.column_config.NumberColumn("NLL after (nats)", format="%.4f")})
+
 
 for tab, draw in zip(TAB_WIDGETS, (draw_overview, draw_leaderboard, draw_patients, draw_paired, draw_distributions)):
     if tab.open:  # the others are not computed

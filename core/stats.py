@@ -78,6 +78,34 @@ def mean_ci(values, B: int = DEFAULT_B, level: float = DEFAULT_LEVEL, seed: int 
     return {"estimate": float(x.mean()), "lo": lo, "hi": hi, **out}
 
 
+def poisson_mean_ci(values, positions, weights: np.ndarray, level: float = DEFAULT_LEVEL) -> dict:
+    """Mean over patients with a percentile interval of the Poisson bootstrap whose weights are given per
+    cohort patient: replicate b = sum_j W[b, pos_j] x_j / sum_j W[b, pos_j] over the finite values (a replicate
+    that draws nobody is skipped). Each patient keeps its weights (:func:`poisson_weights`) in every subset, so
+    moving a filter changes the interval only through the patients it adds or drops.
+
+    values: (n,) per-patient numbers (NaN skipped and counted); positions: (n,) distinct column of each in
+    ``weights`` (B, P) float32. Two float32 matrix-vector products over the cohort, no resampling of the subset.
+    Returns dict(estimate, lo, hi, n, n_nan) as :func:`mean_ci`."""
+    v = np.asarray(values, np.float64).ravel()
+    pos = np.asarray(positions, np.int64).ravel()
+    if v.shape != pos.shape:
+        raise ValueError(f"one position per value: {v.shape} vs {pos.shape}")
+    finite = np.isfinite(v)
+    out = {"n": int(finite.sum()), "n_nan": int((~finite).sum())}
+    if not finite.any():
+        return {"estimate": math.nan, "lo": math.nan, "hi": math.nan, **out}
+    x = np.zeros(weights.shape[1], np.float32)
+    m = np.zeros(weights.shape[1], np.float32)
+    x[pos[finite]] = v[finite]
+    m[pos[finite]] = 1.0
+    den = (weights @ m).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = np.where(den > 0, (weights @ x).astype(np.float64) / den, np.nan)
+    lo, hi = _interval(reps, level)
+    return {"estimate": float(v[finite].mean()), "lo": lo, "hi": hi, **out}
+
+
 def ece_from_bins_batch(n: np.ndarray, sum_prob: np.ndarray, sum_true: np.ndarray) -> np.ndarray:
     """Vectorised :func:`core.metrics.calibration_from_bins` ECE: inputs (R, K) summed bins of R replicates,
     output (R,) ECE = sum_k |sum_prob_k - sum_true_k| / N (NaN where N = 0). Identical to
@@ -287,7 +315,7 @@ def holm(pvalues) -> np.ndarray:
     return out
 
 
-def paired_test(a, b, B: int = DEFAULT_B, level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
+def paired_test(a, b, B: int = DEFAULT_B, level: float = DEFAULT_LEVEL, seed: int = 0, poisson=None) -> dict:
     """Paired comparison of two models on the same patients: d = a - b per patient.
 
     a, b: (P,) per-patient values aligned by patient. Pairs with a NaN on either side are skipped (counted in
@@ -295,6 +323,8 @@ def paired_test(a, b, B: int = DEFAULT_B, level: float = DEFAULT_LEVEL, seed: in
     method), mean_diff with a bootstrap interval (diff_lo, diff_hi), median_diff, and the two-sided Wilcoxon
     signed-rank test (scipy.stats.wilcoxon, zero_method='wilcox': exact null distribution for small n without
     ties, normal approximation otherwise): statistic W and p_value. p_value is NaN with fewer than 2 non-zero d.
+    ``poisson``: (weights (B, P), positions (n,)) of the cohort's Poisson bootstrap (:func:`poisson_mean_ci`)
+    for the interval, instead of a multinomial resampling of the pairs.
     """
     a = np.asarray(a, np.float64).ravel()
     b = np.asarray(b, np.float64).ravel()
@@ -303,7 +333,11 @@ def paired_test(a, b, B: int = DEFAULT_B, level: float = DEFAULT_LEVEL, seed: in
     ok = np.isfinite(a) & np.isfinite(b)
     d = a[ok] - b[ok]
     out = {"n": int(d.size), "n_nan": int((~ok).sum()), "n_zero": int((d == 0).sum())}
-    ci = mean_ci(d, B, level, seed)
+    if poisson is None:
+        ci = mean_ci(d, B, level, seed)
+    else:
+        weights, positions = poisson
+        ci = poisson_mean_ci(d, np.asarray(positions).ravel()[ok], weights, level)
     out.update(mean_diff=ci["estimate"], diff_lo=ci["lo"], diff_hi=ci["hi"],
                median_diff=float(np.median(d)) if d.size else math.nan)
     if (d != 0).sum() >= 2:
@@ -315,14 +349,20 @@ def paired_test(a, b, B: int = DEFAULT_B, level: float = DEFAULT_LEVEL, seed: in
 
 
 def paired_table(wide: pd.DataFrame, metric: str, a: str, b: str, regions=("WT", "TC", "ET"), B: int = DEFAULT_B,
-                 seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 seed: int = 0, cohort_ids=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Paired per-region comparison of models ``a`` and ``b`` on ``metric``.
 
     wide: columns model, patient_id, region, <metric> (one method). Patients are paired by id; a patient
     evaluated by one model only is skipped. Returns (summary, diffs): summary has one row per region with
     the fields of :func:`paired_test` plus p_holm (Holm-adjusted over the regions); diffs has region,
-    patient_id, a, b, diff = a - b for the plot and the CSV.
+    patient_id, a, b, diff = a - b for the plot and the CSV. ``cohort_ids``: every patient of the cohort (a
+    superset of wide's): the intervals are then the cohort's Poisson bootstrap (:func:`poisson_weights`, the
+    leaderboard's), the same patient weights in every subset.
     """
+    poisson = None
+    if cohort_ids is not None:
+        cohort_ids = tuple(str(p) for p in cohort_ids)
+        poisson = poisson_weights(cohort_ids, B, seed), pd.Index(cohort_ids)
     rows, diffs = [], []
     for region in regions:
         g = wide[wide.region == region]
@@ -330,7 +370,13 @@ def paired_table(wide: pd.DataFrame, metric: str, a: str, b: str, regions=("WT",
         pb = g[g.model == b].set_index("patient_id")[metric]
         common = pa.index.intersection(pb.index).sort_values()
         va, vb = pa.loc[common].to_numpy(np.float64), pb.loc[common].to_numpy(np.float64)
-        rows.append({"region": region, **paired_test(va, vb, B=B, seed=seed)})
+        pw = None
+        if poisson is not None:
+            pos = poisson[1].get_indexer(common.astype(str))
+            if (pos < 0).any():
+                raise ValueError(f"patients not in cohort_ids: {list(common[pos < 0][:5])}")
+            pw = (poisson[0], pos)
+        rows.append({"region": region, **paired_test(va, vb, B=B, seed=seed, poisson=pw)})
         diffs.append(pd.DataFrame({"region": region, "patient_id": common, "a": va, "b": vb, "diff": va - vb}))
     summary = pd.DataFrame(rows)
     summary["p_holm"] = holm(summary.p_value.to_numpy())

@@ -26,6 +26,7 @@ def side_by_side(summary: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
     layout = dict(barmode="group", height=380, margin=dict(t=50, b=40, l=50, r=20),
                   legend=dict(orientation="h", y=-0.25), annotations=[])
     traces = []
+    by_model = {m: g.set_index("region").reindex(REGIONS) for m, g in summary.groupby("model", sort=True)}
     for col, (metric, title, rng, ci) in enumerate(SIDE_BY_SIDE):
         sfx = str(col + 1) if col else ""
         left = col * (width + gap)
@@ -34,8 +35,7 @@ def side_by_side(summary: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
                                      title=dict(text="Dice" if metric == "dice_mean" else metric.split("_")[0].upper()))
         layout["annotations"].append(dict(text=title, x=left + width / 2, y=1, xref="paper", yref="paper",
                                           xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=16)))
-        for model, g in summary.groupby("model", sort=True):
-            g = g.set_index("region").reindex(REGIONS)
+        for model, g in by_model.items():
             bar = dict(type="bar", x=REGIONS, y=g[metric].tolist(), name=model, marker=dict(color=colours.get(model)),
                        legendgroup=model, showlegend=col == 0, xaxis=f"x{sfx}", yaxis=f"y{sfx}",
                        hovertemplate=f"{model}<br>%{{x}}: %{{y:.3f}}<extra>{title}</extra>")
@@ -54,11 +54,13 @@ def box_stats(x, y, ids) -> tuple[dict, pd.DataFrame]:
     x: (n,) category per value; y: (n,) values (NaN skipped); ids: (n,) label per value. Returns
     (dict(x, q1, median, q3, lowerfence, upperfence, mean): one entry per non-empty category, in first-seen
     order; DataFrame(x, y, id) of the outliers)."""
-    x, y, ids = np.asarray(x, dtype=object), np.asarray(y, np.float64), np.asarray(ids, dtype=object)
+    codes, cats = pd.factorize(pd.Series(np.asarray(x, dtype=object)), sort=False)  # first-seen order
+    y, ids = np.asarray(y, np.float64), np.asarray(ids, dtype=object)
     stats = {k: [] for k in ("x", "q1", "median", "q3", "lowerfence", "upperfence", "mean")}
     outs = []
-    for cat in pd.unique(x):
-        sel = (x == cat) & np.isfinite(y)
+    finite = np.isfinite(y)
+    for i, cat in enumerate(cats):
+        sel = (codes == i) & finite
         v = y[sel]
         if not v.size:
             continue
@@ -169,13 +171,14 @@ def budget_curves(curves: pd.DataFrame, column: str, label: str, colours: dict[s
 
 
 def strata_box(df: pd.DataFrame, labels: list[str], colours: dict[str, str], x_title: str, y_title: str) -> go.Figure:
-    """Dice per stratum: df with model, stratum, dice, patient_id."""
+    """Dice per stratum: df with model, stratum, dice, patient_id. Above :data:`ALL_POINTS` rows the boxes are
+    computed here and only their outliers are sent (:func:`box_stats`), as :func:`per_patient_box`."""
     fig = go.Figure()
-    for model, g in df.groupby("model"):
-        fig.add_trace(go.Box(x=g.stratum, y=g.dice, name=model, marker_color=colours.get(model), boxpoints="all" if len(df) <= ALL_POINTS else "outliers",
-                             jitter=0.4, pointpos=0, customdata=g.patient_id,
-                             hovertemplate="%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>"))
-    fig.update_layout(boxmode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
+    for model, g in df.groupby("model", sort=True):
+        _box_traces(fig, g.stratum, g.dice, g.patient_id, model, colours.get(model),
+                    "%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>", len(df) <= ALL_POINTS,
+                    legendgroup=model)
+    fig.update_layout(boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
                       xaxis=dict(title=x_title, categoryorder="array", categoryarray=labels),
                       yaxis=dict(title=y_title, range=[0, 1.02]), legend=dict(orientation="h", y=-0.25))
     return fig
@@ -259,8 +262,8 @@ def paired_differences(df: pd.DataFrame, label: str, a: str, b: str) -> go.Figur
         _box_traces(fig, [region] * len(g), g["diff"], g.patient_id, region, "#555",
                     "%{customdata}<br>difference %{y:.3f}<extra>" + region + "</extra>", len(df) <= ALL_POINTS,
                     showlegend=False)
-    fig.add_hline(y=0, line=dict(color="#d62728", dash="dash"))
-    fig.update_layout(height=360, margin=dict(t=30, b=40, l=60, r=20),
+    fig.update_layout(shapes=[dict(type="line", xref="x domain", x0=0, x1=1, y0=0, y1=0,
+                                   line=dict(color="#d62728", dash="dash"))], height=360, margin=dict(t=30, b=40, l=60, r=20),
                       xaxis=dict(title="region", categoryorder="array", categoryarray=REGIONS),
                       yaxis=dict(title=f"{label}: {a} − {b} (per patient)"))
     return fig

@@ -432,14 +432,46 @@ def _patient_table(db: str, mtime: float, run_id: str, metrics: tuple, mask: str
         return store.metric_wide(con, run_id, list(metrics), mask=mask, method=method)
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _row_groups(key: tuple, groups_key: str, _df: pd.DataFrame, _pids: tuple, _gids: tuple) -> np.ndarray:
+    """Quantile group id (:func:`quantile_groups`) per row of a cached per-patient table; -2 for a patient
+    without a value of the stratifying measure (kept, like every patient, only by the whole range 0-100)."""
+    pos = pd.Index(list(_pids)).get_indexer(_df.patient_id.to_numpy(object))
+    gids = np.asarray(_gids, np.int64)
+    out = np.where(pos >= 0, gids[np.maximum(pos, 0)] if len(gids) else -2, -2)
+    out.flags.writeable = False
+    return out
+
+
+def _rows_kept(sel: Selection, key: tuple, df: pd.DataFrame) -> np.ndarray:
+    """(R,) bool: the rows of the cached table ``df`` (cache key ``key``) whose patient is inside the filter."""
+    return groups_kept(_row_groups(key, sel.groups_key, df, sel.group_pids, sel.group_ids), sel.q_range)
+
+
 def patient_table(sel: Selection, metrics: list[str], mask: str | None = None, method: str | None = None,
                   subset: bool = True) -> pd.DataFrame:
     """Per-patient metrics (:func:`core.store.metric_wide`) of every patient of the run, read once per
-    (metrics, mask, method) and cached; ``subset`` keeps the patients inside the entropy filter."""
-    df = _patient_table(str(sel.db), sel.db.stat().st_mtime, sel.run_id, tuple(metrics), mask or sel.mask, method)
-    if subset and len(sel.patients) != len(sel.all_patients):
-        df = df[df.patient_id.isin(sel.patients)]
+    (metrics, mask, method) and cached; ``subset`` keeps the patients inside the entropy filter (a boolean mask
+    of the rows' cached quantile groups, not a lookup of thousands of patient ids)."""
+    key = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, tuple(metrics), mask or sel.mask, method)
+    df = _patient_table(*key)
+    if subset:
+        df = _subset_rows(sel, key, df)
     return df
+
+
+def _subset_rows(sel: Selection, key: tuple, df: pd.DataFrame) -> pd.DataFrame:
+    if len(sel.patients) != len(sel.all_patients):
+        return df[_rows_kept(sel, key, df)]
+    queue_prefetch(_row_groups, (key, sel.groups_key, df, sel.group_pids, sel.group_ids), n_private=3)
+    return df
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _summary_parts(key: tuple, _df: pd.DataFrame) -> dict:
+    from core import summaries
+
+    return summaries.summary_parts(_df)
 
 
 def subset_summary(sel: Selection, mask: str | None = None, methods: list[str] | None = None) -> pd.DataFrame:
@@ -448,10 +480,17 @@ def subset_summary(sel: Selection, mask: str | None = None, methods: list[str] |
     from core import summaries
 
     mask = mask or sel.mask
-    # one method: read only its rows (a quarter of a 4-method run's); several: all, filtered in memory
-    wide = patient_table(sel, store.SUMMARY_METRICS, mask, method=methods[0] if methods and len(methods) == 1 else None)
-    if methods is not None:
-        wide = wide[wide.method.isin(methods)]
-    return summaries.cohort_summary(wide, subset_bins(sel, "calibration", mask, methods=methods),
-                                    subset_bins(sel, "uncertainty", mask, methods=methods,
-                                                columns=["n_error", "n_correct"]))
+    # one method: read only its rows (a quarter of a 4-method run's); several: all, the others dropped at the end
+    key = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, tuple(store.SUMMARY_METRICS), mask,
+           methods[0] if methods and len(methods) == 1 else None)
+    wide = _patient_table(*key)
+    keep = None
+    if len(sel.patients) != len(sel.all_patients):
+        keep = _rows_kept(sel, key, wide)
+    else:  # the first move of the filter needs the rows' groups: found in the background meanwhile
+        queue_prefetch(_row_groups, (key, sel.groups_key, wide, sel.group_pids, sel.group_ids), n_private=3)
+    out = summaries.cohort_summary(wide, subset_bins(sel, "calibration", mask, methods=methods),
+                                   subset_bins(sel, "uncertainty", mask, methods=methods,
+                                               columns=["n_error", "n_correct"]),
+                                   parts=_summary_parts(key, wide), keep=keep)
+    return out if methods is None else out[out.method.isin(methods)].reset_index(drop=True)

@@ -7,7 +7,6 @@ filter adds up groups instead of resampling patients.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -63,6 +62,22 @@ def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) ->
             return stored
     parts = _leaderboard_parts(*args)
     return stats.leaderboard_from_parts(parts, groups_kept(parts["groups"], sel.q_range))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _cohort_ids(key: tuple, _everyone: pd.DataFrame) -> tuple:
+    return tuple(str(p) for p in _sorted_ids(_everyone.patient_id))
+
+
+def paired(sel: Selection, metrics: list[str], metric: str, a: str, b: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired comparison of models a and b on ``metric`` over the patients inside the filter, sidebar method
+    (:func:`core.stats.paired_table`), with intervals from the Poisson bootstrap of the run's cohort: each
+    patient carries the leaderboard's weights, so a move of the filter costs two matrix-vector products per
+    region instead of a fresh resampling. ``metrics``: the cached per-patient table's columns (with metric)."""
+    everyone = patient_table(sel, metrics, method=sel.method, subset=False)
+    ids = _cohort_ids((str(sel.db), sel.db.stat().st_mtime, sel.run_id, tuple(metrics), sel.mask, sel.method), everyone)
+    wide = patient_table(sel, metrics, method=sel.method)
+    return stats.paired_table(wide[wide.model.isin([a, b])], metric, a, b, cohort_ids=ids)
 
 
 def csv_later(df: pd.DataFrame):

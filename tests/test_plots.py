@@ -50,3 +50,8 @@ def test_box_stats_hand_computed_and_large_boxes_ship_only_outliers():
     assert 0 < len(pts.x) < n / 10
     small = plots.per_patient_box(df.head(50), "Dice", {"A": "#123456"})
     assert len(small.data) == 1 and len(small.data[0].y) == 50
+    strata = df.rename(columns={"region": "stratum", "value": "dice"})
+    sfig = plots.strata_box(strata, ["WT", "TC", "ET"], {"A": "#123456"}, "stratum", "Dice")
+    sbox, spts = sfig.data
+    assert sbox.y is None and list(sbox.x) == list(pd.unique(strata.stratum)) and 0 < len(spts.x) < n / 10
+    assert len(plots.strata_box(strata.head(50), ["WT"], {}, "s", "d").data[0].y) == 50

@@ -59,3 +59,73 @@ def test_budget_table_matches_metrics():
     assert table.loc[0, "capture AUC 0-5 %"] == pytest.approx(M.budget_auc(cap))
     assert table.loc[0, "AUROC entropy"] == pytest.approx(M.auroc_from_bins(fp + fn, tp + tn))
     assert np.allclose(curves.captured, cap)
+
+
+def _pandas_summary(sub: pd.DataFrame) -> pd.DataFrame:
+    """The definition, as a pandas groupby of the kept rows (what cohort_summary computed before the parts)."""
+    g = sub.groupby(summaries.KEYS, sort=True)
+    return pd.DataFrame({
+        "n_patients": g.patient_id.nunique(), "dice_mean": g.dice.mean(), "dice_median": g.dice.median(),
+        "dice_nan": g.dice.size() - g.dice.count(), "ece_mean": g.ece.mean(),
+        "auroc_entropy_mean": g.auroc_entropy.mean(), "auroc_nan": g.auroc_entropy.size() - g.auroc_entropy.count(),
+        "mean_entropy": g.mean_entropy.mean()}).reset_index()
+
+
+def test_summary_from_parts_equals_groupby_of_any_subset():
+    """Numpy bincounts over a cached table's rows = pandas groupby of the kept rows: means and medians over finite
+    values (even and odd counts, ties, exact 0 and 1), NaN counted, combos left out when nobody is kept."""
+    rng = np.random.default_rng(0)
+    rows = [dict(model=m, method=me, region=r, patient_id=f"P{p}",
+                 dice=rng.choice([np.nan, rng.random(), 0.5, 1.0, 0.0]), ece=rng.random(),
+                 auroc_entropy=rng.choice([np.nan, rng.random()]), mean_entropy=rng.random())
+            for m in "ab" for me in ("x", "y") for r in ("WT", "TC", "ET") for p in range(7)]
+    wide = pd.DataFrame(rows)
+    parts = summaries.summary_parts(wide)
+    for t in range(300):
+        keep = rng.random(len(wide)) < rng.random() * (t % 5 != 0)
+        want, got = _pandas_summary(wide[keep]), summaries.summary_from_parts(parts, keep)
+        if want.empty:
+            assert got.empty
+            continue
+        pd.testing.assert_frame_equal(want.reset_index(drop=True), got, check_dtype=False, check_column_type=False)
+    everyone = summaries.summary_from_parts(parts)
+    assert len(everyone) == 12 and (everyone.n_patients == 7).all()
+    nan_dice = wide.assign(dice=np.nan)
+    got = summaries.summary_from_parts(summaries.summary_parts(nan_dice))
+    assert got.dice_mean.isna().all() and got.dice_median.isna().all() and (got.dice_nan == 7).all()
+
+
+def test_binned_summary_equals_per_combo_definitions():
+    """The vectorised dataset-level numbers = core.metrics' definitions applied combo by combo, rows in any
+    order; empty voxel sets, a combo with no error voxel, and combos present in one table only give NaN."""
+    rng = np.random.default_rng(3)
+    cal_rows, unc_rows = [], []
+    for m in ("A", "B"):
+        for r in ("WT", "TC", "ET"):
+            for b in range(M.N_CAL_BINS):
+                n = int(rng.integers(0, 50)) * (r != "ET" or m != "B")  # B/ET: an empty voxel set
+                sp = n * (b + rng.random()) / M.N_CAL_BINS
+                cal_rows.append((m, "x", r, b, n, sp, min(n, sp * rng.uniform(0.5, 1.5))))
+            for b in sorted(rng.choice(M.N_UNC_BINS, 40, replace=False)):
+                ne = 0 if (m, r) == ("A", "TC") else int(rng.integers(0, 30))  # A/TC: no error voxel
+                unc_rows.append((m, "x", r, int(b), ne, int(rng.integers(0, 300))))
+    unc_rows.append(("C", "x", "WT", 5, 3, 7))  # in the uncertainty table only
+    cal = pd.DataFrame(cal_rows, columns=["model", "method", "region", "bin", "n", "sum_prob", "sum_true"])
+    unc = pd.DataFrame(unc_rows, columns=["model", "method", "region", "bin", "n_error", "n_correct"])
+    got = summaries.binned_summary(cal.sample(frac=1, random_state=0), unc.sample(frac=1, random_state=1))
+    got = got.set_index(summaries.KEYS)
+    for key, c in cal.groupby(summaries.KEYS):
+        want = M.calibration_from_bins(c.n, c.sum_prob, c.sum_true)
+        for k in ("ece", "ace", "mce"):
+            assert got.loc[key, f"{k}_dataset"] == pytest.approx(want[k], nan_ok=True, rel=1e-12), (key, k)
+    for key, u in unc.groupby(summaries.KEYS):
+        ne, nc = np.zeros(M.N_UNC_BINS), np.zeros(M.N_UNC_BINS)
+        ne[u.bin], nc[u.bin] = u.n_error, u.n_correct
+        assert got.loc[key, "auroc_entropy_dataset"] == pytest.approx(M.auroc_from_bins(ne, nc), nan_ok=True,
+                                                                      rel=1e-12), key
+    assert np.isnan(got.loc[("B", "x", "ET"), "ece_dataset"]) and np.isnan(got.loc[("A", "x", "TC"),
+                                                                                 "auroc_entropy_dataset"])
+    assert np.isnan(got.loc[("C", "x", "WT"), "ece_dataset"]) and np.isfinite(got.loc[("C", "x", "WT"),
+                                                                                      "auroc_entropy_dataset"])
+    empty = summaries.binned_summary(cal.iloc[:0], unc.iloc[:0])
+    assert empty.empty and "auroc_entropy_dataset" in empty
