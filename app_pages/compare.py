@@ -2,7 +2,7 @@
 Overview (Dice / AUROC / ECE side by side, summary table), Leaderboard (bootstrap intervals), Patients (a
 per-patient scatter whose box / lasso selection fills a patient table; a row opens the viewer), Paired test
 (Wilcoxon) and Distributions (per-patient boxes, temperatures)."""
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -140,8 +140,7 @@ def draw_patients():
         ptable = ptable[cols].sort_values([y_metric, "patient_id"], ascending=[False, True]).reset_index(drop=True)
         base = "./viewer?" + urlencode({"db": str(st.query_params.get("db", "")), "run": sel.run_id, "method": sel.method,
                                         "mask": sel.mask})
-        quoted = {v: quote(str(v), safe="") for v in set(ptable.patient_id) | set(ptable.model)}
-        ptable["open"] = base + "&patient=" + ptable.patient_id.map(quoted) + "&model=" + ptable.model.map(quoted)
+        ptable["open"] = tables.viewer_links(base, ptable.patient_id, ptable.model)
 
         def _open_selected_row():
             rows = st.session_state["patient_table"].selection.rows

@@ -55,3 +55,17 @@ def test_box_stats_hand_computed_and_large_boxes_ship_only_outliers():
     sbox, spts = sfig.data
     assert sbox.y is None and list(sbox.x) == list(pd.unique(strata.stratum)) and 0 < len(spts.x) < n / 10
     assert len(plots.strata_box(strata.head(50), ["WT"], {}, "s", "d").data[0].y) == 50
+
+
+def test_viewer_links_encode_ids_once_per_value():
+    from urllib.parse import parse_qs, urlsplit
+
+    from dashboard import tables
+
+    pids = pd.Series(["BraTS2021_00001", "odd id/ü&x", "BraTS2021_00001"])
+    models = pd.Series(["UNet-Res", "SegResNet", "Seg Res+Net"])
+    links = tables.viewer_links("./viewer?db=results.duckdb&run=r1", pids, models)
+    assert links[0] == "./viewer?db=results.duckdb&run=r1&patient=BraTS2021_00001&model=UNet-Res"
+    for link, p, m in zip(links, pids, models):
+        q = parse_qs(urlsplit(link).query)
+        assert q["patient"] == [p] and q["model"] == [m] and q["run"] == ["r1"]
