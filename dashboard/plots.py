@@ -129,26 +129,28 @@ def reliability_diagram(curves: dict, band: dict | None, colours: dict[str, str]
 
 def reliability_histogram(matrix, n_bins: int, title: str) -> go.Figure:
     """Dataset reliability histogram (paper 004): x = confidence bin, y = per-patient accuracy bin, colour =
-    share of patients (columns normalised to 1)."""
+    share of patients (columns normalised to 1). matrix: (n_bins, n_bins), rows = accuracy bins."""
     centres = [(k + 0.5) / n_bins for k in range(n_bins)]
-    fig = go.Figure(go.Heatmap(z=matrix, x=centres, y=centres, colorscale="Viridis", zmin=0, zmax=1,
-                               colorbar=dict(title="share of<br>patients"),
-                               hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>share %{z:.2f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="white", dash="dash"), showlegend=False,
-                             hoverinfo="skip"))
-    fig.update_layout(title=title, height=420, margin=dict(t=50, b=40, l=50, r=20),
-                      xaxis=dict(title="confidence bin (predicted probability)", range=[0, 1]),
-                      yaxis=dict(title="per-patient accuracy in the bin", range=[0, 1]))
-    return fig
+    # traces and layout given to the constructor at once: 4-5x faster than add_trace + update_layout
+    return go.Figure(
+        data=[dict(type="heatmap", z=matrix, x=centres, y=centres, colorscale="Viridis", zmin=0, zmax=1,
+                   colorbar=dict(title=dict(text="share of<br>patients")),
+                   hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>share %{z:.2f}<extra></extra>"),
+              dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="white", dash="dash"),
+                   showlegend=False, hoverinfo="skip")],
+        layout=dict(title=dict(text=title), height=420, margin=dict(t=50, b=40, l=50, r=20),
+                    xaxis=dict(title=dict(text="confidence bin (predicted probability)"), range=[0, 1]),
+                    yaxis=dict(title=dict(text="per-patient accuracy in the bin"), range=[0, 1])))
 
 
 def histogram(df: pd.DataFrame, column: str, colours: dict[str, str], label: str) -> go.Figure:
-    fig = go.Figure()
-    for model, g in df.groupby("model", sort=True):
-        fig.add_trace(go.Histogram(x=g[column], name=model, marker_color=colours.get(model), opacity=0.6, nbinsx=30))
-    fig.update_layout(barmode="overlay", height=340, margin=dict(t=30, b=40, l=50, r=20),
-                      xaxis=dict(title=label), yaxis=dict(title="patients"), legend=dict(orientation="h", y=-0.25))
-    return fig
+    """Overlaid histograms of ``column`` per model (df: model, <column>), 30 bins."""
+    return go.Figure(
+        data=[dict(type="histogram", x=g[column].to_numpy(), name=model, marker=dict(color=colours.get(model)),
+                   opacity=0.6, nbinsx=30) for model, g in df.groupby("model", sort=True)],
+        layout=dict(barmode="overlay", height=340, margin=dict(t=30, b=40, l=50, r=20),
+                    xaxis=dict(title=dict(text=label)), yaxis=dict(title=dict(text="patients")),
+                    legend=dict(orientation="h", y=-0.25)))
 
 
 def _rgba(hex_colour: str | None, alpha: float) -> str:

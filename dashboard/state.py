@@ -226,11 +226,27 @@ def current_selection() -> Selection | None:
 
 
 def in_filter(sel: "Selection", patient_ids) -> np.ndarray:
-    """Boolean per id of ``patient_ids``: inside the entropy filter (all True when nobody is filtered out)."""
+    """Boolean per id of ``patient_ids``: inside the entropy filter (all True when nobody is filtered out).
+    Looked up in the stratification's cached id index (built once per stratification, not per call)."""
     ids = np.asarray(patient_ids, dtype=object)
     if len(sel.patients) == len(sel.all_patients):
         return np.ones(len(ids), bool)
-    return pd.Index(sel.patients).get_indexer(ids) >= 0
+    index, gids = _group_index(sel.groups_key, sel.group_pids, sel.group_ids)
+    pos = index.get_indexer(ids)
+    return groups_kept(np.where(pos >= 0, gids[np.maximum(pos, 0)] if len(gids) else -2, -2), sel.q_range)
+
+
+_GROUP_INDEX: dict = {}
+
+
+def _group_index(groups_key: str, pids: tuple, gids: tuple) -> tuple[pd.Index, np.ndarray]:
+    """(pd.Index of the stratification's patient ids, their group ids), kept for the last few stratifications."""
+    hit = _GROUP_INDEX.get(groups_key)
+    if hit is None:
+        if len(_GROUP_INDEX) > 8:
+            _GROUP_INDEX.clear()
+        hit = _GROUP_INDEX[groups_key] = (pd.Index(list(pids)), np.asarray(gids, np.int64))
+    return hit
 
 
 def require_selection(models: bool = True, patients: bool = True) -> Selection:

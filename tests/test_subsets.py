@@ -103,3 +103,15 @@ def test_leaderboard_of_the_filter_equals_bootstrapping_its_patients(results_db,
     pd.testing.assert_frame_equal(got.reset_index(drop=True), ref[stats.LEADERBOARD_COLUMNS], check_dtype=False,
                                   rtol=1e-6)
     assert (got.n_patients == len(sel.patients)).all() and got.dice_lo.le(got.dice).all()
+
+
+@pytest.mark.parametrize("q_range", [(0, 100), (50, 100), (0, 25), (30, 70), (100, 100)])
+def test_in_filter_and_row_masks_equal_the_patient_list(results_db, q_range):
+    """The cached group look-ups (state.in_filter, the per-row groups of a cached table) keep exactly the
+    sidebar's patient list, unknown ids included (kept only by the whole range)."""
+    sel = _selection(results_db, q_range)
+    ids = list(sel.all_patients) + ["not-a-patient"]
+    assert state.in_filter(sel, ids).tolist() == [p in set(sel.patients) for p in ids[:-1]] + [q_range == (0, 100)]
+    table = state.patient_table(sel, ["dice", "ece"], method="mc_dropout")
+    full = state.patient_table(sel, ["dice", "ece"], method="mc_dropout", subset=False)
+    pd.testing.assert_frame_equal(table, full[full.patient_id.isin(sel.patients)])
