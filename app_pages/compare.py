@@ -209,14 +209,15 @@ def draw_distributions():
     """per-patient Dice and ECE boxes; the fitted temperatures."""
     st.subheader("Per-patient distributions")
     wide = wide_table()
-    long = wide.melt(id_vars=["model", "patient_id", "region"], value_vars=["dice", "ece"], var_name="metric")
+    ids = ["model", "patient_id", "region"]
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Dice per patient**")
-        st.plotly_chart(plots.per_patient_box(long[long.metric == "dice"], "Dice", sel.colours, [0, 1.02]), key="dice_box")
+        st.plotly_chart(plots.per_patient_box(wide[ids + ["dice"]].rename(columns={"dice": "value"}), "Dice",
+                                              sel.colours, [0, 1.02]), key="dice_box")
     with c2:
         st.markdown(f"**ECE per patient ({sel.mask})**")
-        st.plotly_chart(plots.per_patient_box(long[long.metric == "ece"], "ECE", sel.colours),
+        st.plotly_chart(plots.per_patient_box(wide[ids + ["ece"]].rename(columns={"ece": "value"}), "ECE", sel.colours),
                         key="ece_box")
 
     temps = query(sel.db, "run_temperatures", sel.run_id)

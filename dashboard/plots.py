@@ -74,31 +74,32 @@ def box_stats(x, y, ids) -> tuple[dict, pd.DataFrame]:
     return stats, (pd.concat(outs, ignore_index=True) if outs else pd.DataFrame(columns=["x", "y", "id"]))
 
 
-def _box_traces(fig: go.Figure, x, y, ids, name: str, colour: str | None, hover: str, all_points: bool, **kw) -> None:
-    """One box per category; every point when ``all_points``, else statistics computed here and only the
-    outliers sent to the browser (a box of 10,000 patients otherwise ships every value and id)."""
+def _box_traces(x, y, ids, name: str, colour: str | None, hover: str, all_points: bool, **kw) -> list[dict]:
+    """One box per category, as trace dicts; every point when ``all_points``, else statistics computed here and
+    only the outliers sent to the browser (a box of 10,000 patients otherwise ships every value and id)."""
     if all_points:
-        fig.add_trace(go.Box(x=x, y=y, name=name, marker_color=colour, boxpoints="all", jitter=0.4, pointpos=0,
-                             customdata=ids, hovertemplate=hover, **kw))
-        return
+        return [dict(type="box", x=np.asarray(x, dtype=object), y=np.asarray(y, np.float64), name=name,
+                     marker=dict(color=colour), boxpoints="all", jitter=0.4, pointpos=0,
+                     customdata=np.asarray(ids, dtype=object), hovertemplate=hover, **kw)]
     st, out = box_stats(x, y, ids)
-    fig.add_trace(go.Box(name=name, marker_color=colour, boxpoints=False, offsetgroup=name, **st, **kw))
-    fig.add_trace(go.Scatter(x=out.x, y=out.y, customdata=out.id, mode="markers", name=name, offsetgroup=name,
-                             marker=dict(color=colour, size=4), showlegend=False, hovertemplate=hover,
-                             **{k: v for k, v in kw.items() if k == "legendgroup"}))
+    return [dict(type="box", name=name, marker=dict(color=colour), boxpoints=False, offsetgroup=name, **st, **kw),
+            dict(type="scatter", x=out.x.to_numpy(object), y=out.y.to_numpy(np.float64),
+                 customdata=out.id.to_numpy(object), mode="markers", name=name, offsetgroup=name,
+                 marker=dict(color=colour, size=4), showlegend=False, hovertemplate=hover,
+                 **{k: v for k, v in kw.items() if k == "legendgroup"})]
 
 
 def per_patient_box(df: pd.DataFrame, metric_label: str, colours: dict[str, str], y_range=None) -> go.Figure:
     """Per-patient distribution: df with columns model, region, patient_id, value. Above :data:`ALL_POINTS`
     rows the boxes are computed here and only outliers are drawn as points (:func:`box_stats`)."""
-    fig = go.Figure()
-    for model, g in df.groupby("model", sort=True):
-        _box_traces(fig, g.region, g.value, g.patient_id, model, colours.get(model),
-                    "%{customdata}<br>%{y:.3f}<extra>" + model + "</extra>", len(df) <= ALL_POINTS, legendgroup=model)
-    fig.update_layout(boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
-                      xaxis=dict(title="region", categoryorder="array", categoryarray=REGIONS),
-                      yaxis=dict(title=metric_label, range=y_range), legend=dict(orientation="h", y=-0.2))
-    return fig
+    data = [t for model, g in df.groupby("model", sort=True)
+            for t in _box_traces(g.region, g.value, g.patient_id, model, colours.get(model),
+                                 "%{customdata}<br>%{y:.3f}<extra>" + model + "</extra>", len(df) <= ALL_POINTS,
+                                 legendgroup=model)]
+    return go.Figure(data=data, layout=dict(
+        boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
+        xaxis=dict(title=dict(text="region"), categoryorder="array", categoryarray=REGIONS),
+        yaxis=dict(title=dict(text=metric_label), range=y_range), legend=dict(orientation="h", y=-0.2)))
 
 
 def reliability_diagram(curves: dict, band: dict | None, colours: dict[str, str], title: str) -> go.Figure:
@@ -175,15 +176,14 @@ def budget_curves(curves: pd.DataFrame, column: str, label: str, colours: dict[s
 def strata_box(df: pd.DataFrame, labels: list[str], colours: dict[str, str], x_title: str, y_title: str) -> go.Figure:
     """Dice per stratum: df with model, stratum, dice, patient_id. Above :data:`ALL_POINTS` rows the boxes are
     computed here and only their outliers are sent (:func:`box_stats`), as :func:`per_patient_box`."""
-    fig = go.Figure()
-    for model, g in df.groupby("model", sort=True):
-        _box_traces(fig, g.stratum, g.dice, g.patient_id, model, colours.get(model),
-                    "%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>", len(df) <= ALL_POINTS,
-                    legendgroup=model)
-    fig.update_layout(boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
-                      xaxis=dict(title=x_title, categoryorder="array", categoryarray=labels),
-                      yaxis=dict(title=y_title, range=[0, 1.02]), legend=dict(orientation="h", y=-0.25))
-    return fig
+    data = [t for model, g in df.groupby("model", sort=True)
+            for t in _box_traces(g.stratum, g.dice, g.patient_id, model, colours.get(model),
+                                 "%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>", len(df) <= ALL_POINTS,
+                                 legendgroup=model)]
+    return go.Figure(data=data, layout=dict(
+        boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
+        xaxis=dict(title=dict(text=x_title), categoryorder="array", categoryarray=labels),
+        yaxis=dict(title=dict(text=y_title), range=[0, 1.02]), legend=dict(orientation="h", y=-0.25)))
 
 
 def predicted_vs_true(df: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
@@ -258,14 +258,14 @@ def selected_keys(selection, trace_names: list[str] | None = None) -> list[tuple
 def paired_differences(df: pd.DataFrame, label: str, a: str, b: str) -> go.Figure:
     """Per-patient paired differences (df: region, patient_id, diff = a - b) as a box with every point per
     region, and a zero line: above zero, model ``a`` has the higher value."""
-    fig = go.Figure()
+    data = []
     for region in REGIONS:
         g = df[df.region == region]
-        _box_traces(fig, [region] * len(g), g["diff"], g.patient_id, region, "#555",
-                    "%{customdata}<br>difference %{y:.3f}<extra>" + region + "</extra>", len(df) <= ALL_POINTS,
-                    showlegend=False)
-    fig.update_layout(shapes=[dict(type="line", xref="x domain", x0=0, x1=1, y0=0, y1=0,
-                                   line=dict(color="#d62728", dash="dash"))], height=360, margin=dict(t=30, b=40, l=60, r=20),
-                      xaxis=dict(title="region", categoryorder="array", categoryarray=REGIONS),
-                      yaxis=dict(title=f"{label}: {a} − {b} (per patient)"))
-    return fig
+        data += _box_traces(np.full(len(g), region, dtype=object), g["diff"], g.patient_id, region, "#555",
+                            "%{customdata}<br>difference %{y:.3f}<extra>" + region + "</extra>",
+                            len(df) <= ALL_POINTS, showlegend=False)
+    return go.Figure(data=data, layout=dict(
+        shapes=[dict(type="line", xref="x domain", x0=0, x1=1, y0=0, y1=0, line=dict(color="#d62728", dash="dash"))],
+        height=360, margin=dict(t=30, b=40, l=60, r=20),
+        xaxis=dict(title=dict(text="region"), categoryorder="array", categoryarray=REGIONS),
+        yaxis=dict(title=dict(text=f"{label}: {a} − {b} (per patient)"))))
