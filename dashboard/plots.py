@@ -108,24 +108,24 @@ def reliability_diagram(curves: dict, band: dict | None, colours: dict[str, str]
 
     curves: model -> DataFrame(conf, acc, n); band: model -> DataFrame(centre, lo, hi).
     """
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dash"),
-                             name="perfect calibration", hoverinfo="skip"))
+    data = [dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dash"),
+                 name="perfect calibration", hoverinfo="skip")]
     for model, c in curves.items():
         col = colours.get(model)
         if band and model in band and len(band[model]):
             b = band[model]
-            fig.add_trace(go.Scatter(x=list(b.centre) + list(b.centre[::-1]), y=list(b.hi) + list(b.lo[::-1]),
-                                     fill="toself", fillcolor=_rgba(col, 0.15), line=dict(width=0), hoverinfo="skip",
-                                     name=f"{model}: patients 10-90 %", legendgroup=model))
-        fig.add_trace(go.Scatter(x=c.conf, y=c.acc, mode="lines+markers", name=f"{model}: dataset",
-                                 line=dict(color=col), legendgroup=model, customdata=c.n,
-                                 hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{customdata:,} voxels<extra>"
-                                               + model + "</extra>"))
-    fig.update_layout(title=title, height=420, margin=dict(t=50, b=40, l=50, r=20),
-                      xaxis=dict(title="mean predicted probability (bin)", range=[0, 1]),
-                      yaxis=dict(title="observed tumour frequency", range=[0, 1]), legend=dict(orientation="h", y=-0.2))
-    return fig
+            data.append(dict(type="scatter", x=np.r_[b.centre.to_numpy(), b.centre.to_numpy()[::-1]],
+                             y=np.r_[b.hi.to_numpy(), b.lo.to_numpy()[::-1]], fill="toself",
+                             fillcolor=_rgba(col, 0.15), line=dict(width=0), hoverinfo="skip",
+                             name=f"{model}: patients 10-90 %", legendgroup=model))
+        data.append(dict(type="scatter", x=c.conf.to_numpy(), y=c.acc.to_numpy(), mode="lines+markers",
+                         name=f"{model}: dataset", line=dict(color=col), legendgroup=model, customdata=c.n.to_numpy(),
+                         hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>%{customdata:,} voxels<extra>"
+                                       + model + "</extra>"))
+    return go.Figure(data=data, layout=dict(
+        title=dict(text=title), height=420, margin=dict(t=50, b=40, l=50, r=20),
+        xaxis=dict(title=dict(text="mean predicted probability (bin)"), range=[0, 1]),
+        yaxis=dict(title=dict(text="observed tumour frequency"), range=[0, 1]), legend=dict(orientation="h", y=-0.2)))
 
 
 def reliability_histogram(matrix, n_bins: int, title: str) -> go.Figure:
