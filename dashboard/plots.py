@@ -89,17 +89,24 @@ def _box_traces(x, y, ids, name: str, colour: str | None, hover: str, all_points
                  **{k: v for k, v in kw.items() if k == "legendgroup"})]
 
 
+def _model_boxes(df: pd.DataFrame, x: str, y: str, colours: dict[str, str], hover_value: str, x_title: str,
+                 categories: list[str], y_title: str, y_range, legend_y: float) -> go.Figure:
+    """Boxes of ``y`` per category ``x`` and model (df: model, patient_id, x, y), grouped side by side; above
+    :data:`ALL_POINTS` rows only the statistics and outliers are sent (:func:`_box_traces`)."""
+    data = [t for model, g in df.groupby("model", sort=True)
+            for t in _box_traces(g[x], g[y], g.patient_id, model, colours.get(model),
+                                 "%{customdata}<br>" + hover_value + "<extra>" + model + "</extra>",
+                                 len(df) <= ALL_POINTS, legendgroup=model)]
+    return go.Figure(data=data, layout=dict(
+        boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
+        xaxis=dict(title=dict(text=x_title), categoryorder="array", categoryarray=categories),
+        yaxis=dict(title=dict(text=y_title), range=y_range), legend=dict(orientation="h", y=legend_y)))
+
+
 def per_patient_box(df: pd.DataFrame, metric_label: str, colours: dict[str, str], y_range=None) -> go.Figure:
     """Per-patient distribution: df with columns model, region, patient_id, value. Above :data:`ALL_POINTS`
     rows the boxes are computed here and only outliers are drawn as points (:func:`box_stats`)."""
-    data = [t for model, g in df.groupby("model", sort=True)
-            for t in _box_traces(g.region, g.value, g.patient_id, model, colours.get(model),
-                                 "%{customdata}<br>%{y:.3f}<extra>" + model + "</extra>", len(df) <= ALL_POINTS,
-                                 legendgroup=model)]
-    return go.Figure(data=data, layout=dict(
-        boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
-        xaxis=dict(title=dict(text="region"), categoryorder="array", categoryarray=REGIONS),
-        yaxis=dict(title=dict(text=metric_label), range=y_range), legend=dict(orientation="h", y=-0.2)))
+    return _model_boxes(df, "region", "value", colours, "%{y:.3f}", "region", REGIONS, metric_label, y_range, -0.2)
 
 
 def reliability_diagram(curves: dict, band: dict | None, colours: dict[str, str], title: str) -> go.Figure:
@@ -176,14 +183,7 @@ def budget_curves(curves: pd.DataFrame, column: str, label: str, colours: dict[s
 def strata_box(df: pd.DataFrame, labels: list[str], colours: dict[str, str], x_title: str, y_title: str) -> go.Figure:
     """Dice per stratum: df with model, stratum, dice, patient_id. Above :data:`ALL_POINTS` rows the boxes are
     computed here and only their outliers are sent (:func:`box_stats`), as :func:`per_patient_box`."""
-    data = [t for model, g in df.groupby("model", sort=True)
-            for t in _box_traces(g.stratum, g.dice, g.patient_id, model, colours.get(model),
-                                 "%{customdata}<br>Dice %{y:.3f}<extra>" + model + "</extra>", len(df) <= ALL_POINTS,
-                                 legendgroup=model)]
-    return go.Figure(data=data, layout=dict(
-        boxmode="group", scattermode="group", height=380, margin=dict(t=30, b=40, l=50, r=20),
-        xaxis=dict(title=dict(text=x_title), categoryorder="array", categoryarray=labels),
-        yaxis=dict(title=dict(text=y_title), range=[0, 1.02]), legend=dict(orientation="h", y=-0.25)))
+    return _model_boxes(df, "stratum", "dice", colours, "Dice %{y:.3f}", x_title, labels, y_title, [0, 1.02], -0.25)
 
 
 def predicted_vs_true(df: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
