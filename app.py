@@ -2,8 +2,7 @@
 then the selected page. Pages live in app_pages/ and stay thin (widgets + plots)."""
 import streamlit as st
 
-from core.store import DatabaseBusy
-from dashboard.state import run_in_progress, sidebar
+from dashboard.sidebar import DatabaseBusy, run_in_progress, sidebar
 
 st.set_page_config(page_title="Tumour QA: uncertainty & calibration", page_icon=":material/neurology:", layout="wide")
 

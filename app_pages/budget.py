@@ -2,15 +2,15 @@
 uncertain voxels, from the patients' summed uncertainty bins."""
 import streamlit as st
 
-from core import summaries
-from dashboard import plots
-from dashboard.state import REGIONS, require_selection, start_prefetch, subset_bins
+from dashboard import plots, views
+from dashboard.prefetch import start_prefetch
+from dashboard.sidebar import require_selection
 from dashboard.tables import csv_later
 
 st.title("Review budget")
 sel = require_selection()
 c1, c2 = st.columns(2)
-region = c1.radio("Region", REGIONS, horizontal=True, key="budget_region")
+region = c1.radio("Region", views.REGIONS, horizontal=True, key="budget_region")
 max_budget = c2.select_slider("Budget axis up to (% of voxels)", [5, 10, 20, 50], value=5, key="budget_max")
 methods = st.multiselect("Methods", sel.methods, default=[sel.method], key="budget_methods",
                          help="the sidebar's method by default; add others to compare their curves")
@@ -18,17 +18,14 @@ methods = methods or [sel.method]
 st.caption(f"Region **{region}** · voxel set **{sel.mask}** · {len(sel.patients)} patients · methods "
            f"{', '.join(methods)}. The reviewer checks the given share of the voxel set, most uncertain (entropy) "
            "first; pooled over patients.")
-summed = subset_bins(sel, "uncertainty", measure="entropy", methods=methods)
-summed = summed[(summed.region == region) & summed.model.isin(sel.models)]
-budgets = [max_budget / 100 * (i + 1) / 100 for i in range(100)]
-curves, table = summaries.budget_table(summed, budgets)
+curves, table = views.budget(sel, region, methods, max_budget)
 if table.empty:
     st.info("No uncertainty bins for this selection (a run without ground truth has none).")
     st.stop()
 for col, label in (("captured", "share of all errors captured"), ("ueo", "uncertainty-error overlap (Dice)")):
     st.plotly_chart(plots.budget_curves(curves, col, label, sel.colours), key=f"budget_{col}")
-st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns
-                                                    if table[c].dtype.kind == "f"})
+st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                                    for c in views.float_columns(table)})
 st.download_button("Download (CSV)", csv_later(table), file_name=f"budget_{sel.run_id}_{region}.csv", mime="text/csv")
 st.caption("AUC 0-5 %: area under the curve over budgets 0.1-5 % (from (0, 0)), divided by 5 %. FP vs TP: among "
            "predicted-tumour voxels; FN vs TN: among predicted-background voxels (paper 003).")

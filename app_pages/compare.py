@@ -2,14 +2,12 @@
 Overview (Dice / AUROC / ECE side by side, summary table), Leaderboard (bootstrap intervals), Patients (a
 per-patient scatter whose box / lasso selection fills a patient table; a row opens the viewer), Paired test
 (Wilcoxon) and Distributions (per-patient boxes, temperatures)."""
-from urllib.parse import urlencode
-
 import streamlit as st
 
-from dashboard import plots, tables
-from dashboard.state import (REGIONS, keep_widget_state, page_tabs, patient_table, query, require_selection,
-                             start_prefetch, subset_summary)
-from dashboard.tables import csv_later
+from dashboard import plots, views
+from dashboard.prefetch import start_prefetch
+from dashboard.sidebar import keep_widget_state, page_tabs, require_selection
+from dashboard.tables import csv_later, leaderboard, leaderboard_display
 
 SCATTER_METRICS = {
     "dice": "Dice", "hd95": "HD95 (mm)", "ece": "ECE", "brier": "Brier", "nll": "NLL",
@@ -28,7 +26,7 @@ st.caption(f"Method **{sel.method}** · voxel set **{sel.mask}** · {len(sel.pat
 if not sel.patients:
     st.warning("No patient inside the entropy filter: widen the quantile range.")
     st.stop()
-keep_widget_state({"scatter_x": "dice", "scatter_y": "ece", "scatter_region": REGIONS[0], "paired_metric": "dice",
+keep_widget_state({"scatter_x": "dice", "scatter_y": "ece", "scatter_region": views.REGIONS[0], "paired_metric": "dice",
                    "paired_a": None, "paired_b": None, "lb_methods": None})
 TAB_WIDGETS = page_tabs(TABS, key="compare_view")
 
@@ -36,9 +34,7 @@ TAB_WIDGETS = page_tabs(TABS, key="compare_view")
 def summaries(methods: list[str]):
     """(summary of every given method, summary of the sidebar's method) over the selected models; stops the tab
     when the sidebar's method has no ok evaluation."""
-    summary_all = subset_summary(sel, methods=methods)
-    summary_all = summary_all[summary_all.model.isin(sel.models)]
-    summary = summary_all[summary_all.method == sel.method]
+    summary_all, summary = views.compare_summaries(sel, methods)
     if summary.empty:
         st.info("No ok evaluation for this selection.")
         st.stop()
@@ -49,17 +45,12 @@ def summaries(methods: list[str]):
 def draw_overview():
     """Dice / AUROC / ECE side by side per region, and the summary table."""
     _, summary = summaries([sel.method])
-    lb = tables.leaderboard(sel, [sel.method])
-    ci_cols = ["model", "method", "region", "dice_lo", "dice_hi", "ece_dataset_lo", "ece_dataset_hi"]
-    with_ci = summary.merge(lb[[c for c in ci_cols if c in lb]], on=["model", "method", "region"], how="left") \
-        if len(lb) else summary
+    with_ci = views.with_intervals(summary, leaderboard(sel, [sel.method]))
     st.plotly_chart(plots.side_by_side(with_ci, sel.colours), key="side_by_side")
     st.caption("Error bars: 95 % patient-bootstrap intervals (1000 resamples of the patients) of mean Dice and of "
                "dataset ECE; pooled AUROC is shown without an interval.")
-    table = summary[["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset",
-                     "auroc_entropy_mean", "auroc_nan", "ece_dataset", "ece_mean", "ace_dataset", "mce_dataset",
-                     "mean_entropy"]].sort_values(["region", "model"])
-    fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if table[c].dtype.kind == "f"}
+    table = views.overview_table(summary)
+    fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in views.float_columns(table)}
     st.dataframe(table, hide_index=True, column_config={
         **fmt,
         "n_patients": st.column_config.NumberColumn("patients"),
@@ -86,11 +77,11 @@ def draw_leaderboard():
                                 help="the sidebar's method and any other method of the run; each added method is "
                                      "bootstrapped too") or [sel.method]
     summary_all, _ = summaries(lb_methods)
-    lb = tables.leaderboard(sel, lb_methods)
+    lb = leaderboard(sel, lb_methods)
     if lb.empty:
         st.info("No per-patient metrics for this selection.")
     else:
-        disp = tables.leaderboard_display(lb, summary_all)
+        disp = leaderboard_display(lb, summary_all)
         st.dataframe(disp, hide_index=True, column_config={
             "AUROC pooled": st.column_config.NumberColumn(format="%.3f"),
             "patients": st.column_config.NumberColumn(help="patients behind each number (inside the entropy filter)"),
@@ -104,12 +95,6 @@ def draw_leaderboard():
 
 
 
-def wide_table():
-    """Per-patient metrics (SCATTER_METRICS) of the sidebar's method and the selected models, inside the filter."""
-    wide = patient_table(sel, list(SCATTER_METRICS), method=sel.method)
-    return wide[wide.model.isin(sel.models)]
-
-
 def draw_patients():
     """per-patient scatter; a box / lasso selection fills the patient table, a row opens the viewer."""
     st.subheader("Per-patient scatter: select patients with a box or lasso")
@@ -117,30 +102,21 @@ def draw_patients():
     names = list(SCATTER_METRICS)
     x_metric = c1.selectbox("x axis", names, format_func=SCATTER_METRICS.get, key="scatter_x")
     y_metric = c2.selectbox("y axis", names, format_func=SCATTER_METRICS.get, key="scatter_y")
-    s_region = c3.radio("Region", REGIONS, horizontal=True, key="scatter_region")
-    wide = wide_table()
-    points = wide[wide.region == s_region]
-    points = points.dropna(subset=[c for c in (x_metric, y_metric) if c in points]) if len(points) else points
-    if points.empty or x_metric not in points or y_metric not in points:
+    s_region = c3.radio("Region", views.REGIONS, horizontal=True, key="scatter_region")
+    points = views.scatter_points(sel, list(SCATTER_METRICS), s_region, x_metric, y_metric)
+    if points.empty:
         st.info("No patient has both metrics for this region (e.g. HD95 is undefined when a region is empty).")
     else:
         fig = plots.patient_scatter(points, x_metric, y_metric, SCATTER_METRICS[x_metric], SCATTER_METRICS[y_metric],
                                     sel.colours)
         event = st.plotly_chart(fig, key="patient_scatter", on_select="rerun", selection_mode=("box", "lasso"))
         keys = plots.selected_keys(event.selection if event else None, [t.name for t in fig.data])
-        ptable = points.set_index(["patient_id", "model"])
+        ptable = views.scatter_table(sel, points, keys, list(SCATTER_METRICS), y_metric)
         if keys:
-            ptable = ptable.loc[[k for k in keys if k in ptable.index]]
             st.caption(f"{len(ptable)} selected point(s). Double-click the chart to clear the selection.")
         else:
             st.caption(f"No selection: all {len(ptable)} points. Drag a box (or pick lasso in the chart's toolbar) to "
                        "narrow the table; click a row to open that patient in the viewer.")
-        ptable = ptable.reset_index()
-        cols = ["patient_id", "model"] + [c for c in SCATTER_METRICS if c in ptable]
-        ptable = ptable[cols].sort_values([y_metric, "patient_id"], ascending=[False, True]).reset_index(drop=True)
-        base = "./viewer?" + urlencode({"db": str(st.query_params.get("db", "")), "run": sel.run_id, "method": sel.method,
-                                        "mask": sel.mask})
-        ptable["open"] = tables.viewer_links(base, ptable.patient_id, ptable.model)
 
         def _open_selected_row():
             rows = st.session_state["patient_table"].selection.rows
@@ -165,8 +141,7 @@ def draw_patients():
 def draw_paired():
     """paired per-patient differences of two models with the Wilcoxon signed-rank test."""
     st.subheader("Paired comparison of two models (Wilcoxon signed-rank)")
-    status = query(sel.db, "evaluation_status", sel.run_id)
-    ran = sorted(set(status[(status.method == sel.method) & (status.ok > 0)].model) & set(sel.models))
+    ran = views.ran_models(sel)
     if len(ran) < 2:
         st.info(f"Needs two selected models that ran {sel.method}; this selection has {len(ran)}.")
     else:
@@ -179,12 +154,10 @@ def draw_paired():
             st.session_state.pop("paired_b", None)
         b = c2.selectbox("Model B", b_options, key="paired_b")
         pm = c3.selectbox("Metric", list(PAIRED_METRICS), format_func=PAIRED_METRICS.get, key="paired_metric")
-        ptest, diffs = tables.paired(sel, list(SCATTER_METRICS), pm, a, b)
+        show, diffs = views.paired_view(sel, list(SCATTER_METRICS), pm, a, b)
         if not len(diffs):
             st.info("No per-patient values of this metric.")
         else:
-            show = ptest[["region", "n", "n_nan", "n_zero", "mean_diff", "diff_lo", "diff_hi", "median_diff", "statistic",
-                          "p_value", "p_holm"]]
             st.dataframe(show, hide_index=True, column_config={
                 "n": st.column_config.NumberColumn("pairs", help="patients with a value for both models"),
                 "n_nan": st.column_config.NumberColumn("NaN skipped"),
@@ -208,22 +181,20 @@ def draw_paired():
 def draw_distributions():
     """per-patient Dice and ECE boxes; the fitted temperatures."""
     st.subheader("Per-patient distributions")
-    wide = wide_table()
-    ids = ["model", "patient_id", "region"]
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Dice per patient**")
-        st.plotly_chart(plots.per_patient_box(wide[ids + ["dice"]].rename(columns={"dice": "value"}), "Dice",
+        st.plotly_chart(plots.per_patient_box(views.metric_values(sel, list(SCATTER_METRICS), "dice"), "Dice",
                                               sel.colours, [0, 1.02]), key="dice_box")
     with c2:
         st.markdown(f"**ECE per patient ({sel.mask})**")
-        st.plotly_chart(plots.per_patient_box(wide[ids + ["ece"]].rename(columns={"ece": "value"}), "ECE", sel.colours),
-                        key="ece_box")
+        st.plotly_chart(plots.per_patient_box(views.metric_values(sel, list(SCATTER_METRICS), "ece"), "ECE",
+                                              sel.colours), key="ece_box")
 
-    temps = query(sel.db, "run_temperatures", sel.run_id)
+    temps = views.temperatures(sel)
     if not temps.empty:
         with st.expander("Temperatures (+ts methods), fitted on the calibration split"):
-            st.dataframe(temps[temps.model.isin(sel.models)], hide_index=True, column_config={
+            st.dataframe(temps, hide_index=True, column_config={
                 "temperature": st.column_config.NumberColumn(format="%.3f"),
                 "nll_before": st.column_config.NumberColumn("NLL before (nats)", format="%.4f"),
                 "nll_after": st.column_config.NumberColumn("NLL after (nats)", format="%.4f")})

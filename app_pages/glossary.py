@@ -1,16 +1,14 @@
 """Glossary: every metric and method with its exact definition (from the README, the one source)."""
 import streamlit as st
 
-from dashboard.glossary import glossary
+from dashboard.glossary import search
 from dashboard.tables import csv_later
 
 st.title("Glossary")
 st.caption("Exact definitions of every stored metric (mask = voxel set it is computed on) and of every uncertainty "
            "method; the same text as the README. Search by name or by a word of the definition.")
-g = st.cache_data(max_entries=4, show_spinner=False)(glossary)()  # the README is parsed once, not on every rerun
 q = st.text_input("Search", key="glossary_q", placeholder="e.g. ece, budget, rater")
-if q:
-    g = g[g.term.str.contains(q, case=False, regex=False) | g.definition.str.contains(q, case=False, regex=False)]
+g = search(q)
 if g.empty:
     st.info("Nothing matches this search.")
 else:

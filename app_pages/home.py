@@ -1,9 +1,8 @@
 """Home: what is in the database (cohort, runs, models, evaluations, failures)."""
-import json
-
 import streamlit as st
 
-from dashboard.state import current_selection, query
+from dashboard import reads, views
+from dashboard.sidebar import current_selection
 
 st.title("Tumour segmentation QA: uncertainty and calibration")
 st.caption("Dice alone hides silent failures: compare models on Dice, uncertainty-error AUROC and sub-region "
@@ -12,8 +11,7 @@ sel = current_selection()
 if sel is None:
     st.stop()
 
-runs = query(sel.db, "list_runs")
-run = runs.set_index("run_id").loc[sel.run_id]
+run = views.run_row(sel)
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Patients evaluated", int(run.patients))
 c2.metric("Evaluations ok", int(run.ok))
@@ -22,15 +20,14 @@ c4.metric("Device", str(run.device))
 st.markdown(f"**Cohort** `{run.cohort}` · **run** `{sel.run_id}` · code `{run.code_version}` · created {run.created_at:%Y-%m-%d %H:%M}")
 
 st.subheader("Evaluations per model and method")
-status = query(sel.db, "evaluation_status", sel.run_id)
-st.dataframe(status, hide_index=True, column_config={"mean_seconds": st.column_config.NumberColumn("mean s / patient", format="%.2f")})
+st.dataframe(reads.evaluation_status(sel.db, sel.run_id), hide_index=True,
+             column_config={"mean_seconds": st.column_config.NumberColumn("mean s / patient", format="%.2f")})
 
 st.subheader("Patients")
-pts = query(sel.db, "cohort_patients", sel.run_id)
+pts = views.cohort_patients(sel)
 if pts.empty:
     st.info("No patient rows yet.")
 else:
-    pts = pts.assign(kind=[json.loads(m or "{}").get("kind", "") for m in pts.meta])
     cols = st.columns(3)
     cols[0].metric("with ground truth", int(pts.has_gt.sum()))
     cols[1].metric("label schemes", ", ".join(sorted(pts.label_scheme.unique())))
@@ -38,17 +35,15 @@ else:
     st.dataframe(pts[["patient_id", "split", "kind", "label_scheme", "shape", "spacing", "has_gt"]], hide_index=True, height=240)
 
 st.subheader("Models")
-models = query(sel.db, "run_models", sel.run_id)
-for _, m in models.iterrows():
-    card = json.loads(m.card)
-    with st.expander(f"{m.model}: {card['arch']}, channels {', '.join(card['channels'])} -> {', '.join(card['regions'])}"):
-        st.markdown(f"checkpoint `{m.checkpoint}` · spacing {card['spacing_mm']} mm · normalisation `{card['normalisation']}`")
+for model, checkpoint, card in views.model_cards(sel):
+    with st.expander(f"{model}: {card['arch']}, channels {', '.join(card['channels'])} -> {', '.join(card['regions'])}"):
+        st.markdown(f"checkpoint `{checkpoint}` · spacing {card['spacing_mm']} mm · normalisation `{card['normalisation']}`")
         st.json(card)
 
-fails = query(sel.db, "failures", sel.run_id)
+fails = reads.failures(sel.db, sel.run_id)
 if not fails.empty:
     st.subheader(f"Failed evaluations ({len(fails)})")
     st.dataframe(fails, hide_index=True)
 
 with st.expander("Database tables"):
-    st.dataframe(query(sel.db, "table_counts"), hide_index=True)
+    st.dataframe(reads.table_counts(sel.db), hide_index=True)

@@ -2,29 +2,26 @@
 cross-validated R2 and Pearson r per model and method, and the patients flagged for review."""
 import streamlit as st
 
-from dashboard import plots
-from dashboard.state import REGIONS, query, require_selection
+from dashboard import plots, views
+from dashboard.sidebar import require_selection
 from dashboard.tables import csv_later
 
 st.title("Quality prediction")
 sel = require_selection(patients=False)
-summary = query(sel.db, "quality_summary", sel.run_id)
-if summary.empty:
+if views.run_has_quality(sel) is False:
     st.info("No quality prediction in this run: it needs at least 10 patients with ground truth per model and "
             "method (the regressor is fitted and validated on them). Runs without ground truth have none.")
     st.stop()
-region = st.radio("Region", REGIONS, horizontal=True, key="quality_region")
+region = st.radio("Region", views.REGIONS, horizontal=True, key="quality_region")
 st.caption(f"Method **{sel.method}** · region **{region}** · predicted Dice = out-of-fold prediction of a ridge "
            "regression on per-patient uncertainty features (5-fold cross-validation), so no patient is scored by a "
            "regressor that saw its Dice. Uncertainty score: mean z-score of the region's entropy, MI, EPKL, "
            "1 - confidence and uncertain fraction.")
-pts = query(sel.db, "quality_patients", sel.run_id, sel.method, region)
-pts = pts[pts.model.isin(sel.models)]
+table, pts, flagged = views.quality(sel, region)
 if pts.empty:
     st.info(f"No quality prediction for {sel.method} / {region} and the selected models.")
 else:
     st.plotly_chart(plots.predicted_vs_true(pts, sel.colours), key="quality_scatter")
-table = summary[summary.model.isin(sel.models) & (summary.region == region)].drop(columns=["features", "regressor"])
 st.markdown("**Cross-validated agreement per model and method**")
 st.dataframe(table, hide_index=True, column_config={
     "n_patients": st.column_config.NumberColumn("patients"),
@@ -35,7 +32,6 @@ st.dataframe(table, hide_index=True, column_config={
 st.download_button("Download summary (CSV)", csv_later(table), file_name=f"quality_{sel.run_id}_{region}.csv",
                    mime="text/csv")
 st.markdown("**Patients flagged for review** (predicted Dice in the lowest quarter, or below 0.5)")
-flagged = pts[pts.flagged].sort_values("predicted_dice")
 if flagged.empty:
     st.info("No flagged patient for this selection.")
 else:

@@ -2,28 +2,17 @@
 reliability histogram (paper 004), per-patient ECE, over/under-confident shares (paper 002), worst patients."""
 import streamlit as st
 
-from core import metrics as M
-from core import summaries
-from dashboard import plots
-from dashboard.state import REGIONS, in_filter, patient_table, query, require_selection
+from dashboard import plots, views
+from dashboard.sidebar import require_selection
 from dashboard.tables import csv_later
 
 st.title("Reliability")
 sel = require_selection()
-region = st.radio("Region", REGIONS, horizontal=True, key="rel_region")
+region = st.radio("Region", views.REGIONS, horizontal=True, key="rel_region")
 st.caption(f"Method **{sel.method}** · region **{region}** · voxel set **{sel.mask}** · {len(sel.patients)} patients · "
-           f"{M.N_CAL_BINS} equal-width bins of the region probability")
+           f"{views.N_CAL_BINS} equal-width bins of the region probability")
 
-curves, bands, hists = {}, {}, {}
-dense = query(sel.db, "calibration_dense", sel.run_id, sel.method, region, mask=sel.mask)
-for model in sel.models:
-    if model not in dense:
-        continue
-    d = dense[model]
-    keep = in_filter(sel, d["patient_id"])
-    if keep.any():
-        curves[model], bands[model], hists[model] = summaries.reliability_arrays(
-            d["n"][keep], d["sum_prob"][keep], d["sum_true"][keep])
+curves, bands, hists = views.reliability_curves(sel, region)
 if not curves:
     st.info("No calibration bins for this selection (a run without ground truth has none).")
     st.stop()
@@ -37,24 +26,21 @@ st.caption("Per confidence bin (column), the distribution of the patients' accur
 cols = st.columns(len(hists))
 for c, (model, h) in zip(cols, hists.items()):
     with c:
-        st.plotly_chart(plots.reliability_histogram(h, M.N_CAL_BINS, model), key=f"hist_{model}")
+        st.plotly_chart(plots.reliability_histogram(h, views.N_CAL_BINS, model), key=f"hist_{model}")
 
-wide = patient_table(sel, ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"], method=sel.method)
-wide = wide[wide.model.isin(sel.models) & (wide.region == region)]
+wide = views.calibration_patients(sel, region)
 st.subheader("Per-patient calibration")
 c1, c2 = st.columns(2)
 with c1:
     st.plotly_chart(plots.histogram(wide, "ece", sel.colours, f"ECE per patient ({sel.mask})"), key="ece_hist")
 with c2:
-    tab = summaries.confidence_shares(wide)
+    tab = views.confidence_shares(wide)
     st.markdown("**Share of patients by the sign of the calibration gap** (mean p - mean y; tolerance "
-                f"{summaries.GAP_TOL}): over-confident = more tumour probability than observed")
+                f"{views.GAP_TOL}): over-confident = more tumour probability than observed")
     st.dataframe(tab, key="gap_share")
 st.subheader("Worst-calibrated patients")
-worst = wide.sort_values("ece", ascending=False).head(15)[["model", "patient_id", "ece", "ace", "mce", "cal_gap",
-                                                           "brier", "nll", "dice"]]
-st.dataframe(worst, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4f")
-                                                     for c in ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"]})
+st.dataframe(views.worst_calibrated(wide), hide_index=True,
+             column_config={c: st.column_config.NumberColumn(format="%.4f") for c in views.CALIBRATION_METRICS})
 st.download_button("Download per-patient calibration (CSV)", csv_later(wide),
                    file_name=f"calibration_{sel.run_id}_{sel.method}_{region}_{sel.mask}.csv", mime="text/csv")
 with st.expander("Definitions"):

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import metrics as M  # noqa: E402
-from core import derived, store  # noqa: E402
+from core import store
+from core.store import derived  # noqa: E402
 
 MODELS = ["SegResNet", "UNet-Res", "UNet-Res-ACE", "SwinUNETR-ext"]
 METHODS = ["deterministic", "mc_dropout", "tta", "ensemble"]
@@ -223,7 +224,7 @@ def main() -> None:
         print(f"  built in {info['seconds']:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in info.items() if k != "seconds"),
               f"({a.db.stat().st_size / 1e9:.2f} GB)", flush=True)
     con = store.connect(a.db)
-    if not derived.valid(con, RUN):  # what the batch does at its end (core.batch.run_batch)
+    if not store.valid(con, RUN):  # what the batch does at its end (core.batch.run_batch)
         out = derived.build(con, RUN)
         print(f"  derived tables (core.derived.build, the batch's last step) in {out['seconds']:.0f} s: "
               + ", ".join(f"{k} {v:,}" for k, v in out["rows"].items()), flush=True)

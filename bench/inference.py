@@ -104,7 +104,7 @@ def plain_mc(model: torch.nn.Module, x: torch.Tensor, T: int, roi, seed: int = 0
     ``x``: (1, C, X, Y, Z) normalised; returns mean probability, entropy and MI, each (R, X, Y, Z) float32."""
     from monai.inferers import sliding_window_inference
 
-    from core.uncertainty import binary_entropy, set_mc_dropout
+    from core.inference.forward import binary_entropy, set_mc_dropout
 
     torch.manual_seed(seed)
     set_mc_dropout(model)
@@ -140,10 +140,12 @@ def synthetic_case(size, seed: int = 0) -> np.ndarray:
 
 
 def bench_synthetic(args, dev) -> None:
-    from core.modelset import ModelSet
-    from core.models import DEMO_MODELS, LoadedModel, build_model, make_card, preprocess
-    from core.precision import choose_precision
-    from core.uncertainty import choose_chunk, predict
+    from core.inference.modelset import ModelSet
+    from core.io.architectures import DEMO_MODELS, build_model, make_card, preprocess
+    from core.io.checkpoints import LoadedModel
+    from core.inference.precision_check import choose_precision
+    from core.inference.forward import choose_chunk
+    from core.inference.uncertainty import predict
 
     spec = DEMO_MODELS["SegResNet"]
     card = make_card("SegResNet", spec["arch"], spec["arch_args"], spacing_mm=(1, 1, 1), roi_size=args.roi)
@@ -171,12 +173,13 @@ def bench_synthetic(args, dev) -> None:
 
 
 def bench_cohort(args, dev) -> None:
-    from core.cohort import discover, load_case
-    from core.modelset import demo_model_spec, load_model_set
-    from core.models import preprocess
-    from core.precision import choose_precision
-    from core.prefetch import Prefetcher
-    from core.uncertainty import choose_chunk, predict
+    from core.io.cohort import discover, load_case
+    from core.inference.modelset import demo_model_spec, load_model_set
+    from core.io.architectures import preprocess
+    from core.inference.precision_check import choose_precision
+    from core.batch.prefetch import Prefetcher
+    from core.inference.forward import choose_chunk
+    from core.inference.uncertainty import predict
 
     files = discover(args.cohort, "test")[: args.patients]
     print(f"\n(B) demo cohort {args.cohort}: {len(files)} test patients, shipped weights, T = {args.T}, device {dev}")
@@ -231,7 +234,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from core.uncertainty import default_device
+    from core.inference.forward import default_device
 
     dev = torch.device(args.device) if args.device else default_device()
     if dev.type == "cuda":

@@ -26,10 +26,12 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from core.cohort import discover, load_case
-    from core.modelset import demo_model_spec, load_model_set
-    from core.models import DEMO_MODELS, _OneDNNConv3d, prefer_onednn
-    from core.uncertainty import DEMO_METHODS, default_device, predict, unavailable_reason
+    from core.io.cohort import discover, load_case
+    from core.inference.modelset import demo_model_spec, load_model_set
+    from core.io.architectures import DEMO_MODELS, _OneDNNConv3d, prefer_onednn
+    from core.inference.methods import DEMO_METHODS
+    from core.inference.forward import default_device
+    from core.inference.uncertainty import predict, unavailable_reason
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=5)

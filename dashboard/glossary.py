@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import streamlit as st
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -39,3 +40,18 @@ def glossary(readme: Path = README) -> pd.DataFrame:
             out.append({"term": cells[0].replace("`", ""), "kind": "method", "where": "",
                         "definition": " | ".join(cells[1:]).replace("`", "")})
     return pd.DataFrame(out, columns=["term", "kind", "where", "definition"])
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _cached_glossary() -> pd.DataFrame:
+    return glossary()
+
+
+def search(query: str = "") -> pd.DataFrame:
+    """Glossary rows whose term or definition contains ``query`` (case-insensitive, plain text; all when empty).
+    The source is parsed once per process (cached), not on every rerun."""
+    g = _cached_glossary()
+    if query:
+        g = g[g.term.str.contains(query, case=False, regex=False)
+              | g.definition.str.contains(query, case=False, regex=False)]
+    return g

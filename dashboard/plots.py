@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-REGIONS = ["WT", "TC", "ET"]
+from core.store.schema import REGIONS
+
 WEBGL_POINTS = 5000  # above this many points a scatter is drawn with WebGL
 ALL_POINTS = 3000  # above this many patients a box shows its outliers only, not every patient
 SIDE_BY_SIDE = [

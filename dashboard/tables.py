@@ -14,8 +14,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import stats, store
-from dashboard.state import Selection, groups_kept, patient_table, query, queue_prefetch
+from core import store
+from core.analysis import stats
+from core.analysis.strata import groups_kept
+from dashboard import reads
+from dashboard.prefetch import queue_prefetch
+from dashboard.selection import Selection
+from dashboard.subsets import patient_table
+
 
 LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
 
@@ -58,7 +64,7 @@ def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) ->
     args = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)), tuple(sorted(sel.models)),
             sel.groups_key, int(B), everyone, sel.group_pids, sel.group_ids)
     if tuple(sel.q_range) == (0, 100):
-        stored = query(sel.db, "cohort_leaderboard", sel.run_id, sel.mask, sorted(methods), sorted(sel.models), B=int(B))
+        stored = reads.cohort_leaderboard(sel.db, sel.run_id, sel.mask, sorted(methods), sorted(sel.models), B=int(B))
         if stored is not None:
             queue_prefetch(_leaderboard_parts, args, n_private=3)
             return stored

@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import streamlit as st
 
-from core.cohort import CANONICAL_MODALITIES, _detect, labels_to_regions, load_case
+from core.io.cohort import CANONICAL_MODALITIES, detect_case, labels_to_regions, load_case
+
 
 AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
 REGION_INDEX = {"WT": 0, "TC": 1, "ET": 2}
@@ -20,7 +21,7 @@ REGION_INDEX = {"WT": 0, "TC": 1, "ET": 2}
 @st.cache_data(max_entries=8, show_spinner=False)
 def load_patient(folder: str, mtime: float):
     """(image (C,X,Y,Z), regions (3,X,Y,Z) bool or None, label scheme) of the patient folder."""
-    case = load_case(_detect(Path(folder)), CANONICAL_MODALITIES)
+    case = load_case(detect_case(Path(folder)), CANONICAL_MODALITIES)
     regions = labels_to_regions(case.seg, case.label_scheme) if case.seg is not None else None
     return case.image, regions
 

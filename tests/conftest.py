@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from core.demo import DemoSpec, build_demo_cohort  # noqa: E402
-from core.models import DEMO_MODELS  # noqa: E402
+from core.io.demo_cohort import DemoSpec, build_demo_cohort  # noqa: E402
+from core.io.architectures import DEMO_MODELS  # noqa: E402
 
 TINY_SPEC = DemoSpec(n_train=3, n_calibration=1, n_test=4, seed=7)
 
@@ -30,7 +30,7 @@ def tiny_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tiny_cohort, tmp_path_factory) -> list[Path]:
     """Both demo architectures trained for 1 epoch on the tiny cohort by the project's training code."""
-    from core.train import train_model
+    from core.training.segmentation import train_model
 
     out = tmp_path_factory.mktemp("weights")
     paths = []
@@ -44,9 +44,9 @@ def tiny_checkpoints(tiny_cohort, tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="session")
 def unet_set(tiny_cohort, tiny_checkpoints, tmp_path_factory):
     """UNet-Res primary (1 epoch, with a snapshot), two more members, and an auxiliary network."""
-    from core.auxiliary import train_auxiliary
-    from core.modelset import load_model_set
-    from core.train import train_model
+    from core.training.auxiliary import train_auxiliary
+    from core.inference.modelset import load_model_set
+    from core.training.segmentation import train_model
 
     out = tmp_path_factory.mktemp("members")
     spec = DEMO_MODELS["UNet-Res"]
@@ -63,7 +63,7 @@ def unet_set(tiny_cohort, tiny_checkpoints, tmp_path_factory):
 @pytest.fixture(scope="session")
 def results_db(tiny_cohort, tiny_checkpoints, tmp_path_factory) -> Path:
     """data folder with results.duckdb of the tiny cohort's test split, both models, both methods, T=3."""
-    from core.batch import run_batch
+    from core.batch.pipeline import run_batch
 
     data = tmp_path_factory.mktemp("data")
     run_batch(tiny_cohort, data / "results.duckdb", tiny_checkpoints, T=3, split="test", progress=False,

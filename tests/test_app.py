@@ -318,7 +318,7 @@ def test_glossary_page_and_every_stored_metric_is_defined(data_env):
 
 def test_database_paths_cannot_leave_the_data_folder(data_env, tmp_path, monkeypatch):
     """Path traversal: names typed into the URL or passed to resolve_db stay inside TUMOURQA_DATA."""
-    from dashboard.state import resolve_db
+    from dashboard.selection import resolve_db
 
     outside = tmp_path / "secret.duckdb"
     outside.write_bytes(b"")

@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 
 from core import store
-from core.batch import run_batch
-from core.cohort import discover
+from core.batch.pipeline import run_batch
+from core.io.cohort import discover
 
 TABLES = ("runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps")
 
@@ -80,7 +80,7 @@ def test_bad_patient_is_recorded_and_batch_goes_on(corrupt_copy, tiny_cohort, ti
 
 
 def test_cli_run(tiny_cohort, tiny_checkpoints, tmp_path):
-    from core.__main__ import main
+    from core.cli import main
 
     db = tmp_path / "cli.duckdb"
     rc = main(["run", "--cohort", str(tiny_cohort), "--db", str(db), "--models", str(tiny_checkpoints[1]),
@@ -95,9 +95,9 @@ def test_bin_auroc_within_0002_on_demo_predictions(tiny_cohort, tiny_checkpoints
     from sklearn.metrics import roc_auc_score
 
     from core import metrics as M
-    from core.cohort import discover, labels_to_regions, load_case
-    from core.models import load_checkpoint
-    from core.uncertainty import predict
+    from core.io.cohort import discover, labels_to_regions, load_case
+    from core.io.checkpoints import load_checkpoint
+    from core.inference.uncertainty import predict
 
     lm = load_checkpoint(tiny_checkpoints[1])
     for files in discover(tiny_cohort, "test")[:2]:

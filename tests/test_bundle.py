@@ -9,8 +9,9 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import SegResNet
 
 from core import store
-from core.bundle import BundleError
-from core.models import load_checkpoint, prefer_onednn, preprocess
+from core.io.bundle import BundleError
+from core.io.checkpoints import load_checkpoint
+from core.io.architectures import prefer_onednn, preprocess
 
 ARGS = {"blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "init_filters": 8, "in_channels": 4,
         "out_channels": 3, "dropout_prob": 0.2}
@@ -91,7 +92,7 @@ def test_bundle_card_and_permuted_prediction(tmp_path, target):
         want = _same_kernels(net)(x[:, IN_PERM])[:, OUT_PERM]
         assert torch.allclose(lm.model(x), want, atol=1e-6)
     # through the prediction path: normalise (our order) + sliding window = the plain net in its own order
-    from core.uncertainty import predict
+    from core.inference.uncertainty import predict
 
     rng = np.random.default_rng(0)
     img = np.zeros((4, 40, 36, 32), np.float32)
@@ -156,7 +157,7 @@ def test_state_dict_with_sidecar(tmp_path):
 
 
 def test_bundle_runs_in_batch_next_to_demo_model(tiny_cohort, tiny_checkpoints, tmp_path):
-    from core.batch import run_batch
+    from core.batch.pipeline import run_batch
 
     b = make_bundle(tmp_path / "brats_mri_segmentation", pixdim=(3.0, 3.0, 3.0), roi=(64, 64, 64))
     db = tmp_path / "r.duckdb"
@@ -175,7 +176,7 @@ def test_bundle_runs_in_batch_next_to_demo_model(tiny_cohort, tiny_checkpoints, 
 
 
 def test_state_dict_with_card_in_model_spec(tmp_path):
-    from core.modelset import load_model_set
+    from core.inference.modelset import load_model_set
 
     net = _net(2)
     torch.save(net.state_dict(), tmp_path / "weights.pt")

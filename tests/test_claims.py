@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 
 from core import store
-from core.__main__ import SHIPPED_WEIGHTS
-from core.modelset import demo_model_spec
+from core.cli import SHIPPED_WEIGHTS
+from core.inference.modelset import demo_model_spec
 
 MODELS = ("UNet-Res", "SegResNet")
 
 
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory):
-    from core.batch import run_batch
-    from core.demo import DemoSpec, build_demo_cohort
+    from core.batch.pipeline import run_batch
+    from core.io.demo_cohort import DemoSpec, build_demo_cohort
 
     root = tmp_path_factory.mktemp("claims")
     cohort = build_demo_cohort(root / "demo", DemoSpec(), progress=False)

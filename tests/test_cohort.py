@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from core.cohort import CaseError, discover, labels_to_regions, load_case, regions_to_labels
+from core.io.cohort import CaseError, discover, labels_to_regions, load_case, regions_to_labels
 
 PID = "BraTS2021_00001"
 

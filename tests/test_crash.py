@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from core.batch import clean_stale_maps
+from core.io.maps import clean_stale_maps
 
 ROOT = Path(__file__).resolve().parent.parent
 # columns compared per table (timestamps and seconds left out; map paths made relative to the maps folder)
@@ -133,7 +133,7 @@ def test_killed_batch_resumes_to_same_database(tiny_cohort, tiny_checkpoints, tm
 
 def test_stale_part_files_and_uncommitted_maps_are_removed(tiny_cohort, tiny_checkpoints, tmp_path):
     """Deterministic version of a kill between writing maps and committing: leftovers are cleaned at start."""
-    from core.batch import run_batch
+    from core.batch.pipeline import run_batch
 
     db = tmp_path / "r.duckdb"
     kw = dict(methods=["deterministic"], split="calibration", progress=False, echo=lambda *_: None, quality=False)
@@ -155,7 +155,8 @@ def test_killed_before_commit_then_failing_patient_leaves_no_maps(corrupt_copy, 
     """A 'kill' between a patient's map writes and its commit (simulated in-process: the transaction raises
     SystemExit), then the patient fails on the rerun (its input was damaged meanwhile): the rerun must not
     keep the maps nobody refers to (a rerun that succeeds overwrites them anyway)."""
-    from core import batch, store
+    from core import store
+    from core.batch import pipeline as batch
 
     db = tmp_path / "r.duckdb"
     kw = dict(methods=["deterministic"], split="calibration", progress=False, echo=lambda *_: None, quality=False)

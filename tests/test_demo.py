@@ -3,8 +3,8 @@ import json
 import nibabel as nib
 import numpy as np
 
-from core.cohort import discover, load_case
-from core.demo import CASE_KINDS, DEMO_SHAPE, DEMO_SPACING_MM, DemoSpec, make_patient
+from core.io.cohort import discover, load_case
+from core.io.demo_cohort import CASE_KINDS, DEMO_SHAPE, DEMO_SPACING_MM, DemoSpec, make_patient
 
 from conftest import TINY_SPEC
 

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import derived, store
+from core import store
+from core.store import derived
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_batch_builds_valid_derived_tables(dbs):
     run = _run(fast)
     for db, expect in ((fast, True), (slow, False)):
         con = store.connect(db, read_only=True)
-        assert derived.valid(con, run) is expect
+        assert store.valid(con, run) is expect
         con.close()
     con = store.connect(fast, read_only=True)
     n_rows = con.execute("SELECT count(*) FROM patient_summary WHERE run_id = ?", [run]).fetchall()[0][0]
@@ -71,7 +72,7 @@ def test_batch_builds_valid_derived_tables(dbs):
 @pytest.mark.parametrize("mask", ["brain", "roi"])
 def test_metric_wide_and_measures_equal_long_tables(dbs, mask):
     run = _run(dbs[0])
-    a, b = _both(dbs, "metric_wide", run, derived.WIDE_METRICS, mask=mask)
+    a, b = _both(dbs, "metric_wide", run, store.WIDE_METRICS, mask=mask)
     assert len(a) > 0
     _same_frame(a, b)
     pids = sorted(set(a.patient_id))[:2]
@@ -143,11 +144,11 @@ def test_stale_derived_tables_are_not_used(dbs, tmp_path):
                 "AND metric = 'dice' AND region = 'WT'", [run, *row])
     con.execute("UPDATE evaluations SET finished_at = now() WHERE run_id = ? AND model = ? AND method = ? "
                 "AND patient_id = ?", [run, *row])
-    assert not derived.valid(con, run)
+    assert not store.valid(con, run)
     wide = store.metric_wide(con, run, ["dice"], patient_ids=[row[2]], method=row[1])
     assert wide[(wide.model == row[0]) & (wide.region == "WT")].dice.item() == pytest.approx(0.123)
     derived.build(con, run)
-    assert derived.valid(con, run)
+    assert store.valid(con, run)
     wide = store.metric_wide(con, run, ["dice"], patient_ids=[row[2]], method=row[1])
     assert wide[(wide.model == row[0]) & (wide.region == "WT")].dice.item() == pytest.approx(0.123)
     con.close()
@@ -161,7 +162,7 @@ def test_older_layout_is_rebuilt(dbs, tmp_path):
     con = store.connect(db)
     con.execute("ALTER TABLE patient_summary DROP COLUMN capture_at_5pct")
     out = derived.build(con, run)
-    assert out["rows"]["patient_summary"] > 0 and derived.valid(con, run)
+    assert out["rows"]["patient_summary"] > 0 and store.valid(con, run)
     cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                       "WHERE table_name = 'patient_summary'").fetchall()]
     assert "capture_at_5pct" in cols
@@ -171,7 +172,7 @@ def test_older_layout_is_rebuilt(dbs, tmp_path):
 def test_dense_calibration_and_reliability_equal_long_tables(dbs):
     """The reliability page's one-read dense bins (both paths) give the same curves, bands and histograms as
     the per-model long rows."""
-    from core import summaries
+    from core.analysis import summaries
 
     run = _run(dbs[0])
     fast, slow = _both(dbs, "calibration_dense", run, "mc_dropout", "WT", mask="roi")
@@ -191,7 +192,7 @@ def test_dense_calibration_and_reliability_equal_long_tables(dbs):
 @pytest.mark.parametrize("mask", ["brain", "roi"])
 def test_cohort_leaderboard_equals_bootstrapping_the_long_tables(dbs, mask):
     """The batch's leaderboard = core.stats.leaderboard over every patient read from the long tables."""
-    from core import stats
+    from core.analysis import stats
 
     fast, slow = dbs
     run = _run(fast)

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from core import metrics as M
-from core.cohort import discover, labels_to_regions, load_case
-from core.modelset import ModelSet, load_model_set
-from core.models import DEMO_MODELS, load_checkpoint, preprocess
-from core.temperature import fit_temperature, mean_nll
-from core.train import ml1_ace_loss, train_model
-from core.uncertainty import (FLIPS, _Accumulator, canonical_method, parse_method, predict, unavailable_reason)
+from core.io.cohort import discover, labels_to_regions, load_case
+from core.inference.modelset import ModelSet, load_model_set
+from core.io.architectures import DEMO_MODELS, preprocess
+from core.io.checkpoints import load_checkpoint
+from core.inference.temperature import fit_temperature, mean_nll
+from core.training.segmentation import ml1_ace_loss, train_model
+from core.inference.methods import FLIPS, canonical_method, parse_method
+from core.inference.uncertainty import _Accumulator, predict, unavailable_reason
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_ensembles_average_their_members(unet_set, case):
 
 
 def test_members_must_fit_the_primary(unet_set, tmp_path):
-    from core.models import save_checkpoint
+    from core.io.checkpoints import save_checkpoint
 
     lm = load_checkpoint(unet_set["checkpoint"])
     other = save_checkpoint(tmp_path / "other.pt", lm.model, {**lm.card, "spacing_mm": [1.0, 1.0, 1.0]})
@@ -266,7 +268,7 @@ def test_demo_raters_vary_the_boundary_plausibly(tiny_cohort):
 def test_bad_rater_file_names_the_patient(corrupt_copy):
     f = discover(corrupt_copy, "test")[0]
     f.raters[1].write_bytes(b"not a nifti")
-    from core.cohort import CaseError
+    from core.io.cohort import CaseError
 
     with pytest.raises(CaseError, match=f.patient_id + ".*rater2"):
         load_case(discover(corrupt_copy, "test")[0])
@@ -275,7 +277,7 @@ def test_bad_rater_file_names_the_patient(corrupt_copy):
 def test_quality_prediction_on_synthetic_cohort():
     import pandas as pd
 
-    from core.quality import quality_for
+    from core.analysis.quality import quality_for
 
     rng = np.random.default_rng(5)
     rows = []

@@ -13,6 +13,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from torchmetrics.functional.classification import binary_calibration_error
 
 from core import metrics as M
+from core.metrics import calibration, overlap, uncertainty, validation
 
 
 def rand_case(seed=0, n=20000, tumour=0.1):
@@ -280,21 +281,21 @@ def test_unc_counts_equals_bincount_of_definition(n):
     u = np.concatenate([M.UNC_EDGES.astype(np.float32), (10.0 ** rng.uniform(-35, 0, n)).astype(np.float32),
                         np.array([0, -0.0, 1, 1e-45], np.float32)])
     ref = np.bincount(_searchsorted_bins(u), minlength=M.N_UNC_BINS)
-    assert np.array_equal(M._unc_counts(u), ref)  # torch path (large float32)
-    assert np.array_equal(M._unc_counts(u.astype(np.float64)), ref)  # numpy path
+    assert np.array_equal(uncertainty._unc_counts(u), ref)  # torch path (large float32)
+    assert np.array_equal(uncertainty._unc_counts(u.astype(np.float64)), ref)  # numpy path
     ro = u.copy()
     ro.flags.writeable = False
-    assert np.array_equal(M._unc_counts(ro), ref)
+    assert np.array_equal(uncertainty._unc_counts(ro), ref)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_negative_sums_equal_voxel_sums(dtype, monkeypatch):
-    monkeypatch.setattr(M, "_CHUNK", 4096)  # several chunks and a remainder
+    monkeypatch.setattr(validation, "CHUNK", 4096)  # several chunks and a remainder
     rng = np.random.default_rng(3)
     p = np.concatenate([10.0 ** rng.uniform(-20, 0, 9000), rng.random(3000) * 0.01, [0.0, 1.0, 1e-17, 0.05, 0.999, 1 / 256],
                         np.nextafter(1 / 256, 0) * np.ones(3)]).astype(dtype)
     rng.shuffle(p)
-    n, sp, ssq, snll = M._negative_sums(p)
+    n, sp, ssq, snll = calibration._negative_sums(p)
     rn, rsp, rst = M.calibration_bins(p, np.zeros(p.size, bool))
     assert np.array_equal(n, rn) and np.allclose(sp, rsp, rtol=1e-13, atol=0) and not rst.any()
     p64 = p.astype(np.float64)
@@ -302,7 +303,7 @@ def test_negative_sums_equal_voxel_sums(dtype, monkeypatch):
     assert snll / p.size == pytest.approx(M.nll(p, np.zeros(p.size, bool)), rel=1e-10, abs=1e-15)
     assert snll / p.size == pytest.approx(log_loss(np.zeros(p.size), p64, labels=[0, 1]), rel=1e-9)
     for n_bins in (10, 300):  # another bin count: the series threshold follows 0.5 / n_bins
-        n, sp, _, _ = M._negative_sums(p, n_bins)
+        n, sp, _, _ = calibration._negative_sums(p, n_bins)
         rn, rsp, _ = M.calibration_bins(p, np.zeros(p.size, bool), n_bins)
         assert np.array_equal(n, rn) and np.allclose(sp, rsp, rtol=1e-13, atol=1e-300)
 
@@ -315,8 +316,8 @@ def _direct_suite(prob, ent, mi, truth, brain, epkl=None, threshold=0.5):
     for r, name in enumerate(("WT", "TC", "ET")):
         for mname, m in (("brain", brain), ("roi", roi)):
             p, t, d, e = prob[r][m], truth[r][m], pred[r][m], ent[r][m]
-            out[(name, mname, "mean_entropy")] = M._mean(e)
-            out[(name, mname, "uncertain_fraction")] = M._mean(e >= M.UNCERTAIN_T)
+            out[(name, mname, "mean_entropy")] = validation._mean(e)
+            out[(name, mname, "uncertain_fraction")] = validation._mean(e >= M.UNCERTAIN_T)
             n, sp, st = M.calibration_bins(p, t)
             c = M.calibration_from_bins(n, sp, st)
             for k in ("ece", "ace", "mce", "cal_gap"):
@@ -344,7 +345,7 @@ def _direct_suite(prob, ent, mi, truth, brain, epkl=None, threshold=0.5):
 def test_evaluate_patient_brain_level_equals_direct_voxel_sums(chunk, monkeypatch):
     # the brain-level bins are computed as "all brain voxels negative" + a correction at the ROI's voxels;
     # they must equal the bins and numbers of the voxel-by-voxel computation (brain > 2^16 voxels: torch path)
-    monkeypatch.setattr(M, "_CHUNK", chunk)
+    monkeypatch.setattr(validation, "CHUNK", chunk)
     rng = np.random.default_rng(21)
     shape = (64, 60, 48)
     g = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
@@ -472,12 +473,12 @@ def test_shift_morphology_equals_scipy(shape):
     rng = np.random.default_rng(sum(shape))
     for density in (0.02, 0.3, 0.9, 1.0):
         m = rng.random(shape) < density
-        assert np.array_equal(M._erode_cross(m), ndimage.binary_erosion(m)), density
-        assert np.array_equal(M._edges(m), m ^ ndimage.binary_erosion(m))
+        assert np.array_equal(overlap._erode_cross(m), ndimage.binary_erosion(m)), density
+        assert np.array_equal(overlap._edges(m), m ^ ndimage.binary_erosion(m))
         for radius in (0, 1, 2, 3, 4):
             ref = ndimage.binary_dilation(m, structure=_ball(radius)) if radius else m
-            assert np.array_equal(M._dilate_ball(m, radius), ref), (density, radius)
-    assert np.array_equal(M._erode_cross(np.ones((4, 5), bool)), ndimage.binary_erosion(np.ones((4, 5), bool)))  # 2-D
+            assert np.array_equal(overlap._dilate_ball(m, radius), ref), (density, radius)
+    assert np.array_equal(overlap._erode_cross(np.ones((4, 5), bool)), ndimage.binary_erosion(np.ones((4, 5), bool)))  # 2-D
 
 
 def test_roi_mask_equals_full_volume_dilation():
@@ -598,7 +599,7 @@ def test_positions_in_brain_equal_searchsorted():
         sub = brain[box] & (rng.random(brain[box].shape) < 0.5)
         full = np.zeros_like(brain)
         full[box] = sub
-        assert np.array_equal(M._positions_in_brain(brain, idx, box, sub), np.searchsorted(idx, np.flatnonzero(full)))
+        assert np.array_equal(overlap._positions_in_brain(brain, idx, box, sub), np.searchsorted(idx, np.flatnonzero(full)))
 
 
 def test_bbox_slices_definition():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.models import (DEMO_MODELS, build_model, dropout_modules, load_checkpoint, make_card, prefer_onednn, preprocess,
-                         save_checkpoint)
-from core.__main__ import SHIPPED_WEIGHTS, demo_checkpoint_name
+from core.io.architectures import DEMO_MODELS, build_model, dropout_modules, make_card, prefer_onednn, preprocess
+from core.io.checkpoints import load_checkpoint, save_checkpoint
+from core.cli import SHIPPED_WEIGHTS, demo_checkpoint_name
 
 CARD_KEYS = {"name", "arch", "arch_args", "channels", "regions", "output", "spacing_mm", "normalisation", "roi_size", "training"}
 
@@ -89,8 +89,8 @@ def test_preprocess_nonzero_zscore():
 @pytest.mark.parametrize("name", list(DEMO_MODELS))
 def test_shipped_weights_load(name):
     """Every demo model ships with all of its parts (snapshots, ensemble members, auxiliary network)."""
-    from core.modelset import demo_model_spec, load_model_set
-    from core.models import demo_weight_files
+    from core.inference.modelset import demo_model_spec, load_model_set
+    from core.io.architectures import demo_weight_files
 
     files = demo_weight_files(name)
     for f in [files["checkpoint"], *files["snapshots"], *files["ensemble"]] + ([files["auxiliary"]] if files["auxiliary"] else []):

@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.modelset import ModelSet
-from core.models import LoadedModel, build_model, make_card
-from core.precision import (DICE_TOLERANCE, auto_candidates, check_precision, choose_precision, dice_check)
-from core.uncertainty import deterministic_logits, predict
+from core.inference.modelset import ModelSet
+from core.io.checkpoints import LoadedModel
+from core.io.architectures import build_model, make_card
+from core.inference.precision import DICE_TOLERANCE, auto_candidates, check_precision
+from core.inference.precision_check import choose_precision, dice_check
+from core.inference.forward import deterministic_logits
+from core.inference.uncertainty import predict
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ def test_batch_records_an_explicit_precision_and_its_check(tiny_cohort, tiny_che
     import json
 
     from core import store
-    from core.batch import run_batch
+    from core.batch.pipeline import run_batch
 
     kw = dict(methods=["deterministic"], split="calibration", progress=False, echo=lambda *_: None, quality=False,
               save_maps=False)

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from core.prefetch import OrderedWorker, Prefetcher
+from core.batch.prefetch import OrderedWorker, Prefetcher
 
 
 @pytest.mark.parametrize("depth", [0, 1, 2])

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from core import store
-from core.cohort import discover
-from core.resample import plan
+from core.io.cohort import discover
+from core.inference.resample import plan
 
 
 def test_reorientation_matches_nibabel_and_round_trips():
@@ -52,7 +52,7 @@ def _write_upsampled_las(src_cohort, dst, pid):
 
 
 def test_batch_resamples_to_model_spacing_and_back(tiny_cohort, tiny_checkpoints, tmp_path):
-    from core.batch import run_batch
+    from core.batch.pipeline import run_batch
 
     torch.set_num_threads(1)
     pid = discover(tiny_cohort, "calibration")[0].patient_id

@@ -10,8 +10,8 @@ import duckdb
 import pytest
 import torch
 
-from core import quality
-from core.shards import parse_shard, shard_cases, shard_db_path
+from core.analysis import quality
+from core.batch.shards import parse_shard, shard_cases, shard_db_path
 
 METHODS = ["deterministic", "deterministic+ts", "mc_dropout"]
 KW = dict(methods=METHODS, T=2, split="test", mc_batch=2, progress=False, echo=lambda *_: None)
@@ -96,7 +96,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def single_run(tiny_cohort, tiny_checkpoints, tmp_path_factory):
-    from core.batch import run_batch
+    from core.batch.pipeline import run_batch
 
     q, n = quality.MIN_PATIENTS, torch.get_num_threads()
     quality.MIN_PATIENTS = 3
@@ -126,7 +126,7 @@ def test_shard_split_is_deterministic_and_covers_the_cohort():
 
 
 def test_local_pool_equals_single_process(single_run, tiny_cohort, tiny_checkpoints, tmp_path):
-    from core.executors import run_sharded
+    from core.batch.executors import run_sharded
 
     db = tmp_path / "results.duckdb"
     s = run_sharded(tiny_cohort, db, [str(tiny_checkpoints[1])], workers=2, **KW)
@@ -144,7 +144,7 @@ def test_local_pool_equals_single_process(single_run, tiny_cohort, tiny_checkpoi
 
 def test_slurm_style_shards_merged_by_the_cli_equal_single_process(single_run, tiny_cohort, tiny_checkpoints,
                                                                    tmp_path):
-    from core.__main__ import main
+    from core.cli import main
 
     args = ["run", "--cohort", str(tiny_cohort), "--models", str(tiny_checkpoints[1]), "--methods", *METHODS,
             "--T", "2", "--split", "test", "--mc-batch", "2"]
@@ -166,7 +166,7 @@ def test_slurm_style_shards_merged_by_the_cli_equal_single_process(single_run, t
 def test_merge_reports_conflicting_temperatures(single_run, tmp_path):
     import shutil
 
-    from core.merge import merge_databases
+    from core.batch.merge import merge_databases
 
     other = tmp_path / "other.duckdb"
     shutil.copy(single_run[0], other)
@@ -182,7 +182,7 @@ def test_merge_reports_conflicting_temperatures(single_run, tmp_path):
 def test_ray_executor_equals_single_process(single_run, tiny_cohort, tiny_checkpoints, tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements.txt): "
                                             "the Ray executor is not tested")
-    from core.executors import ray_init, run_sharded
+    from core.batch.executors import ray_init, run_sharded
 
     ray_init(None, num_cpus=2, object_store_memory=100 * 2**20, log_to_driver=False)
     try:

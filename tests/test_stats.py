@@ -7,7 +7,7 @@ import pytest
 from scipy import stats as sst
 
 from core import metrics as M
-from core import stats as S
+from core.analysis import stats as S
 
 
 def test_bootstrap_counts_are_resamples():

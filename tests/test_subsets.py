@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from core import store
-from dashboard import state
+from core.analysis.strata import filter_by_quantile, groups_kept, quantile_groups
+from dashboard.selection import Selection, in_filter
+from dashboard.subsets import patient_table, subset_bins, subset_summary
 
 
 def _direct_filter(values: pd.DataFrame, lo: int, hi: int) -> list[str]:
@@ -28,12 +30,12 @@ def test_quantile_groups_reproduce_every_slider_position(n, ties):
         v = np.round(v, 2)  # many equal values, some exactly on a quantile
     v[::9] = np.nan
     values = pd.DataFrame({"patient_id": [f"P{i:04d}" for i in range(n)], "value": v})
-    groups = state.quantile_groups(values)
+    groups = quantile_groups(values)
     for lo in range(0, 101, 5):
         for hi in range(lo, 101, 5):
-            kept = values.patient_id[state.groups_kept(groups, (lo, hi))].tolist()
+            kept = values.patient_id[groups_kept(groups, (lo, hi))].tolist()
             assert kept == _direct_filter(values, lo, hi), (lo, hi)
-            assert state.filter_by_quantile(values, (lo, hi)) == kept
+            assert filter_by_quantile(values, (lo, hi)) == kept
 
 
 def _selection(db, q_range):
@@ -42,9 +44,9 @@ def _selection(db, q_range):
     models = store.run_models(con, run).model.tolist()
     values = store.patient_measure(con, run, models[0], "mc_dropout")
     con.close()
-    gids = state.quantile_groups(values)
-    keep = state.groups_kept(gids, q_range)
-    return state.Selection(db, run, models, models, "mc_dropout", ["deterministic", "mc_dropout"], "brain", models[0],
+    gids = quantile_groups(values)
+    keep = groups_kept(gids, q_range)
+    return Selection(db, run, models, models, "mc_dropout", ["deterministic", "mc_dropout"], "brain", models[0],
                            "mean entropy (WT, brain)", q_range, values.patient_id[keep].tolist(),
                            values.patient_id.tolist(), values, tuple(values.patient_id), tuple(int(g) for g in gids))
 
@@ -55,20 +57,20 @@ def test_subset_engine_equals_direct_queries(results_db, q_range):
     con = store.connect(results_db, read_only=True)
     for mask in ("brain", "roi"):
         direct = store.summed_uncertainty_bins(con, sel.run_id, sel.patients, mask, "entropy")
-        via = state.subset_bins(sel, "uncertainty", mask, "entropy")
+        via = subset_bins(sel, "uncertainty", mask, "entropy")
         pd.testing.assert_frame_equal(direct.reset_index(drop=True), via.reset_index(drop=True), check_dtype=False)
         direct = store.summed_calibration_bins(con, sel.run_id, sel.patients, mask)
-        via = state.subset_bins(sel, "calibration", mask)
+        via = subset_bins(sel, "calibration", mask)
         pd.testing.assert_frame_equal(direct.reset_index(drop=True), via.reset_index(drop=True), check_dtype=False)
         a = store.cohort_summary(con, sel.run_id, sel.patients, mask).sort_values(["model", "method", "region"])
-        b = state.subset_summary(sel, mask).sort_values(["model", "method", "region"])
+        b = subset_summary(sel, mask).sort_values(["model", "method", "region"])
         pd.testing.assert_frame_equal(a.reset_index(drop=True), b[a.columns].reset_index(drop=True), check_dtype=False)
         assert (b.n_patients == len(sel.patients)).all()
     con.close()
 
 
 def test_leaderboard_from_coded_arrays_equals_dataframe_path(results_db):
-    from core import stats
+    from core.analysis import stats
 
     con = store.connect(results_db, read_only=True)
     run = store.list_runs(con).run_id[0]
@@ -89,7 +91,7 @@ def test_leaderboard_from_coded_arrays_equals_dataframe_path(results_db):
 def test_leaderboard_of_the_filter_equals_bootstrapping_its_patients(results_db, q_range):
     """The page's leaderboard (stored for the whole cohort, else summed per quantile group) = a fresh
     bootstrap of exactly the patients inside the filter."""
-    from core import stats
+    from core.analysis import stats
     from dashboard import tables
 
     sel = _selection(results_db, q_range)
@@ -107,11 +109,11 @@ def test_leaderboard_of_the_filter_equals_bootstrapping_its_patients(results_db,
 
 @pytest.mark.parametrize("q_range", [(0, 100), (50, 100), (0, 25), (30, 70), (100, 100)])
 def test_in_filter_and_row_masks_equal_the_patient_list(results_db, q_range):
-    """The cached group look-ups (state.in_filter, the per-row groups of a cached table) keep exactly the
+    """The cached group look-ups (in_filter, the per-row groups of a cached table) keep exactly the
     sidebar's patient list, unknown ids included (kept only by the whole range)."""
     sel = _selection(results_db, q_range)
     ids = list(sel.all_patients) + ["not-a-patient"]
-    assert state.in_filter(sel, ids).tolist() == [p in set(sel.patients) for p in ids[:-1]] + [q_range == (0, 100)]
-    table = state.patient_table(sel, ["dice", "ece"], method="mc_dropout")
-    full = state.patient_table(sel, ["dice", "ece"], method="mc_dropout", subset=False)
+    assert in_filter(sel, ids).tolist() == [p in set(sel.patients) for p in ids[:-1]] + [q_range == (0, 100)]
+    table = patient_table(sel, ["dice", "ece"], method="mc_dropout")
+    full = patient_table(sel, ["dice", "ece"], method="mc_dropout", subset=False)
     pd.testing.assert_frame_equal(table, full[full.patient_id.isin(sel.patients)])

@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.analysis.strata import strata
 from core import metrics as M
-from core import summaries
+from core.analysis import summaries
 
 
 def _bins(seed, n_pat=5):
@@ -39,7 +40,7 @@ def test_confidence_shares():
 
 def test_strata_equal_sizes_and_order():
     v = pd.DataFrame({"patient_id": [f"P{i}" for i in range(10)], "value": [5, 1, 1, 1, 9, np.nan, 3, 7, 2, 8]})
-    s, labels = summaries.strata(v, 3)
+    s, labels = strata(v, 3)
     assert len(s) == 9 and labels == ["Q1", "Q2", "Q3"]
     assert s.groupby("stratum").size().tolist() == [3, 3, 3]
     assert s.set_index("patient_id").loc["P4", "stratum"] == "Q3" and s.set_index("patient_id").loc["P1", "stratum"] == "Q1"

@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.cohort import discover, labels_to_regions, load_case
+from core.io.cohort import discover, labels_to_regions, load_case
 from core.metrics import dice
-from core.models import DEMO_MODELS, build_model, load_checkpoint, make_card
-from core.uncertainty import binary_entropy, predict, set_mc_dropout
-from core.__main__ import SHIPPED_WEIGHTS, demo_checkpoint_name
+from core.io.architectures import DEMO_MODELS, build_model, make_card
+from core.io.checkpoints import load_checkpoint
+from core.inference.forward import binary_entropy, set_mc_dropout
+from core.inference.uncertainty import predict
+from core.cli import SHIPPED_WEIGHTS, demo_checkpoint_name
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_batched_equals_loop_in_distribution(tiny_checkpoints, case):
 def test_deterministic_matches_plain_forward(tiny_checkpoints, case):
     lm = load_checkpoint(tiny_checkpoints[0])
     det = predict(lm, case.image, "deterministic")
-    from core.models import preprocess
+    from core.io.architectures import preprocess
 
     with torch.no_grad():
         ref = torch.sigmoid(lm.model(preprocess(case.image, lm.card)))[0].numpy()
@@ -75,7 +77,7 @@ def test_deterministic_matches_plain_forward(tiny_checkpoints, case):
 def test_model_without_dropout_refuses_mc(case):
     spec = DEMO_MODELS["UNet-Res"]
     card = make_card("NoDrop", spec["arch"], {**spec["arch_args"], "dropout": 0.0})
-    from core.models import LoadedModel
+    from core.io.checkpoints import LoadedModel
 
     lm = LoadedModel(build_model(card).eval(), card, "-")
     with pytest.raises(ValueError, match="no dropout"):

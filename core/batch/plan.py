@@ -1,0 +1,161 @@
+"""The run's plan: what the batch resolves once per model before the first patient.
+
+* the forward precision (:func:`core.precision.choose_precision` on one check case);
+* the passes per forward call (:func:`core.uncertainty.choose_chunk`), so that every patient and every shard
+  draws its MC-dropout masks in the same chunk layout;
+* the +ts temperatures, fitted on the calibration split under the chosen precision (:mod:`core.temperature`).
+
+The plan is stored (``run_plan``, ``temperatures``) and kept by a rerun of the same run; it is plain JSON
+types, so the driver of a sharded run (:mod:`core.executors`) hands it to its workers (:func:`apply_plan`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import store
+from core.batch.prefetch import Prefetcher
+from core.inference.forward import choose_chunk, deterministic_logits
+from core.inference.methods import FLIPS, parse_method
+from core.inference.precision import auto_candidates
+from core.inference.precision_check import choose_precision
+from core.inference.temperature import fit_region_temperatures, gather_roi
+from core.inference.resample import plan as grid_plan
+from core.io.cohort import CaseError, discover, labels_to_regions, load_case
+
+
+
+def passes_per_call(method: str, T: int) -> int:
+    """Passes of the primary network one call of ``method`` makes (what a chunk can batch)."""
+    spec = parse_method(method)
+    if spec.base == "mc_dropout":
+        return int(T)
+    return len(FLIPS) if spec.tta else 1
+
+
+def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channels):
+    """The case the precision check and the chunk trial run on: the first patient of the calibration split
+    that loads with ground truth, else the first patient of the cohort that loads (sorted ids: the same case
+    for every shard). ``loaded`` caches it per channel order. Returns a :class:`core.cohort.Case` or None."""
+    key = tuple(channels)
+    if key in loaded:
+        return loaded[key]
+    cal = set(splits.get(cal_split) or [])
+    files = discover(cohort)
+    case = None
+    for f in [f for f in files if f.patient_id in cal] + [f for f in files if f.patient_id not in cal]:
+        try:
+            case = load_case(f, channels, require_seg=f.patient_id in cal)
+            break
+        except CaseError:
+            continue
+    loaded[key] = case
+    return case
+
+
+def prepare_models(models, pairs, db, run_id, cohort, splits, cal_split, ts_fit_mask, precision, mc_batch, T, dev,
+                   log, echo) -> dict:
+    """Resolve, per model, the precision (:func:`core.precision.choose_precision`), the passes per forward call
+    and the +ts temperatures, in that order (temperatures are fitted on the logits the run will use); set them
+    on the model sets, store them (``run_plan``, ``temperatures``) and return the plan
+    ``{model: {"precision": {...}, "mc_batch": int, "chunk_trial": {...} | None, "temperature": [R] | None}}``
+    (plain JSON types: the plan travels to the workers of a sharded run)."""
+    plan, loaded = {}, {}
+    with store.writer(db) as con:
+        stored = store.read_run_plan(con, run_id)
+    for m in models:
+        mine = [meth for mm, meth in pairs if mm is m]
+        if not mine:
+            continue
+        old = stored.get(m.name)
+        if old is not None and torch.device(old["precision"]["device"]).type == dev.type and (
+                mc_batch == "auto" or int(mc_batch) == old["mc_batch"]):
+            # a rerun (resume) keeps its plan: the same precision and MC chunk layout for every patient
+            m.precision = old["precision"]["chosen"]
+            plan[m.name] = {**old, "temperature": None}
+            log.info("plan %s: kept from the database (precision %s, %d pass(es) per forward call)", m.name,
+                     m.precision, old["mc_batch"])
+            continue
+        views = max(passes_per_call(meth, T) for meth in mine)
+        needs_check = precision in ("bf16", "fp16") or (precision == "auto" and bool(auto_candidates(dev)))
+        needs_trial = mc_batch == "auto" and views > 1
+        img = truth = pid = None
+        if needs_check or needs_trial:
+            case = check_case(cohort, splits, cal_split, loaded, m.card["channels"])
+            if case is not None:
+                pid = case.patient_id
+                grid = grid_plan(case.affine, case.image.shape, m.card)
+                img = grid.to_model(case.image)
+                if case.seg is not None:
+                    truth = grid.to_model(labels_to_regions(case.seg, case.label_scheme).astype(np.float32)) >= 0.5
+        choice = choose_precision(m, img, truth, precision, dev, patient_id=pid)
+        m.precision = choice.chosen
+        trial = None
+        if needs_trial and img is not None:
+            trial = choose_chunk(m, img, views, device=dev)
+            chunk = trial["chunk"]
+        else:
+            chunk = 1 if mc_batch == "auto" else max(1, int(mc_batch))
+        entry = {"precision": choice.to_dict(), "mc_batch": int(chunk), "chunk_trial": trial, "temperature": None}
+        plan[m.name] = entry
+        msg = f"{m.name}: precision {choice.chosen} ({choice.reason}), {chunk} pass(es) per forward call"
+        log.info("plan %s%s", msg, f" (trial {trial})" if trial else "")
+        echo(f"plan {msg}")
+    for m in {id(m): m for m, meth in pairs if parse_method(meth).ts}.values():
+        m.temperature = fit_temperatures(db, run_id, m, cohort, splits.get(cal_split), cal_split, log, echo, ts_fit_mask)
+        plan[m.name]["temperature"] = [float(t) for t in m.temperature]
+    with store.writer(db) as con:
+        store.write_run_plan(con, run_id, plan)
+    return plan
+
+
+def apply_plan(models, plan: dict) -> None:
+    """Set a driver's plan (:func:`prepare_models`) on this process's model sets."""
+    for m in models:
+        e = plan.get(m.name)
+        if e is None:
+            continue
+        m.precision = e["precision"]["chosen"]
+        if e.get("temperature") is not None:
+            m.temperature = np.asarray(e["temperature"], np.float32)
+
+
+def fit_temperatures(db, run_id, ms, cohort, cal_ids, cal_split, log, echo, fit_mask="brain") -> np.ndarray:
+    """The model's per-region temperatures for this run: read from ``temperatures`` or fitted now on the
+    calibration split (deterministic logits in the ROI, :mod:`core.temperature`) and stored."""
+
+    regions = ms.card["regions"]
+    with store.writer(db) as con:
+        stored = store.read_temperatures(con, run_id, ms.name)
+    if len(stored) == len(regions):
+        return np.array([stored[r] if stored[r] is not None else 1.0 for r in regions], np.float32)
+    if not cal_ids:
+        raise ValueError(f"+ts methods need a '{cal_split}' split in {cohort}/splits.json to fit temperatures on; "
+                         f"none found (set calibration_split or drop the +ts methods)")
+    zs, ys, used = [], [], []
+    cal = [f for f in discover(cohort) if f.patient_id in set(cal_ids)]
+    for files, case in Prefetcher(cal, lambda f: load_case(f, ms.card["channels"], require_seg=True), depth=2):
+        if isinstance(case, CaseError):
+            log.error("temperature fit: skipping %s", case)
+            echo(f"temperature fit: skipping {case}")
+            continue
+        if isinstance(case, Exception):
+            raise case
+        grid = grid_plan(case.affine, case.image.shape, ms.card)  # model grid (RAS, card spacing) and back
+        z = grid.to_patient(deterministic_logits(ms, grid.to_model(case.image)))
+        zr, yr = gather_roi(z, labels_to_regions(case.seg, case.label_scheme), case.brain_mask, mask=fit_mask)
+        zs.append(zr)
+        ys.append(yr)
+        used.append(files.patient_id)
+    if not zs:
+        raise ValueError(f"no usable '{cal_split}' patient with ground truth to fit temperatures of {ms.name}")
+    fits = fit_region_temperatures(zs, ys)
+    with store.writer(db) as con:
+        store.write_temperatures(con, run_id, ms.name, regions, fits, used)
+    msg = ", ".join(f"{r} T={f['temperature']:.3f} (NLL {f['nll_before']:.4f} -> {f['nll_after']:.4f})"
+                    for r, f in zip(regions, fits))
+    log.info("temperatures of %s on %d %s patients (%s voxels): %s", ms.name, len(used), cal_split, fit_mask, msg)
+    echo(f"temperatures of {ms.name}: {msg}")
+    return np.array([f["temperature"] if np.isfinite(f["temperature"]) else 1.0 for f in fits], np.float32)

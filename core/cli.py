@@ -1,0 +1,212 @@
+"""Command line: ``python -m core {demo,run,merge,train}`` (see the README for every option)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from core import store
+from core.batch.executors import run_sharded
+from core.batch.merge import merge_databases
+from core.batch.pipeline import run_batch
+from core.inference.methods import DEMO_METHODS
+from core.inference.modelset import demo_model_spec, load_model_set
+from core.io.architectures import DEMO_MODELS, demo_weight_files
+from core.io.demo_cohort import DemoSpec, build_demo_cohort
+from core.store.derived import build, build_all
+from core.training.auxiliary import train_auxiliary
+from core.training.segmentation import train_model
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+DEMO_COHORT = DATA / "demo"
+DEMO_DB = DATA / "results.duckdb"
+SHIPPED_WEIGHTS = ROOT / "weights"
+
+
+def demo_checkpoint_name(model: str) -> str:
+    return demo_weight_files(model)["checkpoint"]
+
+
+def demo_weights(weights_dir: Path, cohort: Path, retrain: bool = False, use_demo_methods: bool = True,
+                 log=print) -> list[dict]:
+    """Model specs of the demo models: shipped weights (``weights/``) unless ``retrain``, else trained into
+    ``weights_dir`` (primary with snapshots, ensemble members, auxiliary error network)."""
+
+    specs = []
+    for name, spec in DEMO_MODELS.items():
+        files = demo_weight_files(name)
+        shipped = SHIPPED_WEIGHTS / files["checkpoint"]
+        if shipped.exists() and not retrain:
+            log(f"using shipped weights of {name} from {SHIPPED_WEIGHTS.relative_to(ROOT)}/ (retrain with --retrain)")
+            specs.append(demo_model_spec(name, SHIPPED_WEIGHTS, with_demo_methods=use_demo_methods))
+            continue
+        out = weights_dir / files["checkpoint"]
+        if retrain or not out.exists():
+            train_model(name, spec["arch"], spec["arch_args"], cohort, out, snapshot_epochs=spec.get("snapshots", ()),
+                        **spec["train"])
+        for member, f in zip(spec.get("ensemble", []), files["ensemble"]):
+            if retrain or not (weights_dir / f).exists():
+                train_model(name, spec["arch"], spec["arch_args"], cohort, weights_dir / f, **{**spec["train"], **member})
+        if files["auxiliary"] and (retrain or not (weights_dir / files["auxiliary"]).exists()):
+            train_auxiliary(load_model_set(str(out)), cohort, weights_dir / files["auxiliary"])
+        specs.append(demo_model_spec(name, weights_dir, with_demo_methods=use_demo_methods))
+    return specs
+
+
+def cmd_demo(args) -> int:
+    stages = {}
+    t = time.time()
+    build_demo_cohort(DEMO_COHORT, DemoSpec(seed=args.seed))
+    stages["cohort"] = time.time() - t
+    t = time.time()
+    # --methods given: every model runs those; else each model its demo methods (core/models.DEMO_MODELS)
+    specs = demo_weights(DATA / "weights", DEMO_COHORT, args.retrain, use_demo_methods=args.methods is None)
+    stages["models"] = time.time() - t
+    t = time.time()
+    T = args.T or 10
+    summary = run_batch(DEMO_COHORT, args.db, specs, methods=args.methods or list(DEMO_METHODS), T=T, split="test",
+                        patient_meta=_demo_meta())
+    stages["batch"] = time.time() - t
+    print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + f", total {sum(stages.values()):.1f}")
+    return 0 if summary["failed"] == 0 else 1
+
+
+def _demo_meta() -> dict:
+    man = DEMO_COHORT / "demo_manifest.json"
+    if not man.exists():
+        return {}
+    return {p["patient_id"]: {"kind": p["kind"], "wt_ml": p["wt_ml"], "et_ml": p["et_ml"]}
+            for p in json.loads(man.read_text())["patients"]}
+
+
+def _mc_batch(v):
+    return "auto" if v in (None, "auto") else int(v)
+
+
+def cmd_run(args) -> int:
+    cfg = {}
+    if args.config:
+        cfg = tomllib.loads(Path(args.config).read_text())
+    cohort = args.cohort or cfg.get("cohort")
+    db = args.db or cfg.get("db") or str(DEMO_DB)
+    models = args.models or cfg.get("models")
+    if not cohort or not models:
+        print("error: --cohort and --models (or a --config naming them) are required", file=sys.stderr)
+        return 2
+    workers = args.workers or cfg.get("workers")
+    executor = args.executor or cfg.get("executor", "local")
+    shard = args.shard or cfg.get("shard")
+    if shard and (executor == "ray" or (workers or 1) > 1):
+        print("error: --shard runs one shard in this process; it does not go with --workers / --executor ray",
+              file=sys.stderr)
+        return 2
+    kw = dict(methods=args.methods or cfg.get("methods", ["deterministic", "mc_dropout"]),
+              T=args.T or cfg.get("T", 10), split=args.split or cfg.get("split"),
+              device=args.device or cfg.get("device"), maps_dir=args.maps_dir or cfg.get("maps_dir"),
+              save_maps=not args.no_maps, calibration_split=cfg.get("calibration_split", "calibration"),
+              ts_fit_mask=cfg.get("ts_fit_mask", "brain"), precision=args.precision or cfg.get("precision", "auto"),
+              mc_batch=_mc_batch(args.mc_batch or cfg.get("mc_batch")),
+              prefetch=args.prefetch if args.prefetch is not None else cfg.get("prefetch", 2))
+    if executor == "ray" or (workers or 1) > 1:
+        summary = run_sharded(cohort, db, models, workers=workers, executor=executor,
+                              ray_address=args.ray_address or cfg.get("ray_address"), keep_shards=args.keep_shards,
+                              **kw)
+    else:
+        summary = run_batch(cohort, db, models, shard=shard, **kw)
+        if shard:
+            print(f"shard {shard} done: merge the shards with `python -m core merge --db OUT {db} ...`")
+    return 0 if summary["failed"] == 0 else 1
+
+
+def cmd_merge(args) -> int:
+    out = merge_databases(args.db, args.shards, quality=not args.no_quality)
+    return 0 if not out["conflicts"] else 1
+
+
+def cmd_derive(args) -> int:
+    with store.writer(args.db) as con:
+        if args.run:
+            out = build(con, args.run)
+            print(f"derived tables of {args.run}: {out['rows']} in {out['seconds']} s")
+        else:
+            build_all(con, echo=print)
+    return 0
+
+
+def cmd_train(args) -> int:
+    spec = DEMO_MODELS[args.model]
+    hp = dict(spec["train"])
+    for k in ("epochs", "lr", "seed"):
+        if getattr(args, k) is not None:
+            hp[k] = getattr(args, k)
+    train_model(args.model, spec["arch"], spec["arch_args"], args.cohort, args.out, **hp)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m core", description="Tumour segmentation uncertainty & calibration batch")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="build the demo cohort, load or train the demo models, run the batch")
+    d.add_argument("--db", default=str(DEMO_DB))
+    d.add_argument("--T", type=int, default=None,
+                   help="MC dropout samples (default 10)")
+    d.add_argument("--methods", nargs="+", default=None,
+                   help=f"methods for every model (default: each model's demo methods, all of {', '.join(DEMO_METHODS)} "
+                        "for UNet-Res); see core/uncertainty.py for the grammar")
+    d.add_argument("--retrain", action="store_true", help="train the demo models instead of using shipped weights")
+    d.add_argument("--seed", type=int, default=2026, help="demo cohort seed")
+    d.set_defaults(fn=cmd_demo)
+    r = sub.add_parser("run", help="run the batch on a BraTS-layout cohort")
+    r.add_argument("--cohort")
+    r.add_argument("--db")
+    r.add_argument("--config", help="TOML file with the same keys (cohort, db, models, methods, T, split, device)")
+    r.add_argument("--models", nargs="+", help="checkpoints: our .pt files, MONAI bundle folders, or plain state dicts with a .json/.toml sidecar")
+    r.add_argument("--methods", nargs="+")
+    r.add_argument("--T", type=int)
+    r.add_argument("--split", help="only the patients of this split in splits.json (train/calibration/test)")
+    r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    r.add_argument("--maps-dir")
+    r.add_argument("--no-maps", action="store_true")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="forward-pass precision per model (default auto: on CUDA bf16 or fp16 when the deterministic "
+                        "Dice of a check case moves by <= 0.001 in every region, else fp32; on CPU fp32)")
+    r.add_argument("--mc-batch", help="passes per forward call (default auto: timed once per model before the first "
+                                      "patient; give a number for bit-identical shards on different machines)")
+    r.add_argument("--prefetch", type=int, help="patients loaded ahead in a background thread (default 2; 0: inline)")
+    r.add_argument("--shard", help="i/n: only shard i of n of the sorted patients (a Slurm array task); "
+                                   "merge the shard databases afterwards with `python -m core merge`")
+    r.add_argument("--workers", type=int, help="N shards in parallel (local process pool, or Ray tasks with "
+                                               "--executor ray), each in its own <db>.shard-i-of-n.duckdb, merged into --db")
+    r.add_argument("--executor", choices=["local", "ray"], help="local (default) or ray")
+    r.add_argument("--ray-address", help="Ray cluster address (auto, host:6379, ray://host:10001); default: start a "
+                                         "local Ray instance")
+    r.add_argument("--keep-shards", action="store_true", help="keep the shard databases after the merge")
+    r.set_defaults(fn=cmd_run)
+    m = sub.add_parser("merge", help="merge shard databases into one results database")
+    m.add_argument("--db", required=True, help="the merged database (created when missing)")
+    m.add_argument("shards", nargs="+", help="shard databases (written by --shard i/n runs)")
+    m.add_argument("--no-quality", action="store_true", help="do not recompute the quality prediction")
+    m.set_defaults(fn=cmd_merge)
+    dv = sub.add_parser("derive", help="(re)build the app's derived tables (per-patient summaries, bins as lists, "
+                                       "cohort bin totals) of a database written by an older version")
+    dv.add_argument("--db", required=True)
+    dv.add_argument("--run", help="one run id (default: every run)")
+    dv.set_defaults(fn=cmd_derive)
+    t = sub.add_parser("train", help="train a demo architecture on a cohort's train split")
+    t.add_argument("--model", choices=["SegResNet", "UNet-Res"], required=True)
+    t.add_argument("--cohort", default=str(DEMO_COHORT))
+    t.add_argument("--out", required=True)
+    t.add_argument("--epochs", type=int, help="default: the demo model's (models.DEMO_MODELS)")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.set_defaults(fn=cmd_train)
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

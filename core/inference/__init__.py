@@ -1,0 +1,2 @@
+"""Inference (layer 5): method grammar, forward passes, uncertainty maps, precision, resampling, temperature.
+"""

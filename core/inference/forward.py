@@ -1,0 +1,158 @@
+"""Forward passes: MONAI sliding-window inference in chunks of passes, MC-dropout mode, entropy, chunk choice."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from core.inference.modelset import as_model_set
+from core.inference.precision import autocast
+from core.io.architectures import dropout_modules, preprocess
+from core.io.checkpoints import LoadedModel
+
+
+LN2 = math.log(2.0)
+
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Normalised binary entropy (bits) of probabilities; exactly 0 at p = 0 and p = 1."""
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / LN2
+
+
+def set_mc_dropout(model: torch.nn.Module) -> int:
+    """Eval mode everywhere except dropout layers (train mode). Returns the number of dropout layers."""
+    model.eval()
+    drops = dropout_modules(model)
+    for m in drops:
+        m.train()
+    return len(drops)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_CHUNK_CACHE: dict = {}
+
+
+def _forward(lm: LoadedModel, x: torch.Tensor, views: list[tuple], overlap: float,
+             precision: str = "fp32") -> torch.Tensor:
+    """Logits (n, R, X, Y, Z) of one network on the flipped views of a (1, C, X, Y, Z) input, flipped back.
+
+    ``precision``: the network runs under autocast to bf16 / fp16 (:mod:`core.precision`); MONAI's blending
+    buffers keep the input's dtype (fp32), so the returned logits are fp32 whatever the precision."""
+    xb = torch.cat([torch.flip(x, v) if v else x for v in views]) if len(views) > 1 or views[0] else x
+    with autocast(x.device, precision):
+        out = sliding_window_inference(xb, tuple(lm.card["roi_size"]), sw_batch_size=len(views),
+                                       predictor=lm.model, overlap=overlap, mode="gaussian")
+    if any(views):
+        out = torch.stack([torch.flip(o, [d - 1 for d in v]) if v else o for o, v in zip(out, views)])
+    return out
+
+
+def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, overlap: float, stochastic: bool,
+               precision: str = "fp32"):
+    """Yield (view, logits (R, X, Y, Z)) for every view, in chunks (auto-sized, halved on out-of-memory)."""
+    key = (id(lm.model), tuple(x.shape), str(x.device), precision)
+    todo = list(views)
+    if mc_batch == "auto":
+        chunk = _CHUNK_CACHE.get(key)
+        if chunk is None and len(todo) > 1:
+            # time a 1-pass chunk against a k-pass chunk; both are real passes of this prediction
+            k = min(len(todo) - 1, 8)
+            t = time.perf_counter()
+            out = _forward(lm, x, todo[:1], overlap, precision)
+            t1 = time.perf_counter() - t
+            yield todo[0], out[0]
+            t = time.perf_counter()
+            try:
+                out = _forward(lm, x, todo[1:1 + k], overlap, precision)
+                tk = (time.perf_counter() - t) / k
+                chunk = k if tk < t1 else 1
+                for v, o in zip(todo[1:1 + k], out):
+                    yield v, o
+                todo = todo[1 + k:]
+            except torch.OutOfMemoryError:
+                chunk = 1
+                todo = todo[1:]
+            _CHUNK_CACHE[key] = chunk
+        chunk = chunk or 1
+    else:
+        chunk = max(1, int(mc_batch))
+    while todo:
+        n = min(chunk, len(todo))
+        try:
+            out = _forward(lm, x, todo[:n], overlap, precision)
+        except torch.OutOfMemoryError:
+            if n == 1:
+                raise
+            chunk = max(1, n // 2)
+            _CHUNK_CACHE[key] = chunk
+            continue
+        for v, o in zip(todo[:n], out):
+            yield v, o
+        todo = todo[n:]
+    _run_views.last_chunk = chunk if views else 1
+
+
+def choose_chunk(model, image: np.ndarray, n_views: int, overlap: float = 0.25, max_chunk: int | None = None,
+                 device: torch.device | str | None = None) -> dict:
+    """Passes per forward call for a method with ``n_views`` passes of the primary network, fixed for a run.
+
+    Times one warm-up pass, a 1-pass chunk and a k-pass chunk (k = min(n_views, max_chunk); max_chunk 32 on
+    CUDA, 8 on CPU; k halved on out-of-memory) of the primary in eval mode on ``image`` (C, X, Y, Z, the
+    model grid) and returns ``{"chunk", "k", "s_per_pass_1", "s_per_pass_k"}`` (seconds): chunk = k when the
+    k-pass chunk costs less per pass, else 1. The trial passes are thrown away, so every patient of a run
+    (and every shard of it, given the same chunk) draws its MC-dropout masks in the same chunk layout:
+    results do not depend on which patient came first in a process (the in-``predict`` ``"auto"`` trial
+    counts its passes and so differs on the first patient)."""
+    ms = as_model_set(model)
+    device = torch.device(device) if device is not None else next(ms.model.parameters()).device
+    cap = max_chunk or (32 if device.type == "cuda" else 8)
+    k = max(1, min(int(n_views), cap))
+    if k == 1:
+        return {"chunk": 1, "k": 1, "s_per_pass_1": None, "s_per_pass_k": None}
+
+    def timed(n):
+        t = time.perf_counter()
+        _forward(ms.primary, x, [()] * n, overlap, ms.precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t) / n
+
+    with torch.inference_mode():
+        ms.model.eval()
+        x = preprocess(image, ms.card).to(device)
+        timed(1)  # warm-up: kernel selection, allocator
+        t1 = timed(1)
+        while True:
+            try:
+                tk = timed(k)
+                break
+            except torch.OutOfMemoryError:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if k == 1:
+                    raise
+                k = max(1, k // 2)
+    return {"chunk": k if tk < t1 else 1, "k": k, "s_per_pass_1": t1, "s_per_pass_k": tk}
+
+
+def deterministic_logits(model, image: np.ndarray, overlap: float = 0.25, cache: dict | None = None,
+                         precision: str | None = None) -> np.ndarray:
+    """(R, X, Y, Z) float32 logits of the primary network (eval mode, no temperature): the input of TS fitting
+    and of the precision check. ``precision``: default the model set's (:mod:`core.precision`)."""
+    ms = as_model_set(model)
+    cache = {} if cache is None else cache
+    device = next(ms.model.parameters()).device
+    precision = ms.precision if precision is None else precision
+    with torch.inference_mode():
+        x = preprocess(image, ms.card).to(device)
+        ms.model.eval()
+        key = (id(ms.model), ())
+        if key not in cache:
+            cache[key] = _forward(ms.primary, x, [()], overlap, precision)[0]
+        return cache[key].float().cpu().numpy()

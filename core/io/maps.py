@@ -1,0 +1,92 @@
+"""NIfTI maps of a prediction (prob, entropy, mi, epkl, pred, error): written atomically, stale ones cleaned."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from core import store
+from core.io.cohort import regions_to_labels
+
+
+MAP_KINDS = ("prob", "entropy", "mi", "epkl", "pred", "error")
+
+
+def _save_map(path: Path, data: np.ndarray, affine: np.ndarray, scaled: bool | None) -> None:
+    """(R, X, Y, Z) or (X, Y, Z) -> NIfTI (channels last). ``scaled``: [0,1] floats as uint8 with scl_slope
+    1/255; False: integer labels as uint8; None: float32 as is."""
+    arr = np.moveaxis(data, 0, -1) if data.ndim == 4 else data
+    if scaled is None:
+        img = nib.Nifti1Image(arr.astype(np.float32), affine)
+    elif scaled:
+        img = nib.Nifti1Image(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8), affine)
+        img.header.set_slope_inter(1.0 / 255.0, 0.0)
+    else:
+        img = nib.Nifti1Image(arr.astype(np.uint8), affine)
+    img.header.set_xyzt_units("mm")
+    tmp = path.with_name(path.name + ".part.nii.gz")
+    nib.save(img, tmp)
+    tmp.replace(path)
+
+
+def write_maps(out_dir: Path, pid: str, prediction, truth, affine, scheme) -> list[tuple[str, str]]:
+    """Write the prediction's maps; returns [(kind, path)]. Error map per region: 0 right, 1 FP, 2 FN."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    binary = prediction.prob >= 0.5
+    items = [("prob", prediction.prob, True), ("entropy", prediction.entropy, True)]
+    if prediction.mi is not None:
+        items.append(("mi", prediction.mi, True))
+    if getattr(prediction, "epkl", None) is not None:  # bits, unbounded: stored as float32
+        items.append(("epkl", prediction.epkl.astype(np.float32), None))
+    items.append(("pred", regions_to_labels(binary, scheme), False))
+    if truth is not None:
+        err = np.zeros(binary.shape, np.uint8)
+        err[binary & ~truth] = 1
+        err[~binary & truth] = 2
+        items.append(("error", err, False))
+    for kind, data, scaled in items:
+        p = out_dir / f"{pid}_{kind}.nii.gz"
+        _save_map(p, data, affine, scaled)
+        paths.append((kind, str(p)))
+    return paths
+
+
+def clean_stale_maps(con, run_id: str, maps_root: Path, log=None, patients: set[str] | None = None,
+                     keep: set | None = None) -> list[Path]:
+    """Delete what a killed or failed run left in ``<maps_root>/<run_id>/``; returns the deleted files.
+
+    * every ``*.part.nii.gz`` (a map write interrupted before its rename);
+    * every ``<pid>_<kind>.nii.gz`` of a (model, method, patient) that is not 'ok' in this database and that
+      no ``maps`` row refers to (maps are written before the patient's transaction: a kill between the two
+      leaves files that no row points at; the rerun writes them again).
+    Maps of evaluations that are 'ok' are never touched. A shard (``patients``: its patient ids; ``keep``:
+    (model, method, patient) done in the merged database) only cleans its own patients' files, since the
+    other shards write into the same folder at the same time.
+    """
+    root = Path(maps_root) / run_id
+    if not root.is_dir():
+        return []
+    referenced = {str(Path(p)) for (p,) in con.execute("SELECT path FROM maps WHERE run_id = ?", [run_id]).fetchall()}
+    done = store.done_evaluations(con, run_id) | set(keep or ())
+    removed = []
+    for f in root.glob("*/*/*"):
+        if not f.is_file():
+            continue
+        if patients is not None and f.name.split(".nii.gz")[0].rsplit("_", 1)[0] not in patients:
+            continue
+        if f.name.endswith(".part.nii.gz"):
+            stale = True
+        elif f.name.endswith(".nii.gz") and "_" in f.name:
+            pid, kind = f.name[: -len(".nii.gz")].rsplit("_", 1)
+            model, method = f.parent.parent.name, f.parent.name
+            stale = kind in MAP_KINDS and str(f) not in referenced and (model, method, pid) not in done
+        else:
+            stale = False
+        if stale:
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    if removed and log is not None:
+        log.warning("removed %d stale map file(s) of unfinished evaluations under %s", len(removed), root)
+    return removed

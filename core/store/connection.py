@@ -1,0 +1,159 @@
+"""Connections: a writer per write, shared read-only readers for the app, transactions."""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from core.store.schema import SCHEMA
+
+
+class DatabaseBusy(RuntimeError):
+    """The database file is locked by a writer (a batch is running) and stayed locked while we retried."""
+
+
+def connect(path: str | Path, read_only: bool = False, retries: int = 20, wait_s: float = 0.25):
+    """Open the database; a writer creates the schema. Read-only opens retry while a batch holds the lock."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise FileNotFoundError(f"no results database at {path}")
+    if not read_only:  # this process's shared readers of the file would refuse a writer (other configuration)
+        release_readers(path)
+    last = None
+    for _ in range(max(1, retries)):
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            if not read_only:
+                con.execute(SCHEMA)
+            return con
+        except duckdb.IOException as e:  # lock held by another process
+            last = e
+            time.sleep(wait_s)
+    raise DatabaseBusy(f"{path} is locked by another process (a batch is writing?): {last}")
+
+
+# ---- shared read-only connections (the app's cached queries) ----------------------------------------------
+READER_IDLE_S = 1.0  # a shared reader unused this long is closed, so a batch in another process can write
+
+
+class _Reader:
+    __slots__ = ("con", "users", "last", "memo")
+
+    def __init__(self, con):
+        # memo: answers about the file that cannot change while it is open read-only (no writer can open it),
+        # e.g. whether a run's derived tables are current (:func:`_use_derived`)
+        self.con, self.users, self.last, self.memo = con, 0, time.monotonic(), {}
+
+
+_READERS: dict[str, _Reader] = {}
+
+
+_READERS_CV = threading.Condition()
+
+
+_CLOSER: list[threading.Thread] = []
+
+
+_TLS = threading.local()  # the shared reader whose cursor this thread is using (for its memo)
+
+
+def _reader_key(path) -> str:
+    return str(Path(path).resolve())
+
+
+@contextmanager
+def shared_reader(path: str | Path):
+    """A read-only cursor on the one connection this process keeps open per database file.
+
+    Opening a multi-GB DuckDB file costs 20-30 ms (catalog read); a cursor on an open connection costs
+    nothing, so the many cached queries of one page run share a connection instead of opening the file each.
+    The connection stays open only while in use and :data:`READER_IDLE_S` after: DuckDB lets no other
+    process write while a reader holds the file, and the batch (:func:`writer`, which retries for a minute)
+    writes between two patients. A write connection of this process (:func:`connect` with
+    ``read_only=False``) first closes it (:func:`release_readers`). Raises :class:`DatabaseBusy` as
+    :func:`connect` when a writer holds the file. Each cursor is for one thread (DuckDB cursors are not shared)."""
+    key = _reader_key(path)
+    with _READERS_CV:
+        r = _READERS.get(key)
+        if r is None:
+            r = _READERS[key] = _Reader(connect(path, read_only=True))
+            _start_closer()
+        r.users += 1
+        try:
+            cur = r.con.cursor()
+        except BaseException:
+            r.users -= 1
+            raise
+    outer = getattr(_TLS, "reader", None)
+    _TLS.reader = r
+    try:
+        yield cur
+    finally:
+        _TLS.reader = outer
+        cur.close()
+        with _READERS_CV:
+            r.users -= 1
+            r.last = time.monotonic()
+            _READERS_CV.notify_all()
+
+
+def release_readers(path: str | Path | None = None, timeout: float = 60.0) -> None:
+    """Close this process's shared reader of ``path`` (every file's when None), waiting up to ``timeout`` s
+    for the queries running on it to finish."""
+    keys = None if path is None else {_reader_key(path)}
+    deadline = time.monotonic() + timeout
+    with _READERS_CV:
+        for key in [k for k in _READERS if keys is None or k in keys]:
+            r = _READERS[key]
+            while r.users > 0 and time.monotonic() < deadline:
+                _READERS_CV.wait(0.05)
+            if r.users == 0 and _READERS.get(key) is r:
+                del _READERS[key]
+                r.con.close()
+
+
+def _start_closer() -> None:
+    """One daemon thread that closes shared readers idle for :data:`READER_IDLE_S` (called holding the lock)."""
+    if _CLOSER and _CLOSER[0].is_alive():
+        return
+
+    def loop():
+        while True:
+            time.sleep(READER_IDLE_S / 4)
+            with _READERS_CV:
+                now = time.monotonic()
+                for key, r in list(_READERS.items()):
+                    if r.users == 0 and now - r.last >= READER_IDLE_S:
+                        del _READERS[key]
+                        r.con.close()
+
+    t = threading.Thread(target=loop, name="tumourqa-reader-closer", daemon=True)
+    _CLOSER[:] = [t]
+    t.start()
+
+
+@contextmanager
+def writer(path: str | Path, retries: int = 240, wait_s: float = 0.25):
+    """A short-lived write connection: open (waiting up to ``retries`` x ``wait_s`` while a reader or another
+    writer holds the file), yield, close. The batch opens one per write, so between two patients nobody holds
+    the lock and the app reads the last committed state."""
+    con = connect(path, read_only=False, retries=retries, wait_s=wait_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextmanager
+def transaction(con):
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    else:
+        con.execute("COMMIT")

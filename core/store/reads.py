@@ -1,0 +1,477 @@
+"""The read queries of the pages and the statistics (parameters only; identifiers from :mod:`core.store.schema`)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from core.analysis import stats
+from core.analysis import summaries
+from core.metrics.calibration import N_CAL_BINS
+from core.store.connection import _TLS
+from core.store.freshness import list_arrays, table_names, valid
+from core.store.schema import BRAIN_ONLY, CAL_LIST_COLS, LIST_MEASURES, MASKS, PRED_COLUMNS, PRED_ONLY, SUMMARY_METRICS, UNC_COUNT_COLS, WIDE_METRICS
+
+
+
+def read_run_plan(con, run_id: str) -> dict:
+    """The stored plan entries of a run, ``{model: {"precision": {...}, "mc_batch", "chunk_trial"}}`` (the shape
+    :func:`write_run_plan` takes, without temperatures)."""
+    rows = con.execute("""SELECT model, precision_requested, precision, precision_reason, precision_checks,
+                                 check_patient, mc_batch, chunk_trial, device
+                          FROM run_plan WHERE run_id = ?""", [run_id]).fetchall()
+    return {m: {"precision": {"requested": req, "chosen": ch, "reason": why, "checks": json.loads(checks or "[]"),
+                              "patient_id": pid, "device": dev},
+                "mc_batch": int(mb), "chunk_trial": json.loads(trial) if trial else None}
+            for m, req, ch, why, checks, pid, mb, trial, dev in rows}
+
+
+def run_plan(con, run_id: str) -> pd.DataFrame:
+    return con.execute("""SELECT model, precision_requested, precision, precision_reason, precision_checks,
+                                 check_patient, mc_batch, device
+                          FROM run_plan WHERE run_id = ? ORDER BY model""", [run_id]).df()
+
+
+def read_temperatures(con, run_id: str, model: str) -> dict[str, float | None]:
+    rows = con.execute("SELECT region, temperature FROM temperatures WHERE run_id = ? AND model = ?",
+                       [run_id, model]).fetchall()
+    return {r: t for r, t in rows}
+
+
+def run_temperatures(con, run_id: str) -> pd.DataFrame:
+    return con.execute("""SELECT model, region, temperature, n_voxels, n_positive, nll_before, nll_after
+                          FROM temperatures WHERE run_id = ? ORDER BY model, region""", [run_id]).df()
+
+
+# ------------------------------------------------------------------------------------------- reads
+def list_runs(con) -> pd.DataFrame:
+    return con.execute("""
+        SELECT r.run_id, r.created_at, r.cohort, r.device, r.code_version,
+               count(*) FILTER (WHERE e.status = 'ok') AS ok,
+               count(*) FILTER (WHERE e.status = 'failed') AS failed,
+               count(DISTINCT e.patient_id) AS patients
+        FROM runs r LEFT JOIN evaluations e USING (run_id)
+        GROUP BY ALL ORDER BY r.created_at DESC""").df()
+
+
+def run_models(con, run_id: str) -> pd.DataFrame:
+    return con.execute("SELECT model, checkpoint, card FROM models WHERE run_id = ? ORDER BY model", [run_id]).df()
+
+
+def run_methods(con, run_id: str) -> list[str]:
+    rows = con.execute("SELECT DISTINCT method FROM evaluations WHERE run_id = ? ORDER BY method", [run_id]).fetchall()
+    return [r[0] for r in rows]
+
+
+def evaluation_status(con, run_id: str) -> pd.DataFrame:
+    return con.execute("""
+        SELECT model, method, count(*) FILTER (WHERE status = 'ok') AS ok,
+               count(*) FILTER (WHERE status = 'failed') AS failed, round(avg(seconds), 3) AS mean_seconds
+        FROM evaluations WHERE run_id = ? GROUP BY ALL ORDER BY model, method""", [run_id]).df()
+
+
+def failures(con, run_id: str) -> pd.DataFrame:
+    return con.execute("""SELECT patient_id, model, method, error FROM evaluations
+                          WHERE run_id = ? AND status = 'failed' ORDER BY patient_id, model, method""", [run_id]).df()
+
+
+def cohort_patients(con, run_id: str) -> pd.DataFrame:
+    return con.execute("""
+        SELECT p.* FROM patients p JOIN runs r ON p.cohort = r.cohort
+        WHERE r.run_id = ? AND p.patient_id IN (SELECT patient_id FROM evaluations WHERE run_id = ?)
+        ORDER BY p.patient_id""", [run_id, run_id]).df()
+
+
+def quality_summary(con, run_id: str) -> pd.DataFrame:
+    """Cross-validated quality prediction per model, method and region (:mod:`core.quality`)."""
+    return con.execute("""SELECT model, method, region, n_patients, r2, pearson_r, score_spearman, regressor, features
+                          FROM quality_summary WHERE run_id = ? ORDER BY model, method, region""", [run_id]).df()
+
+
+def quality_patients(con, run_id: str, method: str, region: str) -> pd.DataFrame:
+    """Per-patient predicted vs true Dice and the aggregated uncertainty score of one method and region."""
+    return con.execute("""SELECT model, patient_id, dice, predicted_dice, uncertainty_score, flagged FROM quality
+                          WHERE run_id = ? AND method = ? AND region = ? ORDER BY model, patient_id""",
+                       [run_id, method, region]).df()
+
+
+def table_counts(con) -> pd.DataFrame:
+    names = ["runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps",
+             "temperatures", "run_plan", "quality", "quality_summary"]
+    # a database written by an older version may lack the newer tables: count those that exist
+    existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    names = [n for n in names if n in existing]
+    # table names come from the fixed list above, never from user input
+    return pd.DataFrame({"table": names, "rows": [con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names]})
+
+
+def _use_derived(con, run_id: str, mask: str | None = None, metrics: list[str] | None = None) -> bool:
+    """Whether a read can use the run's derived tables (:mod:`core.derived`): they are up to date, the mask is
+    one they hold and every requested metric is a column of ``patient_summary``."""
+
+    if os.environ.get("TUMOURQA_DERIVED", "1") == "0":  # benchmarks' reference: the long tables only
+        return False
+    if mask is not None and mask not in MASKS:
+        return False
+    if metrics is not None and (not metrics or not set(metrics) <= set(WIDE_METRICS)):
+        return False
+    reader = getattr(_TLS, "reader", None)  # inside shared_reader: the file cannot change while it is open
+    if reader is None:
+        return valid(con, run_id)
+    key = ("derived_valid", run_id)
+    if key not in reader.memo:
+        reader.memo[key] = valid(con, run_id)
+    return reader.memo[key]
+
+
+def patient_measure(con, run_id: str, model: str, method: str, metric: str = "mean_entropy", region: str = "WT",
+                    mask: str = "brain") -> pd.DataFrame:
+    """One per-patient value (columns patient_id, value) of one model/method, e.g. mean WT entropy in the brain."""
+
+    col = PRED_COLUMNS.get((metric, mask)) or (metric if metric in WIDE_METRICS and mask in ("brain", "roi") else None)
+    if col is not None and _use_derived(con, run_id):
+        row_mask = mask if mask in ("brain", "roi") else "brain"
+        # col is a column name of patient_summary (from derived's constants), never free text
+        return con.execute(f"""
+            SELECT patient_id, {col} AS value FROM patient_summary
+            WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
+            QUALIFY count({col}) OVER () > 0  -- a measure the method does not store (MI without samples): no rows
+            ORDER BY patient_id""", [run_id, model, method, region, row_mask]).df()
+    return con.execute("""
+        SELECT m.patient_id, m.value FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
+        WHERE m.run_id = ? AND m.model = ? AND m.method = ? AND m.metric = ? AND m.region = ? AND m.mask = ?
+          AND e.status = 'ok'
+        ORDER BY m.patient_id""", [run_id, model, method, metric, region, mask]).df()
+
+
+def _list(x):
+    return None if x is None else [str(v) for v in x]
+
+
+# the patient filter of every subset query: a semi-join on the unnested list (a hash join, so a 10,000-patient
+# subset costs one pass, where list_contains would compare every row with every listed id)
+_IN_PATIENTS = "(?::VARCHAR[] IS NULL OR {col} IN (SELECT unnest(?::VARCHAR[])))"
+
+
+def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metrics=None, mask: str | None = None) -> pd.DataFrame:
+    """Long per-patient metric rows (model, method, patient_id, region, mask, metric, value) of ok evaluations."""
+    patient_ids, metrics = _list(patient_ids), _list(metrics)
+    q = f"""SELECT m.model, m.method, m.patient_id, m.region, m.mask, m.metric, m.value
+           FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
+           WHERE m.run_id = ? AND e.status = 'ok' AND {_IN_PATIENTS.format(col="m.patient_id")}
+             AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], m.metric))
+             AND (?::VARCHAR IS NULL OR m.mask = ? OR m.mask = 'pred')"""
+    return con.execute(q, [run_id, patient_ids, patient_ids, metrics, metrics, mask, mask]).df()
+
+
+def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
+                            methods: list[str] | None = None) -> pd.DataFrame:
+    """Calibration bins summed over a patient subset: model, method, region, bin, n, sum_prob, sum_true
+    (``methods``: only those methods' rows)."""
+    patient_ids, methods = _list(patient_ids), _list(methods)
+    if patient_ids is None and _use_derived(con, run_id, mask):
+        return con.execute("""
+            SELECT model, method, region, bin, n, sum_prob, sum_true FROM cohort_calibration_bins
+            WHERE run_id = ? AND mask = ? AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+            ORDER BY model, method, region, bin""", [run_id, mask, methods, methods]).df()
+    return con.execute(f"""
+        SELECT model, method, region, bin, sum(n) AS n, sum(sum_prob) AS sum_prob, sum(sum_true) AS sum_true
+        FROM calibration_bins
+        WHERE run_id = ? AND mask = ? AND {_IN_PATIENTS.format(col="patient_id")}
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+        GROUP BY ALL ORDER BY model, method, region, bin""",
+                       [run_id, mask, patient_ids, patient_ids, methods, methods]).df()
+
+
+def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
+                            measure: str = "entropy", methods: list[str] | None = None,
+                            columns: list[str] | None = None) -> pd.DataFrame:
+    """Uncertainty histograms summed over a patient subset: model, method, region, bin, n_error, n_correct,
+    n_fp, n_fn, n_tp (``methods``: only those methods' rows; ``columns``: only those count columns)."""
+    patient_ids, methods = _list(patient_ids), _list(methods)
+    cols = [c for c in UNC_COUNT_COLS if columns is None or c in columns]  # identifiers of this module only
+    if patient_ids is None and _use_derived(con, run_id, mask):
+        return con.execute(f"""
+            SELECT model, method, region, bin, {", ".join(cols)} FROM cohort_uncertainty_bins
+            WHERE run_id = ? AND mask = ? AND measure = ?
+              AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+            ORDER BY model, method, region, bin""", [run_id, mask, measure, methods, methods]).df()
+    sums = ", ".join(f"sum({c}) AS {c}" for c in cols)
+    return con.execute(f"""
+        SELECT model, method, region, bin, {sums}
+        FROM uncertainty_bins
+        WHERE run_id = ? AND mask = ? AND measure = ? AND {_IN_PATIENTS.format(col="patient_id")}
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+        GROUP BY ALL ORDER BY model, method, region, bin""",
+                       [run_id, mask, measure, patient_ids, patient_ids, methods, methods]).df()
+
+
+def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids: list[int], mask: str = "brain",
+                 measure: str = "entropy", methods: list[str] | None = None, columns: list[str] | None = None) -> dict:
+    """Bins summed per patient GROUP in one pass over the table, as numpy arrays.
+
+    Returns dict(combos=DataFrame(model, method, region) indexed by combo number, g (R,) int group id,
+    combo (R,) int, bin (R,) int, counts (R, k) float64) with the count columns of ``kind`` ('calibration':
+    n, sum_prob, sum_true; 'uncertainty' (of ``measure``): n_error, n_correct, n_fp, n_fn, n_tp). Patients not
+    listed are left out; ``methods`` restricts the methods read.
+
+    The app groups patients by where they fall between the quantiles of the sidebar's measure, so every
+    position of the quantile filter is a union of groups: summing the groups' rows gives the subset's bins
+    exactly, without touching the per-patient rows again (see :mod:`dashboard.state`). ``columns`` keeps only
+    those count columns."""
+    table, cols, extra, extra_args = {
+        "calibration": ("calibration_bins", ["n", "sum_prob", "sum_true"], "", []),
+        "uncertainty": ("uncertainty_bins", ["n_error", "n_correct", "n_fp", "n_fn", "n_tp"], " AND t.measure = ?",
+                        [measure]),
+    }[kind]
+    if columns is not None:  # only these count columns (a page that needs n_error / n_correct reads half the lists)
+        cols = [c for c in cols if c in columns]
+    methods = _list(methods)
+
+    if (kind == "calibration" or measure in LIST_MEASURES) and _use_derived(con, run_id, mask):
+        return _grouped_lists(con, run_id, kind, patient_ids, group_ids, mask, measure, methods, cols)
+    combos = con.execute(f"""
+        SELECT DISTINCT model, method, region FROM {table} WHERE run_id = ? AND mask = ?
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method)) ORDER BY ALL""",
+                         [run_id, mask, methods, methods]).df()
+    sums = ", ".join(f"sum(t.{c})::DOUBLE AS {c}" for c in cols)
+    res = con.execute(f"""
+        WITH grp AS (SELECT unnest(?::VARCHAR[]) AS patient_id, unnest(?::INTEGER[]) AS g),
+             cmb AS (SELECT unnest(?::VARCHAR[]) AS model, unnest(?::VARCHAR[]) AS method,
+                            unnest(?::VARCHAR[]) AS region, generate_subscripts(?::VARCHAR[], 1) - 1 AS combo)
+        SELECT grp.g, cmb.combo, t.bin, {sums}
+        FROM {table} t JOIN grp USING (patient_id) JOIN cmb USING (model, method, region)
+        WHERE t.run_id = ? AND t.mask = ?{extra}
+        GROUP BY ALL""", [_list(patient_ids), [int(g) for g in group_ids], combos.model.tolist(), combos.method.tolist(),
+                          combos.region.tolist(), combos.model.tolist(), run_id, mask] + extra_args).fetchnumpy()
+    return {"combos": combos, "g": np.asarray(res["g"], np.int64), "combo": np.asarray(res["combo"], np.int64),
+            "bin": np.asarray(res["bin"], np.int64), "columns": cols,
+            "counts": np.stack([np.asarray(res[c], np.float64) for c in cols], axis=1) if len(res["g"])
+            else np.zeros((0, len(cols)))}
+
+
+def _list_rows(con, run_id: str, kind: str, mask: str, measure: str, methods: list[str] | None, patient_ids: list[str],
+               cols: list[str], combos: pd.DataFrame | None = None):
+    """Rows of ``patient_calibration`` / ``patient_uncertainty`` (:mod:`core.derived`) of the listed patients as
+    (patient index into ``patient_ids`` (R,), combo index into ``combos`` (R,), combos, entry row (E,),
+    {bins, <cols>: (E,)}); ``combos`` (model, method, region) defaults to every combo present, sorted."""
+
+    table, extra, extra_args = ("patient_calibration", "", []) if kind == "calibration" else \
+        ("patient_uncertainty", " AND t.measure = ?", [measure])
+    if combos is None:
+        combos = con.execute(f"""
+            SELECT DISTINCT model, method, region FROM {table} t WHERE t.run_id = ? AND t.mask = ?{extra}
+              AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], t.method)) ORDER BY ALL""",
+                             [run_id, mask] + extra_args + [methods, methods]).df()
+    pids = _list(patient_ids)
+    lists = ", ".join(f"t.{c}" for c in ["bins"] + cols)
+    tbl = con.sql(f"""
+        WITH pat AS (SELECT unnest(?::VARCHAR[]) AS patient_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS patient),
+             cmb AS (SELECT unnest(?::VARCHAR[]) AS model, unnest(?::VARCHAR[]) AS method,
+                            unnest(?::VARCHAR[]) AS region, generate_subscripts(?::VARCHAR[], 1) - 1 AS combo)
+        SELECT pat.patient, cmb.combo, {lists}
+        FROM {table} t JOIN pat USING (patient_id) JOIN cmb USING (model, method, region)
+        WHERE t.run_id = ? AND t.mask = ?{extra}""",
+                  params=[pids, pids, combos.model.tolist(), combos.method.tolist(), combos.region.tolist(),
+                          combos.model.tolist(), run_id, mask] + extra_args).to_arrow_table()
+    if not tbl.num_rows:
+        z = np.zeros(0, np.int64)
+        return z, z, combos, z, {c: np.zeros(0) for c in ["bins"] + cols}
+    row, vals = list_arrays(tbl, ["bins"] + cols)
+    patient = tbl.column("patient").to_numpy().astype(np.int64)
+    combo = tbl.column("combo").to_numpy().astype(np.int64)
+    return patient, combo, combos, row, vals
+
+
+def _grouped_lists(con, run_id, kind, patient_ids, group_ids, mask, measure, methods, cols) -> dict:
+    """:func:`grouped_bins` from the derived list tables: the rows are read without a string per bin and
+    summed per (group, combo, bin) with numpy."""
+    patient, combo, combos, row, vals = _list_rows(con, run_id, kind, mask, measure, methods, patient_ids, cols)
+    gid = np.asarray([int(g) for g in group_ids], np.int64)
+    if not len(row):
+        return {"combos": combos, "g": np.zeros(0, np.int64), "combo": np.zeros(0, np.int64),
+                "bin": np.zeros(0, np.int64), "columns": cols, "counts": np.zeros((0, len(cols)))}
+    ug, ginv = np.unique(gid[patient], return_inverse=True)
+    bins = vals["bins"].astype(np.int64)
+    nb = int(bins.max()) + 1
+    C = len(combos)
+    key = (ginv[row] * C + combo[row]) * nb + bins
+    size = len(ug) * C * nb
+    present = np.bincount(key, minlength=size) > 0
+    idx = np.flatnonzero(present)
+    counts = np.stack([np.bincount(key, vals[c].astype(np.float64), minlength=size)[idx] for c in cols], axis=1)
+    return {"combos": combos, "g": ug[idx // (C * nb)], "combo": (idx // nb) % C, "bin": idx % nb, "columns": cols,
+            "counts": counts}
+
+
+def cohort_summary(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain") -> pd.DataFrame:
+    """Cohort metrics of a patient subset per model, method and region (:func:`core.summaries.cohort_summary`
+    on this subset's per-patient metrics and summed bins).
+
+    Columns: model, method, region, n_patients, dice_mean, dice_median, dice_nan (patients skipped),
+    ece_mean (mean of per-patient ECE), ece_dataset / ace_dataset / mce_dataset (from summed bins),
+    auroc_entropy_dataset (pooled voxels, from summed bins), auroc_entropy_mean (mean per-patient),
+    auroc_nan, mean_entropy (mean of per-patient means in ``mask``).
+    """
+
+    wide = metric_wide(con, run_id, SUMMARY_METRICS, mask=mask, patient_ids=patient_ids)
+    return summaries.cohort_summary(wide, summed_calibration_bins(con, run_id, patient_ids, mask),
+                     summed_uncertainty_bins(con, run_id, patient_ids, mask, "entropy"))
+
+
+def patient_calibration_bins(con, run_id: str, model: str, method: str, region: str, mask: str = "brain",
+                             patient_ids: list[str] | None = None) -> pd.DataFrame:
+    """Per-patient reliability bins of one model/method/region: patient_id, bin, n, sum_prob, sum_true."""
+    patient_ids = _list(patient_ids)
+    if _use_derived(con, run_id, mask):
+        tbl = con.sql(f"""
+            SELECT patient_id, bins, n, sum_prob, sum_true FROM patient_calibration
+            WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
+              AND {_IN_PATIENTS.format(col="patient_id")} ORDER BY patient_id""",
+                      params=[run_id, model, method, region, mask, patient_ids, patient_ids]).to_arrow_table()
+        if not tbl.num_rows:
+            return pd.DataFrame({"patient_id": pd.Series(dtype=object), "bin": pd.Series(dtype=np.int32),
+                                 "n": pd.Series(dtype=np.int64), "sum_prob": pd.Series(dtype=float),
+                                 "sum_true": pd.Series(dtype=float)})
+        row, v = list_arrays(tbl, ["bins"] + CAL_LIST_COLS)
+        pid = np.asarray(tbl.column("patient_id").to_pylist(), dtype=object)
+        return pd.DataFrame({"patient_id": pid[row], "bin": v["bins"].astype(np.int32), "n": v["n"].astype(np.int64),
+                             "sum_prob": v["sum_prob"], "sum_true": v["sum_true"]})
+    return con.execute(f"""
+        SELECT patient_id, bin, n, sum_prob, sum_true FROM calibration_bins
+        WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
+          AND {_IN_PATIENTS.format(col="patient_id")}
+        ORDER BY patient_id, bin""", [run_id, model, method, region, mask, patient_ids, patient_ids]).df()
+
+
+def calibration_dense(con, run_id: str, method: str, region: str, mask: str = "brain",
+                      n_bins: int = N_CAL_BINS) -> dict[str, dict[str, np.ndarray]]:
+    """Per-patient calibration bins of every model of one method/region as dense arrays, in one read:
+    {model: {patient_id (P,) sorted, n, sum_prob, sum_true (P, n_bins) float64}} (zeros in empty bins)."""
+    if _use_derived(con, run_id, mask):
+        tbl = con.sql("""SELECT model, patient_id, bins, n, sum_prob, sum_true FROM patient_calibration
+                         WHERE run_id = ? AND method = ? AND region = ? AND mask = ?""",
+                      params=[run_id, method, region, mask]).to_arrow_table()
+        if tbl.num_rows:
+            row, v = list_arrays(tbl, ["bins"] + CAL_LIST_COLS)
+            model = np.asarray(tbl.column("model").to_pylist(), dtype=object)[row]
+            pid = np.asarray(tbl.column("patient_id").to_pylist(), dtype=object)[row]
+            long = {"model": model, "patient_id": pid, "bin": v["bins"], **{c: v[c] for c in CAL_LIST_COLS}}
+        else:
+            long = None
+    else:
+        df = con.execute("""SELECT model, patient_id, bin, n, sum_prob, sum_true FROM calibration_bins
+                            WHERE run_id = ? AND method = ? AND region = ? AND mask = ?""",
+                         [run_id, method, region, mask]).df()
+        long = {c: df[c].to_numpy() for c in df.columns} if len(df) else None
+    out = {}
+    if long is None:
+        return out
+    models = np.asarray(long["model"], dtype=object)
+    for m in sorted(set(models)):
+        sel = models == m
+        ids, r = np.unique(np.asarray(long["patient_id"], dtype=object)[sel].astype(str), return_inverse=True)
+        flat = r * n_bins + np.asarray(long["bin"], np.int64)[sel]
+        size = len(ids) * n_bins
+        out[m] = {"patient_id": ids.astype(object)}
+        for c in CAL_LIST_COLS:
+            out[m][c] = np.bincount(flat, np.asarray(long[c], np.float64)[sel], minlength=size).reshape(len(ids), n_bins)
+    return out
+
+
+def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
+                            methods: list[str] | None = None) -> pd.DataFrame:
+    """Per-patient calibration bins of ok evaluations for a patient subset (and optionally some methods):
+    model, method, region, patient_id, bin, n, sum_prob, sum_true. Input of the bootstrap intervals of
+    dataset-level ECE (:func:`core.stats.leaderboard`)."""
+    patient_ids, methods = _list(patient_ids), _list(methods)
+    return con.execute(f"""
+        SELECT c.model, c.method, c.region, c.patient_id, c.bin, c.n, c.sum_prob, c.sum_true
+        FROM calibration_bins c JOIN evaluations e USING (run_id, model, method, patient_id)
+        WHERE c.run_id = ? AND c.mask = ? AND e.status = 'ok'
+          AND {_IN_PATIENTS.format(col="c.patient_id")}
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], c.method))""",
+                       [run_id, mask, patient_ids, patient_ids, methods, methods]).df()
+
+
+def cohort_leaderboard(con, run_id: str, mask: str, methods: list[str], models: list[str],
+                       B: int = 1000) -> pd.DataFrame | None:
+    """The whole run's leaderboard rows (derived table ``cohort_leaderboard``, written by the batch) of these
+    methods and models, sorted by model, method, region, columns :data:`core.stats.LEADERBOARD_COLUMNS`; None
+    when the derived tables are stale or older than that table (the caller bootstraps then)."""
+
+    if not _use_derived(con, run_id, mask) or "cohort_leaderboard" not in table_names(con):
+        return None
+    cols = ", ".join(stats.LEADERBOARD_COLUMNS)  # fixed identifiers of core.stats, never input
+    df = con.execute(f"""SELECT {cols} FROM cohort_leaderboard
+                         WHERE run_id = ? AND mask = ? AND B = ? AND seed = 0
+                           AND list_contains(?::VARCHAR[], method) AND list_contains(?::VARCHAR[], model)
+                         ORDER BY model, method, region""",
+                     [run_id, mask, int(B), _list(methods), _list(models)]).df()
+    return df if len(df) else None
+
+
+def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, patient_ids: list[str]) -> dict:
+    """Per-patient calibration bins of the listed (model, method, region) combos and patients as integer-coded
+    numpy arrays (the input of the bootstrap ECE in :func:`core.stats.leaderboard`): patient (index into
+    ``patient_ids``), combo (index into ``combos``), bin, d = sum_prob - sum_true, n."""
+    if _use_derived(con, run_id, mask):
+        patient, combo, _, row, v = _list_rows(con, run_id, "calibration", mask, "", None, patient_ids, CAL_LIST_COLS,
+                                               combos=combos)
+        return {"patient": patient[row], "combo": combo[row], "bin": v["bins"].astype(np.int64),
+                "d": v["sum_prob"] - v["sum_true"], "n": v["n"].astype(np.float64)}
+    res = con.execute("""
+        WITH pat AS (SELECT unnest(?::VARCHAR[]) AS patient_id, generate_subscripts(?::VARCHAR[], 1) - 1 AS patient),
+             cmb AS (SELECT unnest(?::VARCHAR[]) AS model, unnest(?::VARCHAR[]) AS method,
+                            unnest(?::VARCHAR[]) AS region, generate_subscripts(?::VARCHAR[], 1) - 1 AS combo)
+        SELECT pat.patient, cmb.combo, c.bin, c.sum_prob - c.sum_true AS d, c.n::DOUBLE AS n
+        FROM calibration_bins c JOIN pat USING (patient_id) JOIN cmb USING (model, method, region)
+        WHERE c.run_id = ? AND c.mask = ?""",
+                      [_list(patient_ids), _list(patient_ids), combos.model.tolist(), combos.method.tolist(),
+                       combos.region.tolist(), combos.model.tolist(), run_id, mask]).fetchnumpy()
+    return {k: np.asarray(res[k]) for k in ("patient", "combo", "bin", "d", "n")}
+
+
+def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patient_ids: list[str] | None = None,
+                method: str | None = None, derived: bool = True) -> pd.DataFrame:
+    """Per-patient metrics as columns: model, method, patient_id, region, <metric>..., one row per ok
+    evaluation and region. Each metric is taken in ``mask``, except those stored for one voxel set only
+    (:data:`BRAIN_ONLY`: Dice, HD95, volumes -> 'brain'; :data:`PRED_ONLY` -> 'pred'). NULL (NaN) where a
+    metric is undefined. Pivoted in SQL (one conditional aggregate per metric, names passed as parameters)."""
+    metrics = [str(m) for m in metrics]
+    if derived and _use_derived(con, run_id, mask, metrics):
+        # column names: members of WIDE_METRICS (checked by _use_derived), never free text
+        cols = ", ".join(WIDE_METRICS[WIDE_METRICS.index(m)] for m in metrics)
+        return con.execute(f"""
+            SELECT model, method, patient_id, region, {cols} FROM patient_summary
+            WHERE run_id = ? AND mask = ? AND (?::VARCHAR IS NULL OR method = ?)
+              AND {_IN_PATIENTS.format(col="patient_id")}
+            ORDER BY model, method, patient_id, region""",
+                           [run_id, mask, method, method, _list(patient_ids), _list(patient_ids)]).df()
+    masks = ["brain" if m in BRAIN_ONLY else "pred" if m in PRED_ONLY else mask for m in metrics]
+    cols = ", ".join(f"max(m.value) FILTER (WHERE m.metric = ? AND m.mask = ?) AS c{i}" for i in range(len(metrics)))
+    params = [v for pair in zip(metrics, masks) for v in pair]
+    patient_ids = _list(patient_ids)
+    df = con.execute(f"""
+        SELECT m.model, m.method, m.patient_id, m.region{", " + cols if cols else ""}
+        FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
+        WHERE m.run_id = ? AND e.status = 'ok' AND list_contains(?::VARCHAR[], m.metric)
+          AND (?::VARCHAR IS NULL OR m.method = ?) AND {_IN_PATIENTS.format(col="m.patient_id")}
+        GROUP BY ALL ORDER BY m.model, m.method, m.patient_id, m.region""",
+                     params + [run_id, metrics, method, method, patient_ids, patient_ids]).df()
+    return df.rename(columns={f"c{i}": m for i, m in enumerate(metrics)})
+
+
+def patient_maps(con, run_id: str, patient_id: str) -> pd.DataFrame:
+    """NIfTI map files of one patient: model, method, kind, path."""
+    return con.execute("""SELECT model, method, kind, path FROM maps WHERE run_id = ? AND patient_id = ?
+                          ORDER BY model, method, kind""", [run_id, patient_id]).df()
+
+
+def patient_source(con, run_id: str, patient_id: str) -> str | None:
+    """The patient's image folder as recorded by the batch."""
+    row = con.execute("""SELECT p.source FROM patients p JOIN runs r ON p.cohort = r.cohort
+                         WHERE r.run_id = ? AND p.patient_id = ?""", [run_id, patient_id]).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,119 @@
+"""Transactional writes of the batch: runs, models, one patient's evaluations, temperatures, plan, quality."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from core.store.connection import transaction
+from core.store.schema import COLUMNS, KEY, RESULT_TABLES
+
+
+# ------------------------------------------------------------------------------------------ writes
+def upsert_run(con, run_id: str, cohort: str, config: dict, code_version: str, device: str) -> None:
+    with transaction(con):
+        if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is None:
+            con.execute("INSERT INTO runs VALUES (?, now(), ?, ?, ?, ?)",
+                        [run_id, cohort, json.dumps(config, sort_keys=True), code_version, device])
+        else:
+            con.execute("UPDATE runs SET device = ? WHERE run_id = ?", [device, run_id])
+
+
+def upsert_model(con, run_id: str, model: str, checkpoint: str, card: dict) -> None:
+    with transaction(con):
+        con.execute("DELETE FROM models WHERE run_id = ? AND model = ?", [run_id, model])
+        con.execute("INSERT INTO models VALUES (?, ?, ?, ?)", [run_id, model, checkpoint, json.dumps(card)])
+
+
+def done_evaluations(con, run_id: str) -> set[tuple[str, str, str]]:
+    """{(model, method, patient_id)} already evaluated with status 'ok' in this run."""
+    rows = con.execute("SELECT model, method, patient_id FROM evaluations WHERE run_id = ? AND status = 'ok'",
+                       [run_id]).fetchall()
+    return {tuple(r) for r in rows}
+
+
+def write_patient(con, run_id: str, patient_id: str, results: list[dict], patient: dict | None = None) -> None:
+    """Write all evaluations of one patient in ONE transaction (replacing earlier rows of the same keys).
+
+    ``patient``: the ``patients`` row (keys as the table's columns) written in the same transaction.
+
+    ``results``: dicts with model, method, status, seconds, error and, for status 'ok', the lists
+    ``metrics``, ``calibration_bins``, ``uncertainty_bins`` (tuples as :func:`core.metrics.evaluate_patient`
+    returns them) and ``maps`` [(kind, path)].
+    """
+    frames = {t: [] for t in RESULT_TABLES}
+    evals = []
+    for r in results:
+        key = [run_id, r["model"], r["method"], patient_id]
+        evals.append(key + [r["status"], float(r.get("seconds") or 0.0), r.get("error")])
+        for t in RESULT_TABLES:
+            rows = r.get(t) or []
+            if rows:
+                df = pd.DataFrame(rows, columns=COLUMNS[t])
+                for i, c in enumerate(KEY):
+                    df.insert(i, c, key[i])
+                frames[t].append(df)
+    with transaction(con):
+        if patient is not None:
+            con.execute("DELETE FROM patients WHERE cohort = ? AND patient_id = ?", [patient["cohort"], patient_id])
+            con.execute("INSERT INTO patients VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [patient["cohort"], patient_id, patient["source"], json.dumps(list(patient["shape"])),
+                         json.dumps([round(float(s), 4) for s in patient["spacing"]]), patient["label_scheme"],
+                         patient.get("split"), bool(patient["has_gt"]), json.dumps(patient.get("meta") or {})])
+        for r in results:
+            params = [run_id, r["model"], r["method"], patient_id]
+            for t in ("evaluations",) + RESULT_TABLES:
+                con.execute(f"DELETE FROM {t} WHERE run_id = ? AND model = ? AND method = ? AND patient_id = ?", params)
+        for ev in evals:
+            con.execute("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, now())", ev)
+        for t, dfs in frames.items():
+            if dfs:
+                df = pd.concat(dfs, ignore_index=True)
+                if t == "metrics":
+                    df["value"] = df["value"].astype("float64").where(np.isfinite(df["value"].astype("float64")))
+                con.register("_frame", df)
+                con.execute(f"INSERT INTO {t} SELECT * FROM _frame")
+                con.unregister("_frame")
+
+
+def write_temperatures(con, run_id: str, model: str, regions, fits: list[dict], patients: list[str]) -> None:
+    """One row per region of the fitted temperatures (:func:`core.temperature.fit_region_temperatures`)."""
+    with transaction(con):
+        con.execute("DELETE FROM temperatures WHERE run_id = ? AND model = ?", [run_id, model])
+        for reg, f in zip(regions, fits):
+            con.execute("INSERT INTO temperatures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, model, reg, _finite(f["temperature"]), f["n_voxels"], f["n_positive"],
+                         _finite(f["nll_before"]), _finite(f["nll_after"]), json.dumps(sorted(patients))])
+
+
+def write_run_plan(con, run_id: str, plan: dict) -> None:
+    """One row per model of the run's plan (:func:`core.batch.prepare_models`): the precision asked for and
+    chosen with its Dice checks (JSON), the passes per forward call and the chunk trial's timings (JSON)."""
+    with transaction(con):
+        for model, e in plan.items():
+            p = e["precision"]
+            con.execute("DELETE FROM run_plan WHERE run_id = ? AND model = ?", [run_id, model])
+            con.execute("INSERT INTO run_plan VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, model, p["requested"], p["chosen"], p["reason"], json.dumps(p["checks"]),
+                         p.get("patient_id"), int(e["mc_batch"]), json.dumps(e.get("chunk_trial")), p["device"]])
+
+
+def _finite(x):
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def write_quality(con, run_id: str, per_patient: pd.DataFrame, summary: pd.DataFrame) -> None:
+    """Replace the run's quality-prediction rows (:mod:`core.quality`) in one transaction."""
+    with transaction(con):
+        for t, df, cols in (("quality", per_patient, ["model", "method", "patient_id", "region", "dice",
+                                                      "predicted_dice", "uncertainty_score", "flagged"]),
+                            ("quality_summary", summary, ["model", "method", "region", "n_patients", "r2",
+                                                          "pearson_r", "score_spearman", "regressor", "features"])):
+            con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
+            if len(df):
+                frame = df[cols].copy()
+                frame.insert(0, "run_id", run_id)
+                con.register("_frame", frame)
+                con.execute(f"INSERT INTO {t} SELECT * FROM _frame")
+                con.unregister("_frame")

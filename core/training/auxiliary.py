@@ -1,0 +1,116 @@
+"""Auxiliary error network (paper 002, "auxiliary segm."): predicts where a trained model is wrong.
+
+Input: the model's normalised image channels (C) and its deterministic region probabilities (R), i.e.
+(1, C + R, X, Y, Z). Target: the model's voxel errors per region, e_r = [p_r >= 0.5] != y_r. Output: R
+error logits; q = sigmoid. Network: a small MONAI UNet with residual units. Trained on the calibration
+split (patients the segmentation model never saw, so its errors there are realistic), with random crops
+and flips, BCE + Dice on the error maps. The method ``auxiliary`` (:mod:`core.uncertainty`) turns q into a
+confidence as paper 002 does: p = y (1 - q/2) + (1 - y) q/2, y the model's binary prediction.
+
+The checkpoint is one of ours (model card with ``role = "auxiliary"``, ``for_model``, ``for_sha256``).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.inference.forward import deterministic_logits
+from core.inference.modelset import as_model_set
+from core.io.architectures import build_model, make_card, preprocess
+from core.io.checkpoints import save_checkpoint
+from core.io.cohort import discover, labels_to_regions, load_case, read_splits
+from core.io.hashing import file_sha256
+from core.training.segmentation import _crop
+
+
+AUX_ARGS = {"spatial_dims": 3, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
+
+
+def error_training_data(model, cohort_dir, patient_ids) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(input (C+R, X, Y, Z) float32, errors (R, X, Y, Z) float32)] for the given patients."""
+
+    ms = as_model_set(model)
+    wanted = set(patient_ids)
+    out = []
+    for files in discover(cohort_dir):
+        if files.patient_id not in wanted:
+            continue
+        case = load_case(files, ms.card["channels"], require_seg=True)
+        z = deterministic_logits(ms, case.image)
+        p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        truth = labels_to_regions(case.seg, case.label_scheme)
+        err = ((p >= 0.5) != truth).astype(np.float32)
+        x = preprocess(case.image, ms.card)[0].numpy()
+        out.append((np.concatenate([x, p.astype(np.float32)]), err))
+    if not out:
+        raise ValueError(f"no patients with ground truth for the auxiliary network in {cohort_dir}")
+    return out
+
+
+def train_auxiliary(model, cohort_dir, out_path, *, patient_ids=None, epochs: int = 80, batch_size: int = 2,
+                    crop=(48, 48, 48), lr: float = 3e-3, seed: int = 0, log=print) -> Path:
+    """Train the auxiliary error network of ``model`` (ModelSet or LoadedModel) and save it to ``out_path``.
+
+    ``patient_ids``: default the ``calibration`` split of ``splits.json``. One epoch = one crop per patient.
+    """
+
+    ms = as_model_set(model)
+    t0 = time.time()
+    if patient_ids is None:
+        patient_ids = read_splits(cohort_dir).get("calibration")
+        if not patient_ids:
+            raise ValueError(f"{cohort_dir}: splits.json has no calibration split to train the auxiliary network on")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    data = error_training_data(ms, cohort_dir, patient_ids)
+    card_p = ms.card
+    n_regions = len(card_p["regions"])
+    args = {**AUX_ARGS, "in_channels": len(card_p["channels"]) + n_regions, "out_channels": n_regions}
+    card = make_card(f"{ms.name} auxiliary", "unet_res", args, spacing_mm=card_p["spacing_mm"],
+                     roi_size=card_p["roi_size"], channels=card_p["channels"],
+                     training={"cohort": str(cohort_dir), "patients": sorted(patient_ids), "epochs": epochs,
+                               "batch_size": batch_size, "crop": list(crop), "lr": lr, "seed": seed,
+                               "loss": "BCEWithLogits + DiceLoss(sigmoid) on the model's voxel errors"})
+    card.update({"role": "auxiliary", "for_model": ms.name, "for_sha256": file_sha256(ms.path),
+                 "regions": list(card_p["regions"])})
+    net = build_model(card)
+    net.train()
+    from monai.losses import DiceLoss
+
+    dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    bce = torch.nn.BCEWithLogitsLoss()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
+    steps = max(1, len(data) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    losses = []
+    for _ in range(epochs):
+        order = rng.permutation(len(data))
+        for s in range(steps):
+            xs, ys = [], []
+            for i in order[s * batch_size:(s + 1) * batch_size]:
+                x, y = data[i]
+                # centre crops on errors (y[0]: WT errors) as often as training crops centre on tumour
+                x, y = _crop(rng, x, y, crop, 0.7)
+                for ax in range(3):
+                    if rng.random() < 0.5:
+                        x, y = np.flip(x, ax + 1), np.flip(y, ax + 1)
+                xs.append(np.ascontiguousarray(x))
+                ys.append(np.ascontiguousarray(y))
+            xb, yb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            logits = net(xb)
+            loss = bce(logits, yb) + dice_loss(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    card["training"]["final_loss"] = round(float(np.mean(losses[-steps * 5:])), 4)
+    card["training"]["seconds"] = round(time.time() - t0, 1)
+    net.eval()
+    path = save_checkpoint(out_path, net, card)
+    log(f"trained auxiliary network of {ms.name}: loss {card['training']['final_loss']}, "
+        f"{card['training']['seconds']} s -> {path}")
+    return path

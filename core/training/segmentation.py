@@ -1,0 +1,194 @@
+"""Training of the demo models: MONAI network, Dice + BCE on the three sigmoid region outputs.
+
+Data: the training split of a BraTS-layout cohort, loaded once into memory (normalised as the model card
+says). Each step takes ``batch_size`` random crops of ``crop`` voxels (centred on tumour with probability
+``p_tumour``), random flips on all three axes and a random intensity scale/shift per channel.
+Loss: ``monai.losses.DiceLoss(sigmoid=True)`` + ``torch.nn.BCEWithLogitsLoss`` (equal weights) on the
+(B, 3, X, Y, Z) logits against WT/TC/ET targets, optionally + ``calibration_weight`` x mL1-ACE (paper 004,
+:func:`ml1_ace_loss`, hard- or soft-binned). AdamW with cosine learning-rate decay. Deterministic from
+``seed`` on CPU.
+
+Ensembles and snapshots: ``subset_fraction`` < 1 trains on a random subset of the training ids (drawn
+from ``seed``; deep-ensemble members differ in seed and subset); ``snapshot_epochs`` writes extra
+checkpoints ``<out>_snap<E>.pt`` at the end of those epochs of the same run (checkpoint ensemble, paper 003).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.io.architectures import build_model, make_card, preprocess
+from core.io.checkpoints import save_checkpoint
+from core.io.cohort import discover, labels_to_regions, load_case, read_splits
+
+
+
+def load_training_data(cohort_dir, patient_ids, channels) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(image (C,X,Y,Z) float32 normalised, regions (3,X,Y,Z) float32)] for the given patients."""
+    wanted = set(patient_ids)
+    card_stub = {"normalisation": "nonzero_channelwise_zscore"}
+    out = []
+    for files in discover(cohort_dir):
+        if files.patient_id not in wanted:
+            continue
+        case = load_case(files, channels, require_seg=True)
+        x = preprocess(case.image, card_stub)[0].numpy()
+        y = labels_to_regions(case.seg, case.label_scheme).astype(np.float32)
+        out.append((x, y))
+    if not out:
+        raise ValueError(f"no training patients found in {cohort_dir}")
+    return out
+
+
+def _crop(rng, x, y, crop, p_tumour):
+    shape = np.array(x.shape[1:])
+    size = np.minimum(np.array(crop), shape)
+    if rng.random() < p_tumour and y[0].any():
+        pts = np.argwhere(y[0] > 0)
+        c = pts[rng.integers(len(pts))]
+    else:
+        c = np.array([rng.integers(s) for s in shape])
+    lo = np.clip(c - size // 2, 0, shape - size)
+    sl = tuple(slice(a, a + s) for a, s in zip(lo, size))
+    return x[(slice(None),) + sl], y[(slice(None),) + sl]
+
+
+def ml1_ace_loss(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 20, soft: bool = False) -> torch.Tensor:
+    """Marginal L1 average calibration error (mL1-ACE, paper 004), differentiable, per image and region.
+
+    ``logits``, ``target``: (B, R, X, Y, Z); targets in {0, 1}. For each image b and region r the sigmoid
+    probabilities are binned into ``n_bins`` equal-width bins on [0, 1]; per bin the gap is
+    |mean p - mean y| (mean over the bin's voxels); ACE_{b,r} = mean gap over the non-empty bins; the loss
+    is the mean of ACE_{b,r} over images and regions (in [0, 1]).
+
+    * hard binning (``soft=False``): voxel i belongs to bin floor(p_i * n_bins) (p = 1 in the last bin); the
+      assignment carries no gradient, the bin means of p do.
+    * soft binning (``soft=True``): voxel i belongs to every bin with weight
+      w_ib = max(0, 1 - |p_i - c_b| * n_bins) (triangular kernel around the bin centres c_b, width one bin
+      each side), so the assignment is differentiable too; bin means are w-weighted, a bin is non-empty
+      when its total weight exceeds 1e-6. Each voxel has weight in at most the two bins whose centres
+      surround p, so it is computed with two scatter-adds (O(N) memory, tested against the dense form).
+    """
+    p = torch.sigmoid(logits.float()).flatten(2)  # (B, R, N)
+    y = target.float().flatten(2)
+    zeros = torch.zeros(*p.shape[:2], n_bins + 2, device=p.device, dtype=p.dtype)  # 1 spare bin each side
+    if soft:
+        # the triangular kernel puts weight on the two bins whose centres surround p: with
+        # u = p n - 1/2, b = floor(u), f = u - b: weight 1 - f in bin b and f in bin b + 1 (O(N) memory)
+        u = p * n_bins - 0.5
+        b = torch.floor(u.detach())
+        f = u - b
+        b = b.long() + 1  # shift by the spare bin
+        parts = ((b, 1 - f), (b + 1, f))
+        cnt = sum(zeros.scatter_add(2, i, w) for i, w in parts)
+        sp = sum(zeros.scatter_add(2, i, w * p) for i, w in parts)
+        sy = sum(zeros.scatter_add(2, i, w * y) for i, w in parts)
+        cnt, sp, sy = cnt[..., 1:-1], sp[..., 1:-1], sy[..., 1:-1]  # weight outside [0, 1] is dropped
+        nonempty = cnt > 1e-6
+    else:
+        idx = (p.detach() * n_bins).long().clamp_(0, n_bins - 1) + 1
+        cnt = zeros.scatter_add(2, idx, torch.ones_like(p))[..., 1:-1]
+        sp, sy = zeros.scatter_add(2, idx, p)[..., 1:-1], zeros.scatter_add(2, idx, y)[..., 1:-1]
+        nonempty = cnt > 0
+    gap = (sp - sy).abs() / cnt.clamp(min=1e-6)
+    ace = (gap * nonempty).sum(-1) / nonempty.sum(-1).clamp(min=1)
+    return ace.mean()
+
+
+def snapshot_path(out_path, epoch: int) -> Path:
+    """``weights/x.pt`` -> ``weights/x_snap40.pt``."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}_snap{epoch}{out_path.suffix}")
+
+
+def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, train_ids=None, epochs: int = 40,
+                batch_size: int = 2, crop=(48, 48, 48), lr: float = 3e-3, seed: int = 0, p_tumour: float = 0.7,
+                spacing_mm=(3.0, 3.0, 3.0), roi_size=(56, 64, 56), channels=("t1", "t1ce", "t2", "flair"),
+                subset_fraction: float = 1.0, snapshot_epochs=(), calibration_loss: str | None = None,
+                calibration_weight: float = 1.0, progress: bool = True, log=print) -> Path:
+    """Train one model and write its checkpoint (with model card) to ``out_path``.
+
+    ``train_ids``: patient ids to train on (default: the ``train`` split of ``splits.json``, else all);
+    ``subset_fraction``: train on that share of them, drawn with ``seed``. One epoch = one pass of
+    ``len(train_ids)`` crops. ``calibration_loss``: None, ``"hard"`` or ``"soft"`` (mL1-ACE added with
+    ``calibration_weight``). ``snapshot_epochs``: 1-based epochs after which a snapshot checkpoint
+    ``<stem>_snap<E><suffix>`` is also written. Returns the checkpoint path.
+    """
+    if calibration_loss not in (None, "hard", "soft"):
+        raise ValueError(f"calibration_loss must be None, 'hard' or 'soft', not {calibration_loss!r}")
+    t0 = time.time()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if train_ids is None:
+        train_ids = read_splits(cohort_dir).get("train") or [c.patient_id for c in discover(cohort_dir)]
+    train_ids = sorted(train_ids)
+    if subset_fraction < 1.0:
+        k = max(2, int(round(subset_fraction * len(train_ids))))
+        train_ids = sorted(np.random.default_rng(seed + 10_000).choice(train_ids, k, replace=False).tolist())
+    data = load_training_data(cohort_dir, train_ids, channels)
+    loss_name = "DiceLoss(sigmoid) + BCEWithLogits"
+    if calibration_loss:
+        loss_name += f" + {calibration_weight:g} x mL1-ACE({calibration_loss})"
+    card = make_card(name, arch, arch_args, spacing_mm=spacing_mm, roi_size=roi_size, channels=channels,
+                     training={"cohort": str(cohort_dir), "n_patients": len(data), "epochs": epochs,
+                               "batch_size": batch_size, "crop": list(crop), "lr": lr, "seed": seed,
+                               "loss": loss_name, "subset_fraction": subset_fraction,
+                               "train_ids": list(train_ids)})
+    model = build_model(card)
+    model.train()
+    from monai.losses import DiceLoss
+
+    dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    bce = torch.nn.BCEWithLogitsLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
+    steps_per_epoch = max(1, len(data) // batch_size)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=f"train {name}", unit="step")
+    last = []
+    for epoch in range(epochs):
+        order = rng.permutation(len(data))
+        for s in range(steps_per_epoch):
+            xs, ys = [], []
+            for i in order[s * batch_size:(s + 1) * batch_size]:
+                x, y = _crop(rng, *data[i], crop, p_tumour)
+                for ax in range(3):
+                    if rng.random() < 0.5:
+                        x, y = np.flip(x, ax + 1), np.flip(y, ax + 1)
+                x = x * rng.uniform(0.9, 1.1, (x.shape[0], 1, 1, 1)) + rng.uniform(-0.1, 0.1, (x.shape[0], 1, 1, 1))
+                xs.append(np.ascontiguousarray(x, dtype=np.float32))
+                ys.append(np.ascontiguousarray(y))
+            xb, yb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            logits = model(xb)
+            loss = dice_loss(logits, yb) + bce(logits, yb)
+            if calibration_loss:
+                loss = loss + calibration_weight * ml1_ace_loss(logits, yb, soft=calibration_loss == "soft")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            last.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(last[-20:]):.3f}")
+        if epoch + 1 in snapshot_epochs and epoch + 1 < epochs:
+            snap_card = {**card, "training": {**card["training"], "snapshot_epoch": epoch + 1,
+                                              "final_loss": round(float(np.mean(last[-steps_per_epoch:])), 4)}}
+            model.eval()
+            save_checkpoint(snapshot_path(out_path, epoch + 1), model, snap_card)
+            model.train()
+    if bar is not None:
+        bar.close()
+    card["training"]["final_loss"] = round(float(np.mean(last[-steps_per_epoch:])), 4)
+    card["training"]["seconds"] = round(time.time() - t0, 1)
+    model.eval()
+    path = save_checkpoint(out_path, model, card)
+    log(f"trained {name}: {epochs} epochs, loss {card['training']['final_loss']}, {card['training']['seconds']} s -> {path}")
+    return path

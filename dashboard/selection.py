@@ -1,0 +1,118 @@
+"""The sidebar's selection (database, run, models, method, mask, entropy filter) and the data folder."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.analysis.strata import groups_kept
+
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+
+
+
+
+
+
+STRAT_MEASURES = {
+    "mean entropy (WT, brain)": ("mean_entropy", "WT", "brain"),
+    "mean entropy (WT, predicted region)": ("mean_entropy", "WT", "pred"),
+    "mean MI (WT, brain)": ("mean_mi", "WT", "brain"),
+    "mean EPKL (WT, brain)": ("mean_epkl", "WT", "brain"),
+}
+
+
+def data_dir() -> Path:
+    """The folder the app may read databases from (env ``TUMOURQA_DATA``, default ``data/``)."""
+    return Path(os.environ.get("TUMOURQA_DATA", ROOT / "data")).resolve()
+
+
+def available_dbs() -> list[str]:
+    d = data_dir()
+    if not d.is_dir():
+        return []
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*.duckdb") if p.is_file())
+
+
+def resolve_db(name: str) -> Path:
+    """A database name relative to :func:`data_dir`; refuses anything that resolves outside it."""
+    d = data_dir()
+    p = (d / name).resolve()
+    if d != p and d not in p.parents:
+        raise ValueError(f"database path {name!r} is outside the data folder")
+    return p
+
+
+def model_colours(models: list[str]) -> dict[str, str]:
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(models))}
+
+
+@dataclass
+class Selection:
+    db: Path
+    run_id: str
+    models: list[str]
+    all_models: list[str]
+    method: str
+    methods: list[str]
+    mask: str
+    strat_model: str
+    strat_measure: str
+    q_range: tuple[int, int]
+    patients: list[str] = field(default_factory=list)  # patients inside the entropy filter
+    all_patients: list[str] = field(default_factory=list)
+    measure_values: pd.DataFrame | None = None  # patient_id, value of the stratification measure
+    group_pids: tuple = ()  # every patient with a stratification value, and its quantile group (quantile_groups)
+    group_ids: tuple = ()
+
+    @property
+    def groups_key(self) -> str:
+        """A short digest of (group_pids, group_ids): the cache key of the per-group rollups (hashing 10,000
+        patient ids as a cache argument on every rerun costs more than the digest)."""
+        return subset_key(self.group_pids, self.group_ids)
+
+    @property
+    def colours(self) -> dict[str, str]:
+        return model_colours(self.all_models)
+
+
+def in_filter(sel: "Selection", patient_ids) -> np.ndarray:
+    """Boolean per id of ``patient_ids``: inside the entropy filter (all True when nobody is filtered out).
+    Looked up in the stratification's cached id index (built once per stratification, not per call)."""
+    ids = np.asarray(patient_ids, dtype=object)
+    if len(sel.patients) == len(sel.all_patients):
+        return np.ones(len(ids), bool)
+    index, gids = _group_index(sel.groups_key, sel.group_pids, sel.group_ids)
+    pos = index.get_indexer(ids)
+    return groups_kept(np.where(pos >= 0, gids[np.maximum(pos, 0)] if len(gids) else -2, -2), sel.q_range)
+
+
+_GROUP_INDEX: dict = {}
+
+
+def _group_index(groups_key: str, pids: tuple, gids: tuple) -> tuple[pd.Index, np.ndarray]:
+    """(pd.Index of the stratification's patient ids, their group ids), kept for the last few stratifications."""
+    hit = _GROUP_INDEX.get(groups_key)
+    if hit is None:
+        if len(_GROUP_INDEX) > 8:
+            _GROUP_INDEX.clear()
+        hit = _GROUP_INDEX[groups_key] = (pd.Index(list(pids)), np.asarray(gids, np.int64))
+    return hit
+
+
+def subset_key(*parts) -> str:
+    """SHA-1 of sequences of patient ids / numbers, for cache keys of large patient subsets."""
+    h = hashlib.sha1()
+    for part in parts:
+        h.update("\x1f".join(map(str, part)).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()

@@ -1,0 +1,303 @@
+"""What each page shows, as data: the filtering, reshaping and sorting the pages need, so that a page holds
+widgets and plots only. Every function takes the sidebar's :class:`dashboard.selection.Selection` (and the
+page's own widget values) and returns frames / arrays ready to draw.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.analysis import summaries
+from core.analysis.strata import strata
+from core.analysis.summaries import GAP_TOL, confidence_shares, reliability_arrays  # noqa: F401 - for the pages
+from core.metrics.calibration import N_CAL_BINS  # noqa: F401 - re-exported for the pages
+from core.store.schema import MASKS, REGIONS  # noqa: F401 - re-exported for the pages
+from dashboard import reads, tables
+from dashboard import viewer as V
+from dashboard.selection import STRAT_MEASURES, Selection, in_filter
+from dashboard.subsets import patient_table, subset_bins, subset_summary
+
+KEYS = ["model", "method", "region"]
+
+
+# ------------------------------------------------------------------------------------------------ home
+def run_row(sel: Selection) -> pd.Series:
+    """The selected run's row of :func:`core.store.list_runs` (patients, ok, failed, device, cohort, ...)."""
+    return reads.list_runs(sel.db).set_index("run_id").loc[sel.run_id]
+
+
+def cohort_patients(sel: Selection) -> pd.DataFrame:
+    """The run's patients with the demo's case kind from their metadata (empty string for other cohorts)."""
+    pts = reads.cohort_patients(sel.db, sel.run_id)
+    return pts.assign(kind=[json.loads(m or "{}").get("kind", "") for m in pts.meta]) if len(pts) else pts
+
+
+def model_cards(sel: Selection) -> list[tuple[str, str, dict]]:
+    """(model, checkpoint, card dict) of every model of the run."""
+    return [(m.model, m.checkpoint, json.loads(m.card)) for m in reads.run_models(sel.db, sel.run_id).itertuples()]
+
+
+# --------------------------------------------------------------------------------------------- compare
+def ran_models(sel: Selection) -> list[str]:
+    """Selected models with at least one ok evaluation of the sidebar's method (sorted)."""
+    status = reads.evaluation_status(sel.db, sel.run_id)
+    return sorted(set(status[(status.method == sel.method) & (status.ok > 0)].model) & set(sel.models))
+
+
+def compare_summaries(sel: Selection, methods: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(cohort summary of the given methods, of the sidebar's method only), selected models, filtered patients."""
+    summary_all = subset_summary(sel, methods=methods)
+    summary_all = summary_all[summary_all.model.isin(sel.models)]
+    return summary_all, summary_all[summary_all.method == sel.method]
+
+
+def with_intervals(summary: pd.DataFrame, lb: pd.DataFrame) -> pd.DataFrame:
+    """The summary with the leaderboard's Dice and dataset-ECE interval bounds (for error bars)."""
+    ci_cols = KEYS + ["dice_lo", "dice_hi", "ece_dataset_lo", "ece_dataset_hi"]
+    return summary.merge(lb[[c for c in ci_cols if c in lb]], on=KEYS, how="left") if len(lb) else summary
+
+
+OVERVIEW_COLUMNS = ["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset",
+                    "auroc_entropy_mean", "auroc_nan", "ece_dataset", "ece_mean", "ace_dataset", "mce_dataset",
+                    "mean_entropy"]
+
+
+def overview_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The Overview tab's table: one row per model and region, sorted by region then model."""
+    return summary[OVERVIEW_COLUMNS].sort_values(["region", "model"])
+
+
+def float_columns(df: pd.DataFrame) -> list[str]:
+    """Names of the float columns of a frame (formatted with a fixed number of digits)."""
+    return [c for c in df.columns if df[c].dtype.kind == "f"]
+
+
+def scatter_points(sel: Selection, metrics: list[str], region: str, x: str, y: str) -> pd.DataFrame:
+    """Per-patient rows of the selected models and method in one region with both ``x`` and ``y`` defined."""
+    wide = patient_table(sel, metrics, method=sel.method)
+    points = wide[wide.model.isin(sel.models) & (wide.region == region)]
+    if points.empty or x not in points or y not in points:
+        return points.iloc[:0]
+    return points.dropna(subset=[x, y])
+
+
+def scatter_table(sel: Selection, points: pd.DataFrame, keys: list[tuple[str, str]], metrics: list[str],
+                  sort_by: str) -> pd.DataFrame:
+    """The patient table under the scatter: the selected (patient, model) points (all when none), the metrics,
+    sorted by ``sort_by`` (descending), with an ``open`` link to each patient in the viewer."""
+    table = points.set_index(["patient_id", "model"])
+    if keys:
+        table = table.loc[[k for k in keys if k in table.index]]
+    table = table.reset_index()
+    cols = ["patient_id", "model"] + [c for c in metrics if c in table]
+    table = table[cols].sort_values([sort_by, "patient_id"], ascending=[False, True]).reset_index(drop=True)
+    base = "./viewer?" + urlencode({"db": str(st.query_params.get("db", "")), "run": sel.run_id,
+                                    "method": sel.method, "mask": sel.mask})
+    table["open"] = tables.viewer_links(base, table.patient_id, table.model)
+    return table
+
+
+PAIRED_COLUMNS = ["region", "n", "n_nan", "n_zero", "mean_diff", "diff_lo", "diff_hi", "median_diff", "statistic",
+                  "p_value", "p_holm"]
+
+
+def paired_view(sel: Selection, metrics: list[str], metric: str, a: str, b: str):
+    """(test table per region, per-patient differences) of model ``a`` vs ``b`` (:func:`dashboard.tables.paired`)."""
+    test, diffs = tables.paired(sel, metrics, metric, a, b)
+    return (test[PAIRED_COLUMNS] if len(diffs) else test), diffs
+
+
+def metric_values(sel: Selection, metrics: list[str], metric: str) -> pd.DataFrame:
+    """(model, patient_id, region, value) of one metric, selected models and method, filtered patients."""
+    wide = patient_table(sel, metrics, method=sel.method)
+    wide = wide[wide.model.isin(sel.models)]
+    return wide[["model", "patient_id", "region", metric]].rename(columns={metric: "value"})
+
+
+def temperatures(sel: Selection) -> pd.DataFrame:
+    """The fitted +ts temperatures of the selected models (empty when the run fitted none)."""
+    temps = reads.run_temperatures(sel.db, sel.run_id)
+    return temps[temps.model.isin(sel.models)] if len(temps) else temps
+
+
+# ----------------------------------------------------------------------------------------- reliability
+def reliability_curves(sel: Selection, region: str) -> tuple[dict, dict, dict]:
+    """Per selected model: dataset curve, patients' 10-90 % band and dataset reliability histogram of the
+    filtered patients (:func:`core.analysis.summaries.reliability_arrays`); models without bins are left out."""
+    curves, bands, hists = {}, {}, {}
+    dense = reads.calibration_dense(sel.db, sel.run_id, sel.method, region, mask=sel.mask)
+    for model in sel.models:
+        if model not in dense:
+            continue
+        d = dense[model]
+        keep = in_filter(sel, d["patient_id"])
+        if keep.any():
+            curves[model], bands[model], hists[model] = summaries.reliability_arrays(
+                d["n"][keep], d["sum_prob"][keep], d["sum_true"][keep])
+    return curves, bands, hists
+
+
+CALIBRATION_METRICS = ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"]
+
+
+def calibration_patients(sel: Selection, region: str) -> pd.DataFrame:
+    """Per-patient calibration metrics of one region (selected models and method, filtered patients)."""
+    wide = patient_table(sel, CALIBRATION_METRICS, method=sel.method)
+    return wide[wide.model.isin(sel.models) & (wide.region == region)]
+
+
+def worst_calibrated(wide: pd.DataFrame, n: int = 15) -> pd.DataFrame:
+    """The ``n`` patient rows with the largest ECE."""
+    return wide.sort_values("ece", ascending=False).head(n)[["model", "patient_id"] + CALIBRATION_METRICS]
+
+
+# ---------------------------------------------------------------------------------------------- strata
+def strata_view(sel: Selection) -> tuple:
+    """The cache key of the strata of one view (they do not depend on the sidebar's quantile range)."""
+    return (str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.method, tuple(sel.models), sel.strat_model,
+            sel.strat_measure, sel.groups_key)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def strata_table(view: tuple, n_strata: int, _sel: Selection):
+    """(strata of every patient, labels, per-patient Dice / ECE / HD95 of the selected models with their stratum)."""
+    vals, labels = strata(_sel.measure_values, n_strata)
+    dice = patient_table(_sel, ["dice", "ece", "hd95"], method=_sel.method, subset=False)
+    dice = dice[dice.model.isin(_sel.models)].merge(vals[["patient_id", "stratum", "value"]], on="patient_id")
+    return vals, labels, dice
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def strata_region(view: tuple, n_strata: int, region: str, _labels, _dice) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of one region, median Dice per model x stratum) of :func:`strata_table`."""
+    d = _dice[_dice.region == region]
+    return d, d.groupby(["model", "stratum"]).dice.median().unstack().reindex(columns=_labels)
+
+
+def subgroup_summary(sel: Selection) -> pd.DataFrame:
+    """Cohort metrics of the filtered patients, the sidebar's method and the selected models."""
+    summ = subset_summary(sel, methods=[sel.method])
+    summ = summ[(summ.method == sel.method) & summ.model.isin(sel.models)]
+    return summ[["model", "region", "n_patients", "dice_mean", "dice_median", "auroc_entropy_dataset", "ece_dataset",
+                 "mean_entropy"]]
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _triage_all(view: tuple, n_strata: int, strat_model: str, strat_measure: str, _dice) -> pd.DataFrame:
+    tri = _dice[_dice.model == strat_model]
+    tri = tri.pivot_table(index=["patient_id", "stratum", "value"], columns="region", values="dice").reset_index()
+    tri = tri.rename(columns={"value": STRAT_MEASURES[strat_measure][0], **{r: f"dice_{r}" for r in REGIONS}})
+    return tri.sort_values(tri.columns[2], ascending=False)
+
+
+def triage(sel: Selection, view: tuple, n_strata: int, dice: pd.DataFrame) -> pd.DataFrame:
+    """One row per filtered patient of the stratifying model, most uncertain first, with its Dice per region."""
+    tri = _triage_all(view, n_strata, sel.strat_model, sel.strat_measure, dice)
+    return tri[in_filter(sel, tri.patient_id)]
+
+
+# ---------------------------------------------------------------------------------------------- budget
+def budget(sel: Selection, region: str, methods: list[str], max_budget_pct: float):
+    """(curves, table) of the review budget (:func:`core.analysis.summaries.budget_table`) on 100 budgets up to
+    ``max_budget_pct`` % of the voxel set, filtered patients, selected models."""
+    summed = subset_bins(sel, "uncertainty", measure="entropy", methods=methods)
+    summed = summed[(summed.region == region) & summed.model.isin(sel.models)]
+    budgets = [max_budget_pct / 100 * (i + 1) / 100 for i in range(100)]
+    return summaries.budget_table(summed, budgets)
+
+
+# --------------------------------------------------------------------------------------------- quality
+def run_has_quality(sel: Selection) -> bool:
+    """Whether the run has a quality prediction (it needs 10 patients with ground truth per model and method)."""
+    return not reads.quality_summary(sel.db, sel.run_id).empty
+
+
+def quality(sel: Selection, region: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(cross-validated summary per model and method, per-patient predicted vs true Dice, flagged patients,
+    lowest predicted Dice first) of one region; the summary is empty when the run has no quality prediction."""
+    summary = reads.quality_summary(sel.db, sel.run_id)
+    pts = reads.quality_patients(sel.db, sel.run_id, sel.method, region)
+    pts = pts[pts.model.isin(sel.models)]
+    table = summary[summary.model.isin(sel.models) & (summary.region == region)].drop(columns=["features", "regressor"])
+    return table, pts, pts[pts.flagged].sort_values("predicted_dice")
+
+
+# ---------------------------------------------------------------------------------------------- viewer
+def viewer_models(sel: Selection) -> list[str]:
+    """Selected models that ran the sidebar's method (all selected models when none did)."""
+    ran = set(ran_models(sel))
+    return [m for m in sel.models if m in ran] or sel.models
+
+
+def viewer_maps(sel: Selection, patient_id: str) -> pd.DataFrame:
+    """The patient's NIfTI maps (model, method, kind, path) of the sidebar's method."""
+    maps = reads.patient_maps(sel.db, sel.run_id, patient_id)
+    return maps[maps.method == sel.method]
+
+
+def map_volume(maps: pd.DataFrame, model: str, kind: str):
+    """The map ``kind`` of ``model`` as an (X, Y, Z[, 3]) float32 array (cached), or None when it is missing."""
+    row = maps[(maps.model == model) & (maps.kind == kind)]
+    if row.empty or not Path(row.path.iloc[0]).exists():
+        return None
+    p = row.path.iloc[0]
+    return V.load_map(p, Path(p).stat().st_mtime)
+
+
+def jump_slice(kind: str, maps: pd.DataFrame, model: str, regions, r: int, axis: str) -> int:
+    """The slice along ``axis`` with the most tumour (ground truth, else prediction), uncertainty or error."""
+    if kind == "tumour":
+        vol = regions[r] if regions is not None else (map_volume(maps, model, "prob")[..., r] >= 0.5)
+    elif kind == "uncertainty":
+        vol = map_volume(maps, model, "entropy")[..., r]
+    else:
+        vol = map_volume(maps, model, "error")[..., r] > 0
+    return V.best_slice(vol.astype("float32"), axis)
+
+
+def overlay(kind: str, maps: pd.DataFrame, model: str, regions, r: int, axis: str, index: int):
+    """(weights (H, W) in [0, 1] or None, colour) of one overlay on one displayed slice (see
+    :func:`dashboard.viewer.compose`); None when the map (or the ground truth) is missing."""
+    if kind == "ground truth" and regions is not None:
+        return V.take(regions[r].astype("float32"), axis, index), (0.1, 0.9, 0.2)
+    if kind == "prediction":
+        prob = map_volume(maps, model, "prob")
+        return (None, None) if prob is None else (V.take((prob[..., r] >= 0.5).astype("float32"), axis, index),
+                                                  (1.0, 0.2, 0.2))
+    if kind in ("entropy", "mutual information"):
+        vol = map_volume(maps, model, "entropy" if kind == "entropy" else "mi")
+        if vol is not None:
+            vmax = max(float(vol[..., r].max()), 1e-6)
+            return V.take(vol[..., r], axis, index) / vmax, V.heat
+    if kind == "error (FP / FN)":
+        err = map_volume(maps, model, "error")
+        if err is not None:
+            e = V.take(err[..., r], axis, index)
+            return (e > 0).astype("float32"), (lambda _x, e=e: V.error_colours(e))
+    return None, None
+
+
+def patient_metric_table(sel: Selection, patient_id: str, models: list[str]) -> pd.DataFrame:
+    """One patient's metrics: rows (metric, mask), columns '<model> <region>' (empty when there are none)."""
+    pm = reads.patient_metrics(sel.db, sel.run_id, [patient_id], mask=sel.mask)
+    pm = pm[pm.model.isin(models) & (pm.method == sel.method)]
+    if pm.empty:
+        return pm
+    wide = pm.pivot_table(index=["metric", "mask"], columns=["model", "region"], values="value", aggfunc="first")
+    wide.columns = [f"{m} {r}" for m, r in wide.columns]
+    return wide.reset_index()
+
+
+def map_downloads(maps: pd.DataFrame, models: list[str]) -> list[tuple[str, str, Path]]:
+    """(model, kind, path) of the patient's existing NIfTI map files of the shown models."""
+    out = []
+    for row in maps[maps.model.isin(models)].itertuples():
+        p = Path(row.path)
+        if p.is_file() and p.name.endswith(".nii.gz"):
+            out.append((row.model, row.kind, p))
+    return out
