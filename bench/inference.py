@@ -8,11 +8,11 @@
   ``sliding_window_inference(x, roi, sw_batch_size=1, predictor=net, overlap=0.25, mode="gaussian")`` in fp32,
   summing sigmoid(z) and its binary entropy (mean probability, entropy, MI); patients loaded one after the
   other in the same thread.
-* **ours**: :func:`core.uncertainty.predict` (``mc_dropout``) with the run plan the batch uses: precision
-  from ``--precision`` (:mod:`core.precision`; ``auto`` = fp32 on CPU) and passes per forward call from
-  :func:`core.uncertainty.choose_chunk` (its trial is a once-per-run cost, reported apart); streaming mean,
+* **ours**: :func:`core.inference.uncertainty.predict` (``mc_dropout``) with the run plan the batch uses: precision
+  from ``--precision`` (:mod:`core.inference.precision`; ``auto`` = fp32 on CPU) and passes per forward call from
+  :func:`core.inference.forward.choose_chunk` (its trial is a once-per-run cost, reported apart); streaming mean,
   entropy, MI, EPKL and per-pass volumes on the device; the next patients loaded, validated and normalised
-  by the prefetching loader (:class:`core.prefetch.Prefetcher`) while the current one is inferred.
+  by the prefetching loader (:class:`core.batch.prefetch.Prefetcher`) while the current one is inferred.
 
 Two inputs: (A) one BraTS-sized synthetic case (4 x 240 x 240 x 155 by default, an ellipsoidal "brain" of
 noise), SegResNet with the demo architecture and random weights (timing only), windows of ``--roi`` at 1

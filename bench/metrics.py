@@ -122,7 +122,7 @@ def main():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     t_ref, ref = timed(reference, *case, repeat=1)
-    got = {(r, m, k): v for r, m, k, v in res["metrics"]}
+    got = {(r, m, k): v for r, m, k, v in res.metrics}
     regions = ("WT", "TC", "ET")
     worst = 0.0
     for r in range(3):

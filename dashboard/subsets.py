@@ -9,6 +9,7 @@ import streamlit as st
 from core import store
 from core.analysis import summaries
 from core.analysis.strata import groups_kept
+from core.metrics.binning import sum_by_bin
 from dashboard import reads
 from dashboard.prefetch import queue_prefetch
 from dashboard.selection import Selection
@@ -55,17 +56,12 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
     if not len(roll["g"]):
         return pd.DataFrame(columns=["model", "method", "region", "bin"] + cols)
     keep = groups_kept(roll["g"], sel.q_range)
-    nb = int(roll["bin"].max()) + 1
-    flat = roll["combo"][keep] * nb + roll["bin"][keep]
-    size = len(combos) * nb
-    sums = np.stack([np.bincount(flat, roll["counts"][keep, j], minlength=size) for j in range(len(cols))], axis=1)
-    present = np.bincount(flat, minlength=size) > 0
-    idx = np.flatnonzero(present)
-    c, b = idx // nb, idx % nb
+    c, b, sums = sum_by_bin(roll["combo"][keep], roll["bin"][keep], roll["counts"][keep], len(combos),
+                            int(roll["bin"].max()) + 1)
     out = pd.DataFrame({"model": combos.model.to_numpy()[c], "method": combos.method.to_numpy()[c],
                         "region": combos.region.to_numpy()[c], "bin": b.astype(np.int32)})
     for j, col in enumerate(cols):
-        out[col] = sums[idx, j]
+        out[col] = sums[:, j]
     return out
 
 
@@ -117,7 +113,7 @@ def _summary_parts(key: tuple, _df: pd.DataFrame) -> dict:
 
 
 def subset_summary(sel: Selection, mask: str | None = None, methods: list[str] | None = None) -> pd.DataFrame:
-    """Cohort metrics of the filtered patients per model, method and region (:func:`core.summaries.cohort_summary`,
+    """Cohort metrics of the filtered patients per model, method and region (:func:`core.analysis.summaries.cohort_summary`,
     the same numbers as :func:`core.store.cohort_summary` on ``sel.patients``), for ``methods`` (default all)."""
 
     mask = mask or sel.mask

@@ -1,6 +1,6 @@
 """Cached table builders of the Compare page (bootstrap leaderboard, paired tests) and CI formatting.
 
-Thin glue between :mod:`dashboard.state` (cached read-only queries) and :mod:`core.stats` (pure statistics);
+Thin glue between :mod:`dashboard.subsets` (cached read-only queries) and :mod:`core.analysis.stats` (pure statistics);
 the bootstrap's per-group sums are cached per database file version and stratification, so moving the entropy
 filter adds up groups instead of resampling patients.
 """
@@ -50,12 +50,12 @@ def _leaderboard_parts(db: str, mtime: float, run_id: str, mask: str, methods: t
 def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) -> pd.DataFrame:
     """model x method x region (the given methods) with Dice, AUROC (means over patients) and dataset ECE, each
     with a 95 % Poisson-bootstrap interval over the patients inside the entropy filter, and the patient counts
-    behind them (:func:`core.stats.leaderboard`).
+    behind them (:func:`core.analysis.stats.leaderboard`).
 
     The whole cohort reads the batch's leaderboard (:func:`core.store.cohort_leaderboard`) and queues, for the
     first move of the filter, the per-quantile-group replicate sums of every patient
-    (:func:`core.stats.leaderboard_parts`, cached per database version, methods, models and stratification);
-    any other range adds up its groups' sums (:func:`core.stats.leaderboard_from_parts`): the same numbers as
+    (:func:`core.analysis.stats.leaderboard_parts`, cached per database version, methods, models and stratification);
+    any other range adds up its groups' sums (:func:`core.analysis.stats.leaderboard_from_parts`): the same numbers as
     bootstrapping the subgroup's patients afresh, without a pass over them."""
     everyone = patient_table(sel, LEADERBOARD_METRICS, subset=False, method=methods[0] if len(methods) == 1 else None)
     everyone = everyone[everyone.method.isin(methods) & everyone.model.isin(sel.models)]
@@ -79,7 +79,7 @@ def _cohort_ids(key: tuple, _everyone: pd.DataFrame) -> tuple:
 
 def paired(sel: Selection, metrics: list[str], metric: str, a: str, b: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Paired comparison of models a and b on ``metric`` over the patients inside the filter, sidebar method
-    (:func:`core.stats.paired_table`), with intervals from the Poisson bootstrap of the run's cohort: each
+    (:func:`core.analysis.stats.paired_table`), with intervals from the Poisson bootstrap of the run's cohort: each
     patient carries the leaderboard's weights, so a move of the filter costs two matrix-vector products per
     region instead of a fresh resampling. ``metrics``: the cached per-patient table's columns (with metric)."""
     everyone = patient_table(sel, metrics, method=sel.method, subset=False)

@@ -77,3 +77,13 @@ def corrupt_copy(tiny_cohort, tmp_path) -> Path:
     dst = tmp_path / "cohort"
     shutil.copytree(tiny_cohort, dst)
     return dst
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test by its folder: unit (seconds, synthetic arrays), integration (the tiny demo cohort,
+    models trained for an epoch, AppTest) or system (demo claims, crash, scale, browser)."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for level in ("unit", "integration", "system"):
+            if level in parts:
+                item.add_marker(getattr(pytest.mark, level))

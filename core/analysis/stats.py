@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sst
 
-from core.metrics.calibration import N_CAL_BINS
+from core.metrics.binning import dense_bins
+from core.metrics.calibration import N_CAL_BINS, ece_from_gap_sums
 
 
 DEFAULT_B = 1000
@@ -107,17 +108,6 @@ def poisson_mean_ci(values, positions, weights: np.ndarray, level: float = DEFAU
     return {"estimate": float(v[finite].mean()), "lo": lo, "hi": hi, **out}
 
 
-def ece_from_bins_batch(n: np.ndarray, sum_prob: np.ndarray, sum_true: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`core.metrics.calibration_from_bins` ECE: inputs (R, K) summed bins of R replicates,
-    output (R,) ECE = sum_k |sum_prob_k - sum_true_k| / N (NaN where N = 0). Identical to
-    ``sum_k n_k/N |acc_k - conf_k|`` since n_k |acc_k - conf_k| = |sum_true_k - sum_prob_k|."""
-    n = np.asarray(n, np.float64)
-    N = n.sum(axis=-1)
-    num = np.abs(np.asarray(sum_prob, np.float64) - np.asarray(sum_true, np.float64)).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(N > 0, num / np.where(N > 0, N, 1.0), np.nan)
-
-
 def dataset_ece_ci(n: np.ndarray, sum_prob: np.ndarray, sum_true: np.ndarray, B: int = DEFAULT_B,
                    level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
     """Dataset-level ECE (from bins summed over patients) with a patient-bootstrap interval.
@@ -129,9 +119,9 @@ def dataset_ece_ci(n: np.ndarray, sum_prob: np.ndarray, sum_true: np.ndarray, B:
     P = n.shape[0]
     if P == 0:
         return {"estimate": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
-    est = float(ece_from_bins_batch(n.sum(0)[None], sp.sum(0)[None], st.sum(0)[None])[0])
+    est = float(ece_from_gap_sums(sp.sum(0) - st.sum(0), n.sum()))
     W = bootstrap_counts(P, B, seed).astype(np.float64)
-    reps = ece_from_bins_batch(W @ n, W @ sp, W @ st)
+    reps = ece_from_gap_sums(W @ sp - W @ st, (W @ n).sum(-1))
     lo, hi = _interval(reps, level)
     return {"estimate": est, "lo": lo, "hi": hi, "n": P}
 
@@ -236,8 +226,7 @@ def leaderboard_parts(per_patient: pd.DataFrame, cal_bins=None, groups=None, B: 
         bci, bpi = np.asarray(cal_bins["combo"], np.int64), np.asarray(cal_bins["patient"], np.int64)
         ok = bci >= 0
         pc = inv[bpi[ok]] * C + bci[ok]
-        D = np.bincount(pc * K + bi[ok], np.asarray(cal_bins["d"], np.float64)[ok],
-                        minlength=P * C * K).reshape(P, C, K)
+        D = dense_bins(pc, bi[ok], np.asarray(cal_bins["d"], np.float64)[ok], P * C, K).reshape(P, C, K)
         N = np.bincount(pc, np.asarray(cal_bins["n"], np.float64)[ok], minlength=P * C).reshape(P, C)
         # each patient's d = sum_prob - sum_true is exact (float64) before the float32 weighting
         parts["ece"] = {"D": _reduce_groups(D, starts), "N": _reduce_groups(N, starts), "rep_D": weighted(D, np.float32),
@@ -271,8 +260,8 @@ def leaderboard_from_parts(parts: dict, keep=None, level: float = DEFAULT_LEVEL)
         if "ece" in parts:
             e = parts["ece"]
             N = e["N"][k].sum(0)
-            out["ece_dataset"] = np.abs(e["D"][k].sum(0)).sum(-1) / np.where(N > 0, N, np.nan)
-            lo_hi = intervals(np.abs(e["rep_D"][k].sum(0)).sum(-1) / e["rep_N"][k].sum(0))
+            out["ece_dataset"] = ece_from_gap_sums(e["D"][k].sum(0), N)
+            lo_hi = intervals(ece_from_gap_sums(e["rep_D"][k].sum(0), e["rep_N"][k].sum(0)))
             out["ece_dataset_lo"], out["ece_dataset_hi"] = lo_hi[:, 0], lo_hi[:, 1]
     return out
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core.metrics.binning import dense_uncertainty_bins
-from core.metrics.calibration import N_CAL_BINS, patient_reliability, reliability_histogram
-from core.metrics.uncertainty import auroc_from_bins, budget_auc, budget_curve
+from core.metrics.binning import dense_bins, dense_uncertainty_bins
+from core.metrics.calibration import N_CAL_BINS, binned_calibration, patient_reliability, reliability_histogram
+from core.metrics.uncertainty import N_UNC_BINS, auroc_from_bins, budget_auc, budget_curve
+
 
 
 
@@ -97,37 +98,21 @@ def binned_summary(cal: pd.DataFrame, unc: pd.DataFrame) -> pd.DataFrame:
     no voxel (or no error / no correct voxel for the AUROC).
 
     cal: model, method, region, bin, n, sum_prob, sum_true; unc: model, method, region, bin, n_error, n_correct
-    (one row per non-empty bin, any order). Vectorised over the combos: one sort and a few bincounts per table."""
+    (one row per non-empty bin, any order). Vectorised over the combos: dense (combo, bin) arrays
+    (:func:`core.metrics.binning.dense_bins`) into the metric engine's binned primitives."""
     parts = []
     if len(cal):
         code, combos = _combo_codes(cal)
-        C = len(combos)
-        n = cal.n.to_numpy(np.float64)
-        sp, st = cal.sum_prob.to_numpy(np.float64), cal.sum_true.to_numpy(np.float64)
-        ne = n > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            gap = np.where(ne, np.abs(st - sp) / np.where(ne, n, 1.0), 0.0)  # |acc_k - conf_k| per non-empty bin
-            N = np.bincount(code, n, minlength=C)
-            k = np.bincount(code[ne], minlength=C)
-            mce = np.full(C, -np.inf)
-            np.maximum.at(mce, code[ne], gap[ne])
-            ok = N > 0
-            parts.append(combos.assign(
-                ece_dataset=np.where(ok, np.bincount(code, np.where(ne, np.abs(st - sp), 0.0), minlength=C) / N, np.nan),
-                ace_dataset=np.where(ok, np.bincount(code[ne], gap[ne], minlength=C) / np.maximum(k, 1), np.nan),
-                mce_dataset=np.where(ok, mce, np.nan)))
+        bins = cal.bin.to_numpy(np.int64)
+        dense = dense_bins(code, bins, cal[["n", "sum_prob", "sum_true"]].to_numpy(np.float64), len(combos),
+                           max(int(bins.max()) + 1, N_CAL_BINS))
+        c = binned_calibration(dense[..., 0], dense[..., 1], dense[..., 2])
+        parts.append(combos.assign(ece_dataset=c["ece"], ace_dataset=c["ace"], mce_dataset=c["mce"]))
     if len(unc):
         code, combos = _combo_codes(unc)
-        order = np.lexsort((unc.bin.to_numpy(), code))  # each combo's bins in a row, lowest uncertainty first
-        code = code[order]
-        C = len(combos)
-        pos, neg = unc.n_error.to_numpy(np.float64)[order], unc.n_correct.to_numpy(np.float64)[order]
-        P, Nn = np.bincount(code, pos, minlength=C), np.bincount(code, neg, minlength=C)
-        start = np.concatenate([[0.0], np.cumsum(np.bincount(code, neg, minlength=C))[:-1]])  # negatives before
-        below = np.cumsum(neg) - neg - start[code]  # negatives in lower bins of the same combo
-        with np.errstate(invalid="ignore", divide="ignore"):
-            num = np.bincount(code, pos * (below + 0.5 * neg), minlength=C)
-            parts.append(combos.assign(auroc_entropy_dataset=np.where((P > 0) & (Nn > 0), num / (P * Nn), np.nan)))
+        dense = dense_bins(code, unc.bin.to_numpy(np.int64), unc[["n_error", "n_correct"]].to_numpy(np.float64),
+                           len(combos), N_UNC_BINS)
+        parts.append(combos.assign(auroc_entropy_dataset=np.atleast_1d(auroc_from_bins(dense[..., 0], dense[..., 1]))))
     cols = KEYS + ["ece_dataset", "ace_dataset", "mce_dataset", "auroc_entropy_dataset"]
     if not parts:
         return pd.DataFrame(columns=cols)

@@ -1,14 +1,14 @@
 """Run one batch as n shards in parallel: a local process pool (``--workers N``) or Ray tasks (``--executor ray``).
 
-1. The driver *prepares* the run (:func:`core.batch.run_batch` with ``prepare_only``): the ``runs`` and
+1. The driver *prepares* the run (:func:`core.batch.pipeline.run_batch` with ``prepare_only``): the ``runs`` and
    ``models`` rows, and the plan (precision, passes per forward call, +ts temperatures fitted once on the
    calibration split) in the output database. With Ray this step is itself a task (on a GPU when the cluster
    has one), so that the precision check runs on the hardware the shards use.
-2. Shard i of n (:mod:`core.shards`: every n-th patient of the sorted list) runs ``run_batch(shard=(i, n),
+2. Shard i of n (:mod:`core.batch.shards`: every n-th patient of the sorted list) runs ``run_batch(shard=(i, n),
    plan=<the driver's plan>)`` in its own process and writes its own database ``<db>.shard-i-of-n.duckdb``
    (DuckDB allows one writer per file) and its maps into the output database's maps folder. Evaluations
    already done in the output database are skipped; a killed shard resumes from its shard file.
-3. The driver merges the shard files into the output database (:mod:`core.merge`), recomputes the quality
+3. The driver merges the shard files into the output database (:mod:`core.batch.merge`), recomputes the quality
    prediction over all patients, cleans stale maps, and deletes the shard files (unless ``keep_shards``).
 
 The merged database has the rows a single-process run writes (timings and timestamps aside): the same
@@ -141,7 +141,7 @@ def default_workers(executor: str) -> int:
 def run_sharded(cohort, db, checkpoints, workers: int | None = None, executor: str = "local",
                 ray_address: str | None = None, keep_shards: bool = False, echo=print, **kw) -> dict:
     """The batch over ``workers`` shards (``executor`` ``local``: a process pool, ``ray``: Ray tasks), merged
-    into ``db``. ``kw``: the other :func:`core.batch.run_batch` arguments. Returns the summary of the run
+    into ``db``. ``kw``: the other :func:`core.batch.pipeline.run_batch` arguments. Returns the summary of the run
     (ok / failed / skipped summed over the shards, the merge's row counts and conflicts)."""
     import time
 

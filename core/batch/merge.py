@@ -14,8 +14,8 @@ shard is not part of it), disjoint patients. Merging copies, one transaction per
   reported as a conflict (the first one is kept; shards that fitted or chose differently are not identical
   to a single run, see the README's Slurm recipe);
 * ``quality``, ``quality_summary``: never copied; recomputed over all merged patients
-  (:func:`core.quality.update_quality`), since a quality model of one shard is a model of fewer patients;
-* the derived tables of :mod:`core.derived` (the app's fast reads): rebuilt for every merged run.
+  (:func:`core.store.quality.update_quality`), since a quality model of one shard is a model of fewer patients;
+* the derived tables of :mod:`core.store.derived` (the app's fast reads): rebuilt for every merged run.
 
 Tables are read from each shard with a read-only connection and inserted through registered Arrow tables,
 never by pasting a file name or a value into SQL. Map files are not moved: their paths are absolute, so

@@ -1,13 +1,13 @@
 """The batch backend: models x methods over a BraTS-layout cohort -> DuckDB + NIfTI maps.
 
-Before the first patient, the run's *plan* (:mod:`core.plan`) is resolved once per model: forward
-precision (:mod:`core.precision`), passes per forward call (:func:`core.uncertainty.choose_chunk`) and the
+Before the first patient, the run's *plan* (:mod:`core.batch.plan`) is resolved once per model: forward
+precision (:mod:`core.inference.precision`), passes per forward call (:func:`core.inference.forward.choose_chunk`) and the
 +ts temperatures (stored in ``run_plan`` and ``temperatures``). Then per patient, in three stages that overlap
-(:mod:`core.prefetch`):
+(:mod:`core.batch.prefetch`):
 
-1. loader thread: load and validate (a :class:`core.cohort.CaseError` fails that patient only), region masks,
-   the image on each model's grid (RAS at the card's spacing, :mod:`core.resample`), normalised;
-2. this thread: for every pending (model, method) the inference (:mod:`core.uncertainty`, on the GPU when
+1. loader thread: load and validate (a :class:`core.io.cohort.CaseError` fails that patient only), region masks,
+   the image on each model's grid (RAS at the card's spacing, :mod:`core.inference.resample`), normalised;
+2. this thread: for every pending (model, method) the inference (:mod:`core.inference.uncertainty`, on the GPU when
    there is one);
 3. finisher thread, in patient order: maps back to the patient's grid, the metric suite (:mod:`core.metrics`),
    NIfTI maps written to ``<maps_dir>/<run_id>/<model>/<method>/``, and finally ONE database transaction with
@@ -15,8 +15,8 @@ precision (:mod:`core.precision`), passes per forward call (:func:`core.uncertai
 
 The run id is a hash of the run's configuration, so running the same command again skips every (model,
 method, patient) already 'ok' and retries failed ones. Maps are written (atomically, by rename) before the
-transaction that refers to them. ``shard`` runs one share of the patients (:mod:`core.shards`); the
-executors (:mod:`core.executors`) run the shards in parallel and merge them (:mod:`core.merge`).
+transaction that refers to them. ``shard`` runs one share of the patients (:mod:`core.batch.shards`); the
+executors (:mod:`core.batch.executors`) run the shards in parallel and merge them (:mod:`core.batch.merge`).
 """
 from __future__ import annotations
 
@@ -32,11 +32,10 @@ import torch
 from core import store
 from core.batch.plan import apply_plan, prepare_models
 from core.batch.prefetch import OrderedWorker, Prefetcher
-from core.batch.shards import parse_shard, shard_cases
+from core.batch.config import RunConfig
+from core.batch.shards import shard_cases
 from core.inference.forward import default_device
-from core.inference.methods import METHODS, canonical_method
 from core.inference.modelset import load_model_set
-from core.inference.precision import check_precision
 from core.inference.resample import plan as grid_plan, prediction_to_patient
 from core.inference.uncertainty import predict, unavailable_reason
 from core.io.architectures import preprocess
@@ -64,61 +63,58 @@ def _setup_log(log_path: Path) -> logging.Logger:
     return logger
 
 
-def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=METHODS, T: int = 10,
-              split: str | None = None, device: str | None = None, maps_dir: str | Path | None = None,
-              mc_batch="auto", seed: int = 0, save_maps: bool = True, progress: bool = True,
-              patient_meta: dict | None = None, calibration_split: str = "calibration", quality: bool = True,
-              ts_fit_mask: str = "brain", echo=print, precision: str = "auto", shard=None, plan: dict | None = None,
-              skip: set | None = None, prefetch: int = 2, finish_depth: int = 1, prepare_only: bool = False) -> dict:
-    """Run the batch; returns a summary dict (run_id, ok, failed, skipped, unavailable, seconds, db, plan).
+def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, **options) -> dict:
+    """:func:`run` of ``RunConfig(cohort, db, checkpoints, **options)`` (:class:`core.batch.config.RunConfig`:
+    every option by name; an unknown one raises TypeError)."""
+    return run(RunConfig(cohort, db, checkpoints, **options))
+
+
+def run(cfg: RunConfig) -> dict:
+    """Run the batch of ``cfg``; returns a summary dict (run_id, ok, failed, skipped, unavailable, seconds, db, plan).
 
     ``checkpoints``: model specs (a checkpoint path, or a mapping with ``checkpoint``, ``ensemble``,
-    ``snapshots``, ``auxiliary``; :mod:`core.modelset`). ``methods``: method names
-    (:mod:`core.uncertainty`); a (model, method) pair the model cannot run (no ensemble members, no
+    ``snapshots``, ``auxiliary``; :mod:`core.inference.modelset`). ``methods``: method names
+    (:mod:`core.inference.uncertainty`); a (model, method) pair the model cannot run (no ensemble members, no
     snapshots, no auxiliary network, no dropout) is left out and reported, not failed. ``+ts`` methods fit
     the temperatures first on the ``calibration_split`` patients (stored in ``temperatures``). With
-    ``quality``, the quality-prediction tables are recomputed at the end (:mod:`core.quality`; never for a
+    ``quality``, the quality-prediction tables are recomputed at the end (:mod:`core.analysis.quality`; never for a
     shard: after the merge).
 
-    Scale: ``precision`` (``auto|fp32|bf16|fp16``, :mod:`core.precision`) and ``mc_batch`` (passes per forward
-    call, ``"auto"``: :func:`core.uncertainty.choose_chunk`) are resolved once per model before the first
+    Scale: ``precision`` (``auto|fp32|bf16|fp16``, :mod:`core.inference.precision`) and ``mc_batch`` (passes per forward
+    call, ``"auto"``: :func:`core.inference.forward.choose_chunk`) are resolved once per model before the first
     patient into the run's *plan* (with the temperatures; stored in ``run_plan``), unless ``plan`` is given
-    (a worker of :mod:`core.executors` gets its driver's). ``shard`` = (i, n) or ``"i/n"``: only that share of
-    the sorted patients (:mod:`core.shards`). ``skip``: (model, method, patient) already done elsewhere (the
+    (a worker of :mod:`core.batch.executors` gets its driver's). ``shard`` = (i, n) or ``"i/n"``: only that share of
+    the sorted patients (:mod:`core.batch.shards`). ``skip``: (model, method, patient) already done elsewhere (the
     merged database). ``prefetch``: patients loaded ahead in a background thread; ``finish_depth``: patients
     whose metrics, maps and transaction wait for the background finisher (0, 0: all inline).
     ``prepare_only``: write the run, models and plan, then stop (the driver of a sharded run).
     """
     t_start = time.time()
-    cohort = Path(cohort).resolve()
-    db = Path(db)
+    cohort, db, methods, shard, T, echo = cfg.cohort, cfg.db, cfg.methods, cfg.shard, cfg.T, cfg.echo
     db.parent.mkdir(parents=True, exist_ok=True)
-    maps_root = Path(maps_dir) if maps_dir else db.parent / "maps"
-    methods = list(dict.fromkeys(canonical_method(m) for m in methods))
-    check_precision(precision)
-    shard = parse_shard(shard)
-    dev = torch.device(device) if device else default_device()
+    maps_root = cfg.maps_root
+    dev = torch.device(cfg.device) if cfg.device else default_device()
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick its fastest kernels
-    models = [load_model_set(c, dev) for c in checkpoints]
+    models = [load_model_set(c, dev) for c in cfg.checkpoints]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
-        raise ValueError(f"two checkpoints share a model name: {names}")
+        raise ValueError(f"two cfg.checkpoints share a model name: {names}")
     config = {
-        "cohort": str(cohort), "split": split, "methods": list(methods), "T": int(T), "seed": int(seed),
-        "calibration_split": calibration_split, "ts_fit_mask": ts_fit_mask,
+        "cohort": str(cohort), "split": cfg.split, "methods": list(methods), "T": int(T), "seed": int(cfg.seed),
+        "calibration_split": cfg.calibration_split, "ts_fit_mask": cfg.ts_fit_mask,
         "models": {m.name: {**m.files(), "sha256": file_sha256(m.path),
                             **({"card": m.card} if m.card.get("source", {}).get("sidecar") == "spec" else {})}
                    for m in models},
         "metrics": {"n_cal_bins": N_CAL_BINS, "n_unc_bins": N_UNC_BINS, "roi_radius_vox": ROI_RADIUS_VOX,
                     "threshold": 0.5},
     }
-    if precision != "auto":  # an explicit precision is part of the run; auto (the default) keeps older run ids
-        config["precision"] = precision
+    if cfg.precision != "auto":  # an explicit cfg.precision is part of the run; auto (the default) keeps older run ids
+        config["precision"] = cfg.precision
     run_id = make_run_id(config)
     suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
     log = _setup_log(db.parent / "logs" / f"{run_id}{suffix}.log")
-    all_cases = discover(cohort, split)
+    all_cases = discover(cohort, cfg.split)
     cases = shard_cases(all_cases, shard)
     shard_pids = {c.patient_id for c in cases} if shard else None
     # the database is opened for each write only (store.writer), so the app can read between two patients
@@ -126,9 +122,9 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
         store.upsert_run(con, run_id, str(cohort), config, code_version(), str(dev))
         for m in models:
             store.upsert_model(con, run_id, m.name, str(Path(m.path).resolve()), m.card)
-        done = store.done_evaluations(con, run_id) | set(skip or ())
+        done = store.done_evaluations(con, run_id) | set(cfg.skip or ())
         # leftovers of a killed run (never maps of 'ok' evaluations; a shard only its own patients')
-        clean_stale_maps(con, run_id, maps_root, log, patients=shard_pids, keep=skip)
+        clean_stale_maps(con, run_id, maps_root, log, patients=shard_pids, keep=cfg.skip)
     splits = read_splits(cohort)
     split_of = {pid: s for s, ids in splits.items() for pid in ids}
     log.info("run %s%s: %d patients, models %s, methods %s, T=%d, device %s", run_id, suffix, len(cases), names,
@@ -144,28 +140,29 @@ def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, methods=MET
                 pairs.append((m, meth))
     if unavailable:
         echo("left out (model cannot run the method): " + "; ".join(unavailable))
+    plan = cfg.plan
     if plan is None:
-        plan = prepare_models(models, pairs, db, run_id, cohort, splits, calibration_split, ts_fit_mask, precision,
-                              mc_batch, T, dev, log, echo)
+        plan = prepare_models(models, pairs, db, run_id, cohort, splits, cfg.calibration_split, cfg.ts_fit_mask, cfg.precision,
+                              cfg.mc_batch, T, dev, log, echo)
     else:
         apply_plan(models, plan)
-    if prepare_only:
+    if cfg.prepare_only:
         return {"run_id": run_id, "ok": 0, "failed": 0, "skipped": 0, "unavailable": unavailable,
                 "seconds": round(time.time() - t_start, 1), "db": str(db), "plan": plan, "done": done,
                 "patients": len(cases)}
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     status = store.RunStatus(db, run_id, len(cases))
-    ctx = _Context(db=db, cohort=str(cohort), split_of=split_of, run_id=run_id, maps_root=maps_root, T=T, seed=seed,
-                   save_maps=save_maps, patient_meta=patient_meta or {}, log=log, device=dev, pairs=pairs, done=done,
+    ctx = _Context(db=db, cohort=str(cohort), split_of=split_of, run_id=run_id, maps_root=maps_root, T=T, seed=cfg.seed,
+                   save_maps=cfg.save_maps, patient_meta=cfg.patient_meta or {}, log=log, device=dev, pairs=pairs, done=done,
                    chunks={name: int(e["mc_batch"]) for name, e in plan.items()}, counts=counts, status=status)
     try:
-        _loop(ctx, cases, progress, prefetch, finish_depth)
+        _loop(ctx, cases, cfg.progress, cfg.prefetch, cfg.finish_depth)
     finally:
         status.clear()
     with store.writer(db) as con:
         # maps of evaluations that failed after writing some maps
-        clean_stale_maps(con, run_id, maps_root, log, patients=shard_pids, keep=skip)
-        if quality and shard is None:
+        clean_stale_maps(con, run_id, maps_root, log, patients=shard_pids, keep=cfg.skip)
+        if cfg.quality and shard is None:
             try:
                 update_quality(con, run_id)
             except Exception as e:  # quality prediction is an add-on: never lose the batch over it
@@ -253,7 +250,7 @@ def _load_patient(ctx: _Context, files) -> _Loaded | None:
 
 def _loop(ctx: _Context, cases, progress: bool, prefetch: int, finish_depth: int) -> None:
     """The patient loop: the loader thread reads ahead, this thread infers, the finisher thread computes
-    metrics, writes maps and commits each patient in order (:mod:`core.prefetch`)."""
+    metrics, writes maps and commits each patient in order (:mod:`core.batch.prefetch`)."""
     if progress:
         from tqdm import tqdm
 
@@ -354,7 +351,7 @@ def _evaluate(ctx: _Context, pid: str, lp: _Loaded, evals: list[dict]):
                                   case.affine, case.label_scheme)
             seconds = ev["seconds"] + time.perf_counter() - t0
             results.append({"model": ev["model"], "method": ev["method"], "status": "ok", "seconds": seconds,
-                            "error": None, "maps": maps, **res})
+                            "error": None, "maps": maps, "evaluation": res})
             ctx.log.info("ok %s %s %s %.2fs (chunk %d)", pid, ev["model"], ev["method"], seconds, pred.chunk)
         except Exception as e:  # noqa: BLE001 - recorded as this evaluation's failure
             msg = f"{pid}: {ev['model']}/{ev['method']}: {type(e).__name__}: {e}"

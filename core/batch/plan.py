@@ -1,12 +1,12 @@
 """The run's plan: what the batch resolves once per model before the first patient.
 
-* the forward precision (:func:`core.precision.choose_precision` on one check case);
-* the passes per forward call (:func:`core.uncertainty.choose_chunk`), so that every patient and every shard
+* the forward precision (:func:`core.inference.precision_check.choose_precision` on one check case);
+* the passes per forward call (:func:`core.inference.forward.choose_chunk`), so that every patient and every shard
   draws its MC-dropout masks in the same chunk layout;
-* the +ts temperatures, fitted on the calibration split under the chosen precision (:mod:`core.temperature`).
+* the +ts temperatures, fitted on the calibration split under the chosen precision (:mod:`core.inference.temperature`).
 
 The plan is stored (``run_plan``, ``temperatures``) and kept by a rerun of the same run; it is plain JSON
-types, so the driver of a sharded run (:mod:`core.executors`) hands it to its workers (:func:`apply_plan`).
+types, so the driver of a sharded run (:mod:`core.batch.executors`) hands it to its workers (:func:`apply_plan`).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def passes_per_call(method: str, T: int) -> int:
 def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channels):
     """The case the precision check and the chunk trial run on: the first patient of the calibration split
     that loads with ground truth, else the first patient of the cohort that loads (sorted ids: the same case
-    for every shard). ``loaded`` caches it per channel order. Returns a :class:`core.cohort.Case` or None."""
+    for every shard). ``loaded`` caches it per channel order. Returns a :class:`core.io.cohort.Case` or None."""
     key = tuple(channels)
     if key in loaded:
         return loaded[key]
@@ -57,7 +57,7 @@ def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channel
 
 def prepare_models(models, pairs, db, run_id, cohort, splits, cal_split, ts_fit_mask, precision, mc_batch, T, dev,
                    log, echo) -> dict:
-    """Resolve, per model, the precision (:func:`core.precision.choose_precision`), the passes per forward call
+    """Resolve, per model, the precision (:func:`core.inference.precision_check.choose_precision`), the passes per forward call
     and the +ts temperatures, in that order (temperatures are fitted on the logits the run will use); set them
     on the model sets, store them (``run_plan``, ``temperatures``) and return the plan
     ``{model: {"precision": {...}, "mc_batch": int, "chunk_trial": {...} | None, "temperature": [R] | None}}``
@@ -124,7 +124,7 @@ def apply_plan(models, plan: dict) -> None:
 
 def fit_temperatures(db, run_id, ms, cohort, cal_ids, cal_split, log, echo, fit_mask="brain") -> np.ndarray:
     """The model's per-region temperatures for this run: read from ``temperatures`` or fitted now on the
-    calibration split (deterministic logits in the ROI, :mod:`core.temperature`) and stored."""
+    calibration split (deterministic logits in the ROI, :mod:`core.inference.temperature`) and stored."""
 
     regions = ms.card["regions"]
     with store.writer(db) as con:

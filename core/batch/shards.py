@@ -1,6 +1,6 @@
 """Shard i of n of a cohort: a deterministic split of the sorted patient list, and the shard databases' names.
 
-Patients are sorted by id (:func:`core.cohort.discover`) and shard i takes every n-th one starting at i
+Patients are sorted by id (:func:`core.io.cohort.discover`) and shard i takes every n-th one starting at i
 (``cases[i::n]``): the shards are disjoint, cover the cohort, differ in size by at most one patient, and
 do not depend on the machine, the order of the folder listing or on which shards ran before.
 """

@@ -42,7 +42,7 @@ def _forward(lm: LoadedModel, x: torch.Tensor, views: list[tuple], overlap: floa
              precision: str = "fp32") -> torch.Tensor:
     """Logits (n, R, X, Y, Z) of one network on the flipped views of a (1, C, X, Y, Z) input, flipped back.
 
-    ``precision``: the network runs under autocast to bf16 / fp16 (:mod:`core.precision`); MONAI's blending
+    ``precision``: the network runs under autocast to bf16 / fp16 (:mod:`core.inference.precision`); MONAI's blending
     buffers keep the input's dtype (fp32), so the returned logits are fp32 whatever the precision."""
     xb = torch.cat([torch.flip(x, v) if v else x for v in views]) if len(views) > 1 or views[0] else x
     with autocast(x.device, precision):
@@ -144,7 +144,7 @@ def choose_chunk(model, image: np.ndarray, n_views: int, overlap: float = 0.25, 
 def deterministic_logits(model, image: np.ndarray, overlap: float = 0.25, cache: dict | None = None,
                          precision: str | None = None) -> np.ndarray:
     """(R, X, Y, Z) float32 logits of the primary network (eval mode, no temperature): the input of TS fitting
-    and of the precision check. ``precision``: default the model set's (:mod:`core.precision`)."""
+    and of the precision check. ``precision``: default the model set's (:mod:`core.inference.precision`)."""
     ms = as_model_set(model)
     cache = {} if cache is None else cache
     device = next(ms.model.parameters()).device

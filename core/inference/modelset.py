@@ -4,19 +4,19 @@
   ``[primary] + ensemble`` (method ``ensemble``, at least 3 members in all).
 * ``snapshots``: earlier checkpoints of the primary's own training run; the checkpoint ensemble is
   ``snapshots + [primary]`` (method ``checkpoint_ensemble``, paper 003).
-* ``auxiliary``: an auxiliary error network (:mod:`core.auxiliary`, paper 002) trained for this model.
+* ``auxiliary``: an auxiliary error network (:mod:`core.training.auxiliary`, paper 002) trained for this model.
 * ``temperature``: (R,) float, one temperature per region fitted on the calibration split
-  (:mod:`core.temperature`); set by the batch, used by every ``+ts`` method.
+  (:mod:`core.inference.temperature`); set by the batch, used by every ``+ts`` method.
 * ``methods``: optional list of method names for this model only (default: the run's methods).
 * ``precision``: the forward passes' precision, ``fp32`` / ``bf16`` / ``fp16`` (autocast; set by the batch
-  from ``--precision``, :mod:`core.precision`).
+  from ``--precision``, :mod:`core.inference.precision`).
 
 A model spec (in a study config or ``run_batch(models=...)``) is either a checkpoint path or a mapping
 ``{"checkpoint": path, "ensemble": [paths], "snapshots": [paths], "auxiliary": path, "methods": [names]}``; for
 a plain state dict ``checkpoint``, ``card`` may give what a sidecar would (arch, arch_args, channels, regions,
 spacing_mm, ...). Every path is one of our checkpoints, a MONAI bundle folder or a plain state dict with a
-sidecar (:mod:`core.bundle`), and loads with ``torch.load(..., weights_only=True)``
-(:func:`core.models.load_checkpoint`).
+sidecar (:mod:`core.io.bundle`), and loads with ``torch.load(..., weights_only=True)``
+(:func:`core.io.checkpoints.load_checkpoint`).
 """
 from __future__ import annotations
 

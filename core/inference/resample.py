@@ -114,7 +114,7 @@ def plan(affine: np.ndarray, shape, card: dict) -> GridPlan:
 
 
 def prediction_to_patient(pred, grid: GridPlan):
-    """A :class:`core.uncertainty.Prediction` on the model grid -> the same on the patient grid.
+    """A :class:`core.inference.uncertainty.Prediction` on the model grid -> the same on the patient grid.
 
     ``prob`` and ``mi`` trilinear, clipped to [0, 1]; ``epkl`` trilinear, clipped to >= 0; ``entropy``
     recomputed from the resampled ``prob`` (so it stays H(p), 0 where p is 0 or 1) and ``mi`` capped by it;

@@ -8,14 +8,14 @@ Bases (names shared by the batch, the database and the app):
 * ``mc_dropout``: T passes with only the dropout layers in train mode (norm layers stay in eval mode).
 * ``tta``: test-time augmentation: the 8 combinations of flips along the three spatial axes; each output is
   flipped back before averaging (same as ``deterministic+tta``).
-* ``ensemble``: deep ensemble, the primary plus its independently trained members (:mod:`core.modelset`).
+* ``ensemble``: deep ensemble, the primary plus its independently trained members (:mod:`core.inference.modelset`).
 * ``checkpoint_ensemble``: the snapshots of the primary's training run plus its final weights.
 * ``auxiliary``: the primary's deterministic segmentation with the voxel error probability q of an
-  auxiliary error network (:mod:`core.auxiliary`, paper 002) turned into a confidence.
+  auxiliary error network (:mod:`core.training.auxiliary`, paper 002) turned into a confidence.
 
 Modifiers: ``+tta`` runs every pass of the base on the 8 flips (``mc_dropout+tta``: sample t uses flip
 t mod 8); ``+ts`` divides every pass's logits by the model's fitted temperature per region
-(:mod:`core.temperature`) before the sigmoid. ``auxiliary`` takes no modifier. Canonical order: base,
+(:mod:`core.inference.temperature`) before the sigmoid. ``auxiliary`` takes no modifier. Canonical order: base,
 ``+tta``, ``+ts``.
 
 Every pass i gives logits z_i and p_i = sigmoid(z_i) (R, X, Y, Z); with N passes:

@@ -19,7 +19,7 @@ permutation, so normalising in our order is the same as normalising in the bundl
 A plain state dict ``X.pt`` with a sidecar ``X.json`` or ``X.toml`` (keys: ``name``, ``arch``
 (``segresnet``/``unet_res`` or a MONAI class name), ``arch_args``, ``channels``, ``regions``,
 ``spacing_mm``, optional ``roi_size``, ``normalisation``, ``output``) loads the same way; the same keys
-may instead be given in the model spec as ``card = {...}`` (:mod:`core.modelset`).
+may instead be given in the model spec as ``card = {...}`` (:mod:`core.inference.modelset`).
 All weights load with ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
@@ -34,9 +34,9 @@ from core.io.architectures import build_model
 from core.store.schema import REGIONS
 
 
-# MONAI network class names we build -> our registry key (core.models.ARCHITECTURES)
+# MONAI network class names we build -> our registry key (core.io.architectures.ARCHITECTURES)
 ALLOWED_TARGETS = {"SegResNet": "segresnet", "UNet": "unet_res"}
-# modality names seen in bundles / BraTS namings -> canonical names (core.cohort.CANONICAL_MODALITIES)
+# modality names seen in bundles / BraTS namings -> canonical names (core.io.cohort.CANONICAL_MODALITIES)
 CHANNEL_NAMES = {"t1": "t1", "t1n": "t1", "t1w": "t1", "t1native": "t1", "t1c": "t1ce", "t1ce": "t1ce",
                  "t1gd": "t1ce", "t1post": "t1ce", "t2": "t2", "t2w": "t2", "flair": "flair", "t2f": "flair",
                  "t2flair": "flair"}

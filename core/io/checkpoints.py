@@ -39,7 +39,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", card: 
 
     ``path``: one of our checkpoints; a MONAI bundle folder (``configs/inference.json`` + ``models/model.pt``);
     or a plain state dict ``X.pt`` with a sidecar ``X.json`` / ``X.toml`` or with ``card`` (the sidecar's keys,
-    from a model spec) (:mod:`core.bundle`; the network is wrapped so that it takes our channel order and
+    from a model spec) (:mod:`core.io.bundle`; the network is wrapped so that it takes our channel order and
     returns our region order). Plain 3D convolutions use oneDNN for CPU fp32 inference (:func:`prefer_onednn`).
     """
     path = Path(path)

@@ -36,6 +36,25 @@ def dense_bins(row, bins, values, n_rows: int, n_bins: int) -> np.ndarray:
     return out.reshape(int(n_rows), int(n_bins), v.shape[1])
 
 
+def sum_by_bin(row, bins, values, n_rows: int, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum sparse bin entries per (row, bin), returned sparse: only the (row, bin) pairs that have an entry.
+
+    Args:
+        row, bins: (E,) int entry coordinates as :func:`dense_bins`.
+        values: (E, k) float values.
+        n_rows, n_bins: the coordinate ranges.
+
+    Returns:
+        (rows (M,), bins (M,), sums (M, k) float64), sorted by (row, bin); M pairs with at least one entry.
+    """
+    flat = np.asarray(row, np.int64) * int(n_bins) + np.asarray(bins, np.int64)
+    size = int(n_rows) * int(n_bins)
+    idx = np.flatnonzero(np.bincount(flat, minlength=size) > 0)
+    v = np.asarray(values, np.float64).reshape(len(flat), -1)
+    sums = np.stack([np.bincount(flat, v[:, j], minlength=size)[idx] for j in range(v.shape[1])], axis=1)
+    return idx // n_bins, idx % n_bins, sums
+
+
 def dense_uncertainty_bins(df) -> dict[str, np.ndarray]:
     """Sparse summed uncertainty-bin rows of ONE model/method/region (a frame with ``bin``, n_error, n_correct,
     n_fp, n_fn, n_tp) -> dense float64 arrays of length N_UNC_BINS, the same five plus n_tn = n_correct - n_tp."""

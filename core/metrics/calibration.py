@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from core.metrics import validation
+from core.metrics.binning import dense_bins
 
 
 N_CAL_BINS = 20
@@ -41,27 +42,61 @@ def _calibration_bins_idx(idx, p, truth, n_bins):
     return n, sp, st
 
 
-def calibration_from_bins(n, sum_prob, sum_true) -> dict:
-    """ECE, ACE, MCE and the signed gap from (summed) reliability bins.
+def ece_from_gap_sums(gap_sums, n_total) -> np.ndarray:
+    """ECE from per-bin gap sums, vectorised over leading axes.
 
-    ECE = sum_k n_k/N |acc_k - conf_k|; ACE = mean over non-empty bins of |acc_k - conf_k|;
-    MCE = max over non-empty bins; gap = sum_k n_k/N (conf_k - acc_k) = mean p - mean y
-    (> 0: probabilities too high for the observed frequency). NaN for an empty voxel set.
+    Since n_k |acc_k - conf_k| = |sum_true_k - sum_prob_k|, ECE = sum_k n_k/N |acc_k - conf_k|
+    = sum_k |sum_prob_k - sum_true_k| / N. This is the one ECE formula of the project: the per-patient suite,
+    the cohort summaries, the bootstrap replicates and the leaderboard all reach it.
+
+    Args:
+        gap_sums: (..., K) float, sum_prob_k - sum_true_k per bin (any sign).
+        n_total: (...) float, voxels N over all bins.
+
+    Returns:
+        (...) float64 ECE in [0, 1]; NaN where N = 0.
     """
-    n = np.asarray(n, dtype=np.float64)
-    N = n.sum()
-    if N == 0:
-        return {"ece": math.nan, "ace": math.nan, "mce": math.nan, "cal_gap": math.nan}
+    n_total = np.asarray(n_total, np.float64)
+    num = np.abs(np.asarray(gap_sums)).sum(axis=-1)  # in the input's precision (float32 replicate sums stay so)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_total > 0, num / np.where(n_total > 0, n_total, 1.0), np.nan)
+
+
+def binned_calibration(n, sum_prob, sum_true) -> dict[str, np.ndarray]:
+    """ECE, ACE, MCE and the signed gap from reliability bins, vectorised over leading axes.
+
+    Args:
+        n: (..., K) voxel counts per equal-width bin.
+        sum_prob: (..., K) sums of the region probability p per bin.
+        sum_true: (..., K) sums of the 0/1 (or soft) label per bin.
+
+    Returns:
+        dict of (...) float64 arrays: ``ece`` = sum_k n_k/N |acc_k - conf_k| (:func:`ece_from_gap_sums`);
+        ``ace`` = mean over non-empty bins of |acc_k - conf_k|; ``mce`` = their maximum; ``cal_gap`` =
+        sum_k n_k/N (conf_k - acc_k) = mean p - mean y (> 0: probabilities too high for the observed
+        frequency). NaN where the voxel set is empty (N = 0).
+    """
+    n = np.asarray(n, np.float64)
+    sp, st = np.asarray(sum_prob, np.float64), np.asarray(sum_true, np.float64)
+    N = n.sum(axis=-1)
     ne = n > 0
-    conf = np.asarray(sum_prob, np.float64)[ne] / n[ne]
-    acc = np.asarray(sum_true, np.float64)[ne] / n[ne]
-    gap = np.abs(acc - conf)
-    return {
-        "ece": float((n[ne] * gap).sum() / N),
-        "ace": float(gap.mean()),
-        "mce": float(gap.max()),
-        "cal_gap": float((np.asarray(sum_prob).sum() - np.asarray(sum_true).sum()) / N),
-    }
+    safe = np.where(ne, n, 1.0)
+    gap = np.where(ne, np.abs(st / safe - sp / safe), 0.0)  # |acc_k - conf_k| per non-empty bin
+    k = ne.sum(axis=-1)
+    empty = N == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "ece": ece_from_gap_sums(sp - st, N),
+            "ace": np.where(empty, np.nan, gap.sum(axis=-1) / np.maximum(k, 1)),
+            "mce": np.where(empty, np.nan, np.where(ne, gap, -np.inf).max(axis=-1, initial=-np.inf)),
+            "cal_gap": np.where(empty, np.nan, (sp.sum(axis=-1) - st.sum(axis=-1)) / np.where(empty, 1.0, N)),
+        }
+
+
+def calibration_from_bins(n, sum_prob, sum_true) -> dict:
+    """:func:`binned_calibration` of one set of bins (1-D arrays of length K) as Python floats: ece, ace, mce,
+    cal_gap (NaN for an empty voxel set)."""
+    return {k: float(v) for k, v in binned_calibration(n, sum_prob, sum_true).items()}
 
 
 def brier(prob: np.ndarray, truth: np.ndarray) -> float:
@@ -146,9 +181,7 @@ def patient_reliability(bins, n_bins: int = N_CAL_BINS):
         arr = np.array(list(bins), dtype=object).reshape(-1, 5)
         cols = [arr[:, k] for k in range(5)]
     ids, row = np.unique(cols[0].astype(str), return_inverse=True)
-    flat = row * n_bins + cols[1].astype(np.int64)
-    size = len(ids) * n_bins
-    n, sp, st = (np.bincount(flat, weights=cols[k].astype(np.float64), minlength=size).reshape(len(ids), n_bins)
+    n, sp, st = (dense_bins(row, cols[1].astype(np.int64), cols[k].astype(np.float64), len(ids), n_bins)
                  for k in (2, 3, 4))
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.where(n > 0, st / n, np.nan)

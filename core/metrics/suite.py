@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,6 +11,33 @@ from core.metrics.distribution import soft_label_metrics, volume_distribution
 from core.metrics.overlap import ROI_RADIUS_VOX, _edges, _hd_from_edges, _positions_in_brain, _roi_box, bbox_slices, dice
 from core.metrics.uncertainty import UEO_THRESHOLDS, UNCERTAIN_T, _unc_counts, _uncertainty_bins_idx, auroc_from_bins, budget_auc, budget_curve, epkl_to_unit, fp_removal_benefit, ueo_curve, uncertainty_bin_index
 from core.metrics.validation import MetricInputError, _all_finite, _mean, check_inputs
+
+
+@dataclass
+class PatientEvaluation:
+    """Every number and bin of one prediction (:func:`evaluate_patient`), as three row lists.
+
+    Attributes:
+        metrics: rows (region, mask, metric, value); value a float, NaN where undefined.
+        calibration_bins: rows (region, mask, bin, n, sum_prob, sum_true), non-empty bins only.
+        uncertainty_bins: rows (region, mask, measure, bin, n_error, n_correct, n_fp, n_fn, n_tp), non-empty
+            bins only.
+    """
+    metrics: list
+    calibration_bins: list
+    uncertainty_bins: list
+
+    METRIC_COLUMNS = ("region", "mask", "metric", "value")
+    CALIBRATION_COLUMNS = ("region", "mask", "bin", "n", "sum_prob", "sum_true")
+    UNCERTAINTY_COLUMNS = ("region", "mask", "measure", "bin", "n_error", "n_correct", "n_fp", "n_fn", "n_tp")
+
+    def values(self) -> dict[tuple[str, str, str], float]:
+        """{(region, mask, metric): value} of every metric row."""
+        return {(r, m, k): v for r, m, k, v in self.metrics}
+
+    def value(self, region: str, mask: str, metric: str) -> float:
+        """One metric; raises KeyError when the suite did not produce it (e.g. HD95 without ground truth)."""
+        return self.values()[(region, mask, metric)]
 
 
 def _mask_rows(name: str, mname: str, st: dict, rows: list, cal_rows: list, unc_rows: list) -> None:
@@ -54,7 +82,7 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
                      brain: np.ndarray, regions=("WT", "TC", "ET"), spacing=(1.0, 1.0, 1.0), threshold: float = 0.5,
                      n_bins: int = N_CAL_BINS, roi_radius: int = ROI_RADIUS_VOX, with_hd95: bool = True,
                      epkl: np.ndarray | None = None, sample_volumes: np.ndarray | None = None,
-                     raters: np.ndarray | None = None) -> dict:
+                     raters: np.ndarray | None = None) -> PatientEvaluation:
     """All per-patient numbers and bins of one prediction (the full suite; metric names in the README).
 
     Shapes: ``prob``, ``entropy``, ``mi`` (R, X, Y, Z) float (probabilities in [0, 1]; entropy and MI in bits,
@@ -63,9 +91,9 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     each sample's prediction (volume distribution, CRPS); ``raters`` (K, R, X, Y, Z) bool segmentations of
     K raters (soft-label calibration against their mean, Dice against each rater).
 
-    Returns a dict of three lists of tuples:
-    ``metrics`` (region, mask, metric, value); ``calibration_bins`` (region, mask, bin, n, sum_prob, sum_true);
-    ``uncertainty_bins`` (region, mask, measure, bin, n_error, n_correct, n_fp, n_fn, n_tp), non-empty bins only.
+    Returns a :class:`PatientEvaluation`: ``metrics`` (region, mask, metric, value); ``calibration_bins``
+    (region, mask, bin, n, sum_prob, sum_true); ``uncertainty_bins`` (region, mask, measure, bin, n_error,
+    n_correct, n_fp, n_fn, n_tp), non-empty bins only.
     ``truth`` None (no ground truth): only uncertainty aggregates and predicted volumes are produced.
 
     How it stays fast on a BraTS-sized volume (the numbers are those of the voxel-by-voxel definitions):
@@ -186,4 +214,4 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
                 st_brain["unc"][measure] = (fp, fn, tp, _unc_counts(ub) - fp - fn - tp)
         _mask_rows(name, "brain", st_brain, rows, cal_rows, unc_rows)
         _mask_rows(name, "roi", st_roi, rows, cal_rows, unc_rows)
-    return {"metrics": rows, "calibration_bins": cal_rows, "uncertainty_bins": unc_rows}
+    return PatientEvaluation(rows, cal_rows, unc_rows)

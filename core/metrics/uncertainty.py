@@ -148,15 +148,21 @@ def auroc_from_bins(n_pos, n_neg) -> float:
     """AUROC of uncertainty for separating positives (e.g. wrong voxels) from negatives, from binned counts.
 
     AUROC = P(u_pos > u_neg) + 0.5 P(u_pos = u_neg), with voxels in the same bin counted as ties.
-    NaN when either class is empty.
+
+    Args:
+        n_pos: (..., K) positive counts per uncertainty bin, lowest uncertainty first.
+        n_neg: (..., K) negative counts per bin.
+
+    Returns:
+        float for 1-D input, else a (...) float64 array; NaN where either class is empty.
     """
     ne = np.asarray(n_pos, np.float64)
     nc = np.asarray(n_neg, np.float64)
-    P, N = ne.sum(), nc.sum()
-    if P == 0 or N == 0:
-        return math.nan
-    below = np.cumsum(nc) - nc
-    return float((ne * (below + 0.5 * nc)).sum() / (P * N))
+    P, N = ne.sum(axis=-1), nc.sum(axis=-1)
+    below = np.cumsum(nc, axis=-1) - nc  # negatives in the lower bins
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where((P > 0) & (N > 0), (ne * (below + 0.5 * nc)).sum(axis=-1) / (P * N), np.nan)
+    return float(out) if out.ndim == 0 else out
 
 
 _THRESHOLD_BIN_CACHE: dict[float, int] = {}

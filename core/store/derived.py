@@ -2,8 +2,8 @@
 
 The long tables (``metrics``: one row per number; ``calibration_bins`` / ``uncertainty_bins``: one row per
 patient and bin) are the data interface and stay the truth. At 10,000 patients they hold tens to hundreds of
-millions of rows, and every page would scan them. So the batch (:func:`core.batch.run_batch`), the merge
-(:func:`core.merge.merge_databases`) and ``python -m core derive`` write, per run:
+millions of rows, and every page would scan them. So the batch (:func:`core.batch.pipeline.run_batch`), the merge
+(:func:`core.batch.merge.merge_databases`) and ``python -m core derive`` write, per run:
 
 * ``patient_summary``: one row per ok evaluation (model, method, patient), region and mask ('brain' / 'roi')
   with the page metrics of :data:`WIDE_METRICS` as DOUBLE columns (NULL = undefined), each taken in the
@@ -17,7 +17,7 @@ millions of rows, and every page would scan them. So the batch (:func:`core.batc
 * ``cohort_calibration_bins`` / ``cohort_uncertainty_bins``: the bins summed over every patient of the run
   (what :func:`core.store.summed_calibration_bins` with no patient list returns).
 * ``cohort_leaderboard``: per mask, the leaderboard of every (model, method, region) over every patient of
-  the run with its Poisson-bootstrap intervals (:func:`core.stats.leaderboard`, B = 1000, seed 0): what the
+  the run with its Poisson-bootstrap intervals (:func:`core.analysis.stats.leaderboard`, B = 1000, seed 0): what the
   Compare page shows for the whole cohort, so its first render does not bootstrap 10,000 patients.
 * ``derived_state``: per run, when they were built and from what: the count of ok evaluations and the latest
   ``evaluations.finished_at``. :func:`valid` compares those with the live table, so a reader never uses

@@ -9,6 +9,7 @@ import pandas as pd
 
 from core.analysis import stats
 from core.analysis import summaries
+from core.metrics.binning import dense_bins, sum_by_bin
 from core.metrics.calibration import N_CAL_BINS
 from core.store.connection import _TLS
 from core.store.freshness import list_arrays, table_names, valid
@@ -85,7 +86,7 @@ def cohort_patients(con, run_id: str) -> pd.DataFrame:
 
 
 def quality_summary(con, run_id: str) -> pd.DataFrame:
-    """Cross-validated quality prediction per model, method and region (:mod:`core.quality`)."""
+    """Cross-validated quality prediction per model, method and region (:mod:`core.analysis.quality`)."""
     return con.execute("""SELECT model, method, region, n_patients, r2, pearson_r, score_spearman, regressor, features
                           FROM quality_summary WHERE run_id = ? ORDER BY model, method, region""", [run_id]).df()
 
@@ -108,7 +109,7 @@ def table_counts(con) -> pd.DataFrame:
 
 
 def _use_derived(con, run_id: str, mask: str | None = None, metrics: list[str] | None = None) -> bool:
-    """Whether a read can use the run's derived tables (:mod:`core.derived`): they are up to date, the mask is
+    """Whether a read can use the run's derived tables (:mod:`core.store.derived`): they are up to date, the mask is
     one they hold and every requested metric is a column of ``patient_summary``."""
 
     if os.environ.get("TUMOURQA_DERIVED", "1") == "0":  # benchmarks' reference: the long tables only
@@ -219,7 +220,7 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
 
     The app groups patients by where they fall between the quantiles of the sidebar's measure, so every
     position of the quantile filter is a union of groups: summing the groups' rows gives the subset's bins
-    exactly, without touching the per-patient rows again (see :mod:`dashboard.state`). ``columns`` keeps only
+    exactly, without touching the per-patient rows again (see :mod:`dashboard.subsets`). ``columns`` keeps only
     those count columns."""
     table, cols, extra, extra_args = {
         "calibration": ("calibration_bins", ["n", "sum_prob", "sum_true"], "", []),
@@ -254,7 +255,7 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
 
 def _list_rows(con, run_id: str, kind: str, mask: str, measure: str, methods: list[str] | None, patient_ids: list[str],
                cols: list[str], combos: pd.DataFrame | None = None):
-    """Rows of ``patient_calibration`` / ``patient_uncertainty`` (:mod:`core.derived`) of the listed patients as
+    """Rows of ``patient_calibration`` / ``patient_uncertainty`` (:mod:`core.store.derived`) of the listed patients as
     (patient index into ``patient_ids`` (R,), combo index into ``combos`` (R,), combos, entry row (E,),
     {bins, <cols>: (E,)}); ``combos`` (model, method, region) defaults to every combo present, sorted."""
 
@@ -295,19 +296,14 @@ def _grouped_lists(con, run_id, kind, patient_ids, group_ids, mask, measure, met
                 "bin": np.zeros(0, np.int64), "columns": cols, "counts": np.zeros((0, len(cols)))}
     ug, ginv = np.unique(gid[patient], return_inverse=True)
     bins = vals["bins"].astype(np.int64)
-    nb = int(bins.max()) + 1
     C = len(combos)
-    key = (ginv[row] * C + combo[row]) * nb + bins
-    size = len(ug) * C * nb
-    present = np.bincount(key, minlength=size) > 0
-    idx = np.flatnonzero(present)
-    counts = np.stack([np.bincount(key, vals[c].astype(np.float64), minlength=size)[idx] for c in cols], axis=1)
-    return {"combos": combos, "g": ug[idx // (C * nb)], "combo": (idx // nb) % C, "bin": idx % nb, "columns": cols,
-            "counts": counts}
+    r, b, counts = sum_by_bin(ginv[row] * C + combo[row], bins, np.stack([vals[c] for c in cols], axis=1),
+                              len(ug) * C, int(bins.max()) + 1)
+    return {"combos": combos, "g": ug[r // C], "combo": r % C, "bin": b, "columns": cols, "counts": counts}
 
 
 def cohort_summary(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain") -> pd.DataFrame:
-    """Cohort metrics of a patient subset per model, method and region (:func:`core.summaries.cohort_summary`
+    """Cohort metrics of a patient subset per model, method and region (:func:`core.analysis.summaries.cohort_summary`
     on this subset's per-patient metrics and summed bins).
 
     Columns: model, method, region, n_patients, dice_mean, dice_median, dice_nan (patients skipped),
@@ -373,11 +369,9 @@ def calibration_dense(con, run_id: str, method: str, region: str, mask: str = "b
     for m in sorted(set(models)):
         sel = models == m
         ids, r = np.unique(np.asarray(long["patient_id"], dtype=object)[sel].astype(str), return_inverse=True)
-        flat = r * n_bins + np.asarray(long["bin"], np.int64)[sel]
-        size = len(ids) * n_bins
-        out[m] = {"patient_id": ids.astype(object)}
-        for c in CAL_LIST_COLS:
-            out[m][c] = np.bincount(flat, np.asarray(long[c], np.float64)[sel], minlength=size).reshape(len(ids), n_bins)
+        dense = dense_bins(r, np.asarray(long["bin"], np.int64)[sel],
+                           np.stack([np.asarray(long[c], np.float64)[sel] for c in CAL_LIST_COLS], axis=1), len(ids), n_bins)
+        out[m] = {"patient_id": ids.astype(object), **{c: dense[..., j] for j, c in enumerate(CAL_LIST_COLS)}}
     return out
 
 
@@ -385,7 +379,7 @@ def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = No
                             methods: list[str] | None = None) -> pd.DataFrame:
     """Per-patient calibration bins of ok evaluations for a patient subset (and optionally some methods):
     model, method, region, patient_id, bin, n, sum_prob, sum_true. Input of the bootstrap intervals of
-    dataset-level ECE (:func:`core.stats.leaderboard`)."""
+    dataset-level ECE (:func:`core.analysis.stats.leaderboard`)."""
     patient_ids, methods = _list(patient_ids), _list(methods)
     return con.execute(f"""
         SELECT c.model, c.method, c.region, c.patient_id, c.bin, c.n, c.sum_prob, c.sum_true
@@ -399,7 +393,7 @@ def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = No
 def cohort_leaderboard(con, run_id: str, mask: str, methods: list[str], models: list[str],
                        B: int = 1000) -> pd.DataFrame | None:
     """The whole run's leaderboard rows (derived table ``cohort_leaderboard``, written by the batch) of these
-    methods and models, sorted by model, method, region, columns :data:`core.stats.LEADERBOARD_COLUMNS`; None
+    methods and models, sorted by model, method, region, columns :data:`core.analysis.stats.LEADERBOARD_COLUMNS`; None
     when the derived tables are stale or older than that table (the caller bootstraps then)."""
 
     if not _use_derived(con, run_id, mask) or "cohort_leaderboard" not in table_names(con):
@@ -415,7 +409,7 @@ def cohort_leaderboard(con, run_id: str, mask: str, methods: list[str], models: 
 
 def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, patient_ids: list[str]) -> dict:
     """Per-patient calibration bins of the listed (model, method, region) combos and patients as integer-coded
-    numpy arrays (the input of the bootstrap ECE in :func:`core.stats.leaderboard`): patient (index into
+    numpy arrays (the input of the bootstrap ECE in :func:`core.analysis.stats.leaderboard`): patient (index into
     ``patient_ids``), combo (index into ``combos``), bin, d = sum_prob - sum_true, n."""
     if _use_derived(con, run_id, mask):
         patient, combo, _, row, v = _list_rows(con, run_id, "calibration", mask, "", None, patient_ids, CAL_LIST_COLS,

@@ -1,6 +1,8 @@
 """The results database's schema and the one list of its names: tables, columns, regions, masks, metrics."""
 from __future__ import annotations
 
+from core.metrics.suite import PatientEvaluation
+
 from core.analysis.stats import LEADERBOARD_COLUMNS
 
 
@@ -46,10 +48,10 @@ CREATE TABLE IF NOT EXISTS quality_summary (
 RESULT_TABLES = ("metrics", "calibration_bins", "uncertainty_bins", "maps")
 
 
-COLUMNS = {
-    "metrics": ["region", "mask", "metric", "value"],
-    "calibration_bins": ["region", "mask", "bin", "n", "sum_prob", "sum_true"],
-    "uncertainty_bins": ["region", "mask", "measure", "bin", "n_error", "n_correct", "n_fp", "n_fn", "n_tp"],
+COLUMNS = {  # the per-evaluation tables' own columns (after the evaluation key), as the metric suite returns them
+    "metrics": list(PatientEvaluation.METRIC_COLUMNS),
+    "calibration_bins": list(PatientEvaluation.CALIBRATION_COLUMNS),
+    "uncertainty_bins": list(PatientEvaluation.UNCERTAINTY_COLUMNS),
     "maps": ["kind", "path"],
 }
 

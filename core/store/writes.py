@@ -38,17 +38,19 @@ def write_patient(con, run_id: str, patient_id: str, results: list[dict], patien
 
     ``patient``: the ``patients`` row (keys as the table's columns) written in the same transaction.
 
-    ``results``: dicts with model, method, status, seconds, error and, for status 'ok', the lists
-    ``metrics``, ``calibration_bins``, ``uncertainty_bins`` (tuples as :func:`core.metrics.evaluate_patient`
-    returns them) and ``maps`` [(kind, path)].
+    ``results``: dicts with model, method, status, seconds, error and, for status 'ok', ``evaluation`` (the
+    :class:`core.metrics.suite.PatientEvaluation` of :func:`core.metrics.suite.evaluate_patient`) and ``maps``
+    [(kind, path)].
     """
     frames = {t: [] for t in RESULT_TABLES}
     evals = []
     for r in results:
         key = [run_id, r["model"], r["method"], patient_id]
         evals.append(key + [r["status"], float(r.get("seconds") or 0.0), r.get("error")])
+        ev = r.get("evaluation")
         for t in RESULT_TABLES:
-            rows = r.get(t) or []
+            rows = r.get("maps") if t == "maps" else (getattr(ev, t) if ev is not None else None)
+            rows = rows or []
             if rows:
                 df = pd.DataFrame(rows, columns=COLUMNS[t])
                 for i, c in enumerate(KEY):
@@ -78,7 +80,7 @@ def write_patient(con, run_id: str, patient_id: str, results: list[dict], patien
 
 
 def write_temperatures(con, run_id: str, model: str, regions, fits: list[dict], patients: list[str]) -> None:
-    """One row per region of the fitted temperatures (:func:`core.temperature.fit_region_temperatures`)."""
+    """One row per region of the fitted temperatures (:func:`core.inference.temperature.fit_region_temperatures`)."""
     with transaction(con):
         con.execute("DELETE FROM temperatures WHERE run_id = ? AND model = ?", [run_id, model])
         for reg, f in zip(regions, fits):
@@ -88,7 +90,7 @@ def write_temperatures(con, run_id: str, model: str, regions, fits: list[dict], 
 
 
 def write_run_plan(con, run_id: str, plan: dict) -> None:
-    """One row per model of the run's plan (:func:`core.batch.prepare_models`): the precision asked for and
+    """One row per model of the run's plan (:func:`core.batch.plan.prepare_models`): the precision asked for and
     chosen with its Dice checks (JSON), the passes per forward call and the chunk trial's timings (JSON)."""
     with transaction(con):
         for model, e in plan.items():
@@ -104,7 +106,7 @@ def _finite(x):
 
 
 def write_quality(con, run_id: str, per_patient: pd.DataFrame, summary: pd.DataFrame) -> None:
-    """Replace the run's quality-prediction rows (:mod:`core.quality`) in one transaction."""
+    """Replace the run's quality-prediction rows (:mod:`core.analysis.quality`) in one transaction."""
     with transaction(con):
         for t, df, cols in (("quality", per_patient, ["model", "method", "patient_id", "region", "dice",
                                                       "predicted_dice", "uncertainty_score", "flagged"]),

@@ -4,7 +4,7 @@ Input: the model's normalised image channels (C) and its deterministic region pr
 (1, C + R, X, Y, Z). Target: the model's voxel errors per region, e_r = [p_r >= 0.5] != y_r. Output: R
 error logits; q = sigmoid. Network: a small MONAI UNet with residual units. Trained on the calibration
 split (patients the segmentation model never saw, so its errors there are realistic), with random crops
-and flips, BCE + Dice on the error maps. The method ``auxiliary`` (:mod:`core.uncertainty`) turns q into a
+and flips, BCE + Dice on the error maps. The method ``auxiliary`` (:mod:`core.inference.uncertainty`) turns q into a
 confidence as paper 002 does: p = y (1 - q/2) + (1 - y) q/2, y the model's binary prediction.
 
 The checkpoint is one of ours (model card with ``role = "auxiliary"``, ``for_model``, ``for_sha256``).
@@ -23,7 +23,7 @@ from core.io.architectures import build_model, make_card, preprocess
 from core.io.checkpoints import save_checkpoint
 from core.io.cohort import discover, labels_to_regions, load_case, read_splits
 from core.io.hashing import file_sha256
-from core.training.segmentation import _crop
+from core.training.loop import fit
 
 
 AUX_ARGS = {"spatial_dims": 3, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}
@@ -82,31 +82,9 @@ def train_auxiliary(model, cohort_dir, out_path, *, patient_ids=None, epochs: in
 
     dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     bce = torch.nn.BCEWithLogitsLoss()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
-    steps = max(1, len(data) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
-    losses = []
-    for _ in range(epochs):
-        order = rng.permutation(len(data))
-        for s in range(steps):
-            xs, ys = [], []
-            for i in order[s * batch_size:(s + 1) * batch_size]:
-                x, y = data[i]
-                # centre crops on errors (y[0]: WT errors) as often as training crops centre on tumour
-                x, y = _crop(rng, x, y, crop, 0.7)
-                for ax in range(3):
-                    if rng.random() < 0.5:
-                        x, y = np.flip(x, ax + 1), np.flip(y, ax + 1)
-                xs.append(np.ascontiguousarray(x))
-                ys.append(np.ascontiguousarray(y))
-            xb, yb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
-            logits = net(xb)
-            loss = bce(logits, yb) + dice_loss(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+    # crops centre on errors (target channel 0: WT errors) as often as training crops centre on tumour
+    losses, steps = fit(net, data, lambda logits, yb: bce(logits, yb) + dice_loss(logits, yb), epochs=epochs,
+                        batch_size=batch_size, crop=crop, lr=lr, rng=rng, p_tumour=0.7, intensity_aug=False)
     card["training"]["final_loss"] = round(float(np.mean(losses[-steps * 5:])), 4)
     card["training"]["seconds"] = round(time.time() - t0, 1)
     net.eval()

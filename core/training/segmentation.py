@@ -23,8 +23,7 @@ import torch
 from core.io.architectures import build_model, make_card, preprocess
 from core.io.checkpoints import save_checkpoint
 from core.io.cohort import discover, labels_to_regions, load_case, read_splits
-
-
+from core.training.loop import fit
 
 def load_training_data(cohort_dir, patient_ids, channels) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(image (C,X,Y,Z) float32 normalised, regions (3,X,Y,Z) float32)] for the given patients."""
@@ -41,19 +40,6 @@ def load_training_data(cohort_dir, patient_ids, channels) -> list[tuple[np.ndarr
     if not out:
         raise ValueError(f"no training patients found in {cohort_dir}")
     return out
-
-
-def _crop(rng, x, y, crop, p_tumour):
-    shape = np.array(x.shape[1:])
-    size = np.minimum(np.array(crop), shape)
-    if rng.random() < p_tumour and y[0].any():
-        pts = np.argwhere(y[0] > 0)
-        c = pts[rng.integers(len(pts))]
-    else:
-        c = np.array([rng.integers(s) for s in shape])
-    lo = np.clip(c - size // 2, 0, shape - size)
-    sl = tuple(slice(a, a + s) for a, s in zip(lo, size))
-    return x[(slice(None),) + sl], y[(slice(None),) + sl]
 
 
 def ml1_ace_loss(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 20, soft: bool = False) -> torch.Tensor:
@@ -143,47 +129,28 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
 
     dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     bce = torch.nn.BCEWithLogitsLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
-    steps_per_epoch = max(1, len(data) // batch_size)
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+
+    def loss_fn(logits, yb):
+        loss = dice_loss(logits, yb) + bce(logits, yb)
+        if calibration_loss:
+            loss = loss + calibration_weight * ml1_ace_loss(logits, yb, soft=calibration_loss == "soft")
+        return loss
+
+    def snapshot(epoch: int, losses: list[float], steps: int) -> None:
+        if epoch in snapshot_epochs and epoch < epochs:
+            snap_card = {**card, "training": {**card["training"], "snapshot_epoch": epoch,
+                                              "final_loss": round(float(np.mean(losses[-steps:])), 4)}}
+            model.eval()
+            save_checkpoint(snapshot_path(out_path, epoch), model, snap_card)
+            model.train()
+
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc=f"train {name}", unit="step")
-    last = []
-    for epoch in range(epochs):
-        order = rng.permutation(len(data))
-        for s in range(steps_per_epoch):
-            xs, ys = [], []
-            for i in order[s * batch_size:(s + 1) * batch_size]:
-                x, y = _crop(rng, *data[i], crop, p_tumour)
-                for ax in range(3):
-                    if rng.random() < 0.5:
-                        x, y = np.flip(x, ax + 1), np.flip(y, ax + 1)
-                x = x * rng.uniform(0.9, 1.1, (x.shape[0], 1, 1, 1)) + rng.uniform(-0.1, 0.1, (x.shape[0], 1, 1, 1))
-                xs.append(np.ascontiguousarray(x, dtype=np.float32))
-                ys.append(np.ascontiguousarray(y))
-            xb, yb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
-            logits = model(xb)
-            loss = dice_loss(logits, yb) + bce(logits, yb)
-            if calibration_loss:
-                loss = loss + calibration_weight * ml1_ace_loss(logits, yb, soft=calibration_loss == "soft")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            last.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(last[-20:]):.3f}")
-        if epoch + 1 in snapshot_epochs and epoch + 1 < epochs:
-            snap_card = {**card, "training": {**card["training"], "snapshot_epoch": epoch + 1,
-                                              "final_loss": round(float(np.mean(last[-steps_per_epoch:])), 4)}}
-            model.eval()
-            save_checkpoint(snapshot_path(out_path, epoch + 1), model, snap_card)
-            model.train()
+        bar = tqdm(total=epochs * max(1, len(data) // batch_size), desc=f"train {name}", unit="step")
+    last, steps_per_epoch = fit(model, data, loss_fn, epochs=epochs, batch_size=batch_size, crop=crop, lr=lr, rng=rng,
+                                p_tumour=p_tumour, on_epoch_end=snapshot, bar=bar)
     if bar is not None:
         bar.close()
     card["training"]["final_loss"] = round(float(np.mean(last[-steps_per_epoch:])), 4)

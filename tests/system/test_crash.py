@@ -12,7 +12,7 @@ import pytest
 
 from core.io.maps import clean_stale_maps
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # columns compared per table (timestamps and seconds left out; map paths made relative to the maps folder)
 COMPARE = {
     "patients": "patient_id, source, shape, spacing, label_scheme, split, has_gt, meta",

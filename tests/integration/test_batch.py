@@ -105,7 +105,7 @@ def test_bin_auroc_within_0002_on_demo_predictions(tiny_cohort, tiny_checkpoints
         truth = labels_to_regions(case.seg)
         pred = predict(lm, case.image, "mc_dropout", T=3)
         ev = M.evaluate_patient(pred.prob, pred.entropy, pred.mi, truth, case.brain_mask)
-        got = {(r, m, k): v for r, m, k, v in ev["metrics"]}
+        got = {(r, m, k): v for r, m, k, v in ev.metrics}
         brain = case.brain_mask
         for i, region in enumerate(M_REGIONS):
             err = (pred.prob[i][brain] >= 0.5) != truth[i][brain]

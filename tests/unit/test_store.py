@@ -15,7 +15,7 @@ def _result(model, method, seed):
     ent = rng.random(truth.shape).astype(np.float32)
     ev = M.evaluate_patient(prob, ent, ent / 2, truth, np.ones((12, 12, 12), bool))
     return {"model": model, "method": method, "status": "ok", "seconds": 1.0, "error": None,
-            "maps": [("prob", "/x/prob.nii.gz")], **ev}, prob, truth
+            "maps": [("prob", "/x/prob.nii.gz")], "evaluation": ev}, prob, truth
 
 
 PATIENT = {"cohort": "c", "source": "/c/p", "shape": (12, 12, 12), "spacing": (1, 1, 1), "label_scheme": "brats2021",
@@ -28,20 +28,20 @@ def test_round_trip_and_replace(tmp_path):
     r, _, _ = _result("A", "mc_dropout", 0)
     store.write_patient(con, "run1", "P1", [r], PATIENT)
     n_metrics = con.execute("SELECT count(*) FROM metrics").fetchone()[0]
-    assert n_metrics == len(r["metrics"])
+    assert n_metrics == len(r["evaluation"].metrics)
     store.write_patient(con, "run1", "P1", [r], PATIENT)  # rewrite: replaced, not duplicated
     assert con.execute("SELECT count(*) FROM metrics").fetchone()[0] == n_metrics
     assert con.execute("SELECT count(*) FROM patients").fetchone()[0] == 1
     assert store.done_evaluations(con, "run1") == {("A", "mc_dropout", "P1")}
     # NaN metrics are stored as NULL
     nulls = con.execute("SELECT count(*) FROM metrics WHERE value IS NULL").fetchone()[0]
-    assert nulls == sum(1 for x in r["metrics"] if not math.isfinite(x[3]))
+    assert nulls == sum(1 for x in r["evaluation"].metrics if not math.isfinite(x[3]))
 
 
 def test_failed_transaction_leaves_nothing(tmp_path):
     con = store.connect(tmp_path / "r.duckdb")
     r, _, _ = _result("A", "det", 0)
-    r["calibration_bins"] = [("WT", "brain", "not-an-int", 1, 0.1, 0.0)]  # breaks the insert
+    r["evaluation"].calibration_bins = [("WT", "brain", "not-an-int", 1, 0.1, 0.0)]  # breaks the insert
     with pytest.raises(Exception):
         store.write_patient(con, "run1", "P1", [r], PATIENT)
     for t in ("evaluations", "metrics", "calibration_bins", "patients"):
@@ -98,3 +98,13 @@ def test_table_counts_on_a_database_without_the_newer_tables(tmp_path):
     counts = store.table_counts(con)
     con.close()
     assert list(counts.table) == ["runs", "evaluations"] and (counts.rows == 0).all()
+
+
+def test_evaluation_columns_are_the_tables_columns():
+    """The suite's typed result and the schema name the same columns (one layout, two layers)."""
+    from core.metrics.suite import PatientEvaluation
+    from core.store.schema import COLUMNS
+
+    assert list(PatientEvaluation.METRIC_COLUMNS) == COLUMNS["metrics"]
+    assert list(PatientEvaluation.CALIBRATION_COLUMNS) == COLUMNS["calibration_bins"]
+    assert list(PatientEvaluation.UNCERTAINTY_COLUMNS) == COLUMNS["uncertainty_bins"]

@@ -363,7 +363,7 @@ def test_evaluate_patient_brain_level_equals_direct_voxel_sums(chunk, monkeypatc
     epkl = (mi * 4).astype(np.float32)
     assert brain.sum() > 1 << 16
     res = M.evaluate_patient(prob, ent, mi, truth, brain, epkl=epkl)
-    got = {(r, m, k): v for r, m, k, v in res["metrics"]}
+    got = {(r, m, k): v for r, m, k, v in res.metrics}
     ref, cal, unc = _direct_suite(prob, ent, mi, truth, brain, epkl)
     for key, v in ref.items():
         if math.isnan(v):
@@ -371,12 +371,12 @@ def test_evaluate_patient_brain_level_equals_direct_voxel_sums(chunk, monkeypatc
         else:
             assert got[key] == pytest.approx(v, rel=1e-10, abs=1e-15), key
     for (name, mname), (n, sp, st) in cal.items():
-        rows = {b: (nn, s, t) for r, m, b, nn, s, t in res["calibration_bins"] if (r, m) == (name, mname)}
+        rows = {b: (nn, s, t) for r, m, b, nn, s, t in res.calibration_bins if (r, m) == (name, mname)}
         assert sorted(rows) == np.flatnonzero(n).tolist()
         for b, (nn, s, t) in rows.items():
             assert nn == n[b] and s == pytest.approx(sp[b], rel=1e-12) and t == st[b]
     for (name, mname, measure), (fp, fn, tp, tn) in unc.items():
-        rows = [row[3:] for row in res["uncertainty_bins"] if row[:3] == (name, mname, measure)]
+        rows = [row[3:] for row in res.uncertainty_bins if row[:3] == (name, mname, measure)]
         dense = np.zeros((5, M.N_UNC_BINS), np.int64)
         for b, ne, nc, nfp, nfn, ntp in rows:
             dense[:, b] = ne, nc, nfp, nfn, ntp
@@ -387,7 +387,7 @@ def _suite(prob, truth, brain, mi=None):
     ent = -(np.where(prob > 0, prob * np.log(np.maximum(prob, 1e-30)), 0) +
             np.where(prob < 1, (1 - prob) * np.log(np.maximum(1 - prob, 1e-30)), 0)) / np.log(2)
     out = M.evaluate_patient(prob, ent.astype(np.float32), mi, truth, brain)
-    return {(r, m, k): v for r, m, k, v in out["metrics"]}, out
+    return {(r, m, k): v for r, m, k, v in out.metrics}, out
 
 
 def test_evaluate_patient_all_correct_and_empty_region():
@@ -428,7 +428,7 @@ def test_evaluate_patient_matches_references_on_demo_like_arrays():
     # roi is a subset of the brain, contains the ground truth
     roi = M.roi_mask(prob >= 0.5, truth, brain)
     assert roi.sum() < brain.sum() and (truth.any(0) & brain <= roi).all()
-    assert {r[1] for r in out["calibration_bins"]} == {"brain", "roi"}
+    assert {r[1] for r in out.calibration_bins} == {"brain", "roi"}
 
 
 # ------------------------------------------------------------------------- issue-3 metrics vs references

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # a writer that opens the database as the batch does (store.connect, write mode) and keeps it open
 HOLDER = ("import sys, time; sys.path.insert(0, {root!r}); from core import store; "
           "con = store.connect({db!r}); con.execute('BEGIN TRANSACTION'); "

@@ -8,6 +8,7 @@ from scipy import stats as sst
 
 from core import metrics as M
 from core.analysis import stats as S
+from core.metrics.calibration import binned_calibration
 
 
 def test_bootstrap_counts_are_resamples():
@@ -56,7 +57,7 @@ def test_ece_batch_equals_metrics_definition():
     n[0] = 0  # an empty voxel set
     sp = n * rng.uniform(0, 1, size=n.shape)
     st = np.minimum(n, np.round(sp + rng.normal(0, 2, size=n.shape)).clip(0))
-    got = S.ece_from_bins_batch(n, sp, st)
+    got = binned_calibration(n, sp, st)["ece"]
     assert math.isnan(got[0])
     for i in range(1, 30):
         assert got[i] == pytest.approx(M.calibration_from_bins(n[i], sp[i], st[i])["ece"], abs=1e-12)
@@ -87,8 +88,8 @@ def test_dataset_ece_ci_is_pooled_voxel_ece_and_replicates_are_resampled_patient
     drawn = np.repeat(np.arange(12), W[0])
     by_hand = M.calibration_from_bins(*M.calibration_bins(np.concatenate([probs[i] for i in drawn]),
                                                           np.concatenate([truths[i] for i in drawn])))["ece"]
-    rep = S.ece_from_bins_batch(W[:1].astype(float) @ bins[:, 0], W[:1].astype(float) @ bins[:, 1],
-                                W[:1].astype(float) @ bins[:, 2])[0]
+    rep = binned_calibration(W[:1].astype(float) @ bins[:, 0], W[:1].astype(float) @ bins[:, 1],
+                                W[:1].astype(float) @ bins[:, 2])["ece"][0]
     assert rep == pytest.approx(by_hand, abs=1e-12)
     assert math.isnan(S.dataset_ece_ci(np.zeros((0, 20)), np.zeros((0, 20)), np.zeros((0, 20)))["estimate"])
 

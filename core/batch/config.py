@@ -1,0 +1,73 @@
+"""The configuration of one batch run: what :func:`core.batch.pipeline.run` takes instead of two dozen arguments."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from core.batch.shards import parse_shard
+from core.inference.methods import METHODS, canonical_method
+from core.inference.precision import check_precision
+
+
+@dataclass
+class RunConfig:
+    """One batch run (see :func:`core.batch.pipeline.run_batch` for the meaning of every field).
+
+    Attributes:
+        cohort: BraTS-layout folder (resolved to an absolute path).
+        db: results database file.
+        checkpoints: model specs (a checkpoint path, or a mapping with ``checkpoint``, ``ensemble``,
+            ``snapshots``, ``auxiliary``; :mod:`core.inference.modelset`).
+        methods: method names (:mod:`core.inference.methods`), canonicalised, duplicates dropped.
+        T: samples of stochastic methods. split: only that split's patients (None: all).
+        device: torch device name (None: CUDA when available). maps_dir: NIfTI maps root (None: ``<db dir>/maps``).
+        mc_batch: passes per forward call or ``"auto"``. seed: the run's seed.
+        save_maps, progress, quality: write NIfTI maps / show a progress bar / recompute quality prediction.
+        patient_meta: per-patient metadata stored with the patient row. calibration_split: the +ts fit split.
+        ts_fit_mask: voxel set of the temperature fit (``brain`` | ``roi``). echo: where messages go.
+        precision: ``auto|fp32|bf16|fp16``. shard: (i, n) or None (parsed from ``"i/n"``). plan: a driver's
+            plan for a worker. skip: (model, method, patient) done elsewhere. prefetch / finish_depth: pipeline
+            depths. prepare_only: write run, models and plan, then stop.
+    """
+    cohort: str | Path
+    db: str | Path
+    checkpoints: list
+    methods: list = field(default_factory=lambda: list(METHODS))
+    T: int = 10
+    split: str | None = None
+    device: str | None = None
+    maps_dir: str | Path | None = None
+    mc_batch: int | str = "auto"
+    seed: int = 0
+    save_maps: bool = True
+    progress: bool = True
+    patient_meta: dict | None = None
+    calibration_split: str = "calibration"
+    quality: bool = True
+    ts_fit_mask: str = "brain"
+    echo: Callable = print
+    precision: str = "auto"
+    shard: tuple[int, int] | str | None = None
+    plan: dict | None = None
+    skip: set | None = None
+    prefetch: int = 2
+    finish_depth: int = 1
+    prepare_only: bool = False
+
+    def __post_init__(self):
+        self.cohort = Path(self.cohort).resolve()
+        self.db = Path(self.db)
+        self.methods = list(dict.fromkeys(canonical_method(m) for m in self.methods))
+        check_precision(self.precision)
+        self.shard = parse_shard(self.shard)
+
+    @property
+    def maps_root(self) -> Path:
+        """Where the NIfTI maps go: ``maps_dir``, else ``maps/`` next to the database."""
+        return Path(self.maps_dir) if self.maps_dir else self.db.parent / "maps"
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The field names (the keyword arguments :func:`core.batch.pipeline.run_batch` accepts)."""
+        return [f.name for f in fields(cls)]
