@@ -4,7 +4,7 @@
 
 Case: 3 regions x 240 x 240 x 155, float32 probabilities, entropy and MI, a realistic nested tumour
 (WT ~ 90 ml, TC, ET rim) in a brain mask, predictions with boundary errors and a missed satellite.
-Ours: ``core.metrics.evaluate_patient`` (Dice, HD95, volumes, ECE/ACE/MCE/gap, Brier, NLL, AUROC of
+Ours: ``core.metrics.suite.evaluate_patient`` (Dice, HD95, volumes, ECE/ACE/MCE/gap, Brier, NLL, AUROC of
 entropy and MI, FP-TP / FN-TN AUROC, U-E, BnF, review budget, uncertainty aggregates, all bins) for the
 brain and ROI voxel sets. Reference: the same core numbers from the libraries in the same process:
 MONAI ``CalibrationErrorMetric`` (ECE, ACE, MCE), ``DiceMetric``, ``compute_hausdorff_distance``

@@ -137,6 +137,17 @@ def cmd_derive(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Row-for-row comparison of two results databases (:func:`core.store.compare.compare_databases`)."""
+    diffs = store.compare_databases(args.a, args.b, rel_tol=args.rel_tol)
+    for d in diffs:
+        state = "same" if d.same else "DIFFERENT"
+        print(f"{d.table:28s} {state:9s} rows {d.rows_a} / {d.rows_b}  max relative float difference {d.max_rel_diff:.3g}")
+        for x, y in d.examples[:2]:
+            print(f"    a: {str(x)[:200]}\n    b: {str(y)[:200]}")
+    return 0 if all(d.same for d in diffs) else 1
+
+
 def cmd_train(args) -> int:
     spec = DEMO_MODELS[args.model]
     hp = dict(spec["train"])
@@ -156,7 +167,7 @@ def main(argv=None) -> int:
                    help="MC dropout samples (default 10)")
     d.add_argument("--methods", nargs="+", default=None,
                    help=f"methods for every model (default: each model's demo methods, all of {', '.join(DEMO_METHODS)} "
-                        "for UNet-Res); see core/uncertainty.py for the grammar")
+                        "for UNet-Res); see core/inference/uncertainty.py for the grammar")
     d.add_argument("--retrain", action="store_true", help="train the demo models instead of using shipped weights")
     d.add_argument("--seed", type=int, default=2026, help="demo cohort seed")
     d.set_defaults(fn=cmd_demo)
@@ -196,6 +207,12 @@ def main(argv=None) -> int:
     dv.add_argument("--db", required=True)
     dv.add_argument("--run", help="one run id (default: every run)")
     dv.set_defaults(fn=cmd_derive)
+    c = sub.add_parser("compare", help="compare two results databases row for row (timings and absolute paths "
+                                       "left out); exit status 1 when they differ")
+    c.add_argument("a", help="first database (e.g. before a change)")
+    c.add_argument("b", help="second database (e.g. after it)")
+    c.add_argument("--rel-tol", type=float, default=1e-12, help="relative tolerance of float columns (default 1e-12)")
+    c.set_defaults(fn=cmd_compare)
     t = sub.add_parser("train", help="train a demo architecture on a cohort's train split")
     t.add_argument("--model", choices=["SegResNet", "UNet-Res"], required=True)
     t.add_argument("--cohort", default=str(DEMO_COHORT))

@@ -1,7 +1,7 @@
-"""The glossary shown in the app, read from the README's tables so that there is one source of truth.
+"""The glossary shown in the app, read from the documentation's tables so that there is one source of truth.
 
-:func:`glossary` returns (term, where, definition) rows from the README's metric table (section
-"Metrics") and method table (section "Uncertainty methods").
+:func:`glossary` returns (term, kind, where, definition) rows from the metric table of ``docs/metrics.md``
+(section "Metrics") and the method table of ``docs/methods.md`` (section "Uncertainty methods").
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def _section(text: str, title_start: str) -> str:
-    m = re.search(rf"^## {re.escape(title_start)}.*?$(.*?)(?=^## )", text, flags=re.M | re.S)
+    m = re.search(rf"^## {re.escape(title_start)}.*?$(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
     return m.group(1) if m else ""
 
 
@@ -28,14 +28,14 @@ def _table_rows(section: str) -> list[list[str]]:
     return rows[1:] if rows else []  # drop the header row
 
 
-def glossary(readme: Path = README) -> pd.DataFrame:
-    text = readme.read_text()
+def glossary(docs: Path = DOCS) -> pd.DataFrame:
+    """(term, kind ('metric' | 'method'), where (voxel set), definition) rows of the documentation's tables."""
     out = []
-    for cells in _table_rows(_section(text, "Metrics")):
+    for cells in _table_rows(_section((docs / "metrics.md").read_text(), "Metrics")):
         if len(cells) >= 3:
             out.append({"term": cells[0].replace("`", ""), "kind": "metric", "where": cells[1].replace("`", ""),
                         "definition": " | ".join(cells[2:]).replace("`", "")})
-    for cells in _table_rows(_section(text, "Uncertainty methods")):
+    for cells in _table_rows(_section((docs / "methods.md").read_text(), "Uncertainty methods")):
         if len(cells) >= 2:
             out.append({"term": cells[0].replace("`", ""), "kind": "method", "where": "",
                         "definition": " | ".join(cells[1:]).replace("`", "")})

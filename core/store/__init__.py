@@ -80,3 +80,4 @@ from core.store.quality import (  # noqa: F401
     update_quality,
 )
 from core.store import derived  # noqa: F401,E402
+from core.store.compare import TableDiff, compare_databases  # noqa: F401,E402

@@ -1,4 +1,4 @@
-"""Derived tables (core/derived.py): every fast read gives exactly what the long tables give, and stale or
+"""Derived tables (core/store/derived.py): every fast read gives exactly what the long tables give, and stale or
 missing derived tables are never used."""
 import shutil
 

@@ -1,4 +1,4 @@
-"""Precision choice (core/precision.py) on CPU: bf16 autocast is functional on CPU, so the Dice check and the
+"""Precision choice (core/inference/precision.py) on CPU: bf16 autocast is functional on CPU, so the Dice check and the
 accept / reject logic run here with a tolerance we force; CUDA only changes which candidates `auto` tries."""
 import numpy as np
 import pytest

@@ -30,7 +30,7 @@ COMPARE = {
                 "mc_batch, device",
     "quality": "*",
     "quality_summary": "*",
-    # the derived tables (core/derived.py): built by the single run's end and by the merge, from the same rows
+    # the derived tables (core/store/derived.py): built by the single run's end and by the merge, from the same rows
     "patient_summary": "*",
     "patient_calibration": "*",
     "patient_uncertainty": "*",

@@ -1,4 +1,4 @@
-"""The batch's background stages (core/prefetch.py): order, bounded look-ahead, errors handed to the right thread."""
+"""The batch's background stages (core/batch/prefetch.py): order, bounded look-ahead, errors handed to the right thread."""
 import threading
 
 import pytest
