@@ -153,8 +153,8 @@ def draw_paired():
         if st.session_state.get("paired_b") not in b_options:
             st.session_state.pop("paired_b", None)
         b = c2.selectbox("Model B", b_options, key="paired_b")
-        pm = c3.selectbox("Metric", list(PAIRED_METRICS), format_func=PAIRED_METRICS.get, key="paired_metric")
-        show, diffs = views.paired_view(sel, list(SCATTER_METRICS), pm, a, b)
+        paired_metric = c3.selectbox("Metric", list(PAIRED_METRICS), format_func=PAIRED_METRICS.get, key="paired_metric")
+        show, diffs = views.paired_view(sel, list(SCATTER_METRICS), paired_metric, a, b)
         if not len(diffs):
             st.info("No per-patient values of this metric.")
         else:
@@ -169,9 +169,9 @@ def draw_paired():
                 "statistic": st.column_config.NumberColumn("W", format="%.1f"),
                 "p_value": st.column_config.NumberColumn("p", format="%.4g"),
                 "p_holm": st.column_config.NumberColumn("p (Holm, 3 regions)", format="%.4g")})
-            st.plotly_chart(plots.paired_differences(diffs, PAIRED_METRICS[pm], a, b), key="paired_plot")
+            st.plotly_chart(plots.paired_differences(diffs, PAIRED_METRICS[paired_metric], a, b), key="paired_plot")
             st.download_button("Download paired differences (CSV)", csv_later(diffs.rename(columns={"a": a, "b": b})),
-                               file_name=f"paired_{sel.run_id}_{sel.method}_{pm}_{a}_vs_{b}.csv", mime="text/csv",
+                               file_name=f"paired_{sel.run_id}_{sel.method}_{paired_metric}_{a}_vs_{b}.csv", mime="text/csv",
                                key="dl_paired")
             st.caption(f"Method {sel.method}, voxel set {sel.mask} for calibration metrics. Two-sided Wilcoxon signed-rank "
                        "test on the per-patient differences (scipy, zero differences dropped); interval: Poisson patient "

@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {demo,run,merge,train}`` (see the README for every option)."""
+"""Command line: ``python -m core {demo,run,merge,derive,compare,train}`` (see docs/cli.md for every option)."""
 from __future__ import annotations
 
 import argparse
@@ -28,13 +28,27 @@ SHIPPED_WEIGHTS = ROOT / "weights"
 
 
 def demo_checkpoint_name(model: str) -> str:
+    """The file name of a demo model's primary checkpoint (:func:`core.io.architectures.demo_weight_files`)."""
     return demo_weight_files(model)["checkpoint"]
 
 
 def demo_weights(weights_dir: Path, cohort: Path, retrain: bool = False, use_demo_methods: bool = True,
                  log=print) -> list[dict]:
-    """Model specs of the demo models: shipped weights (``weights/``) unless ``retrain``, else trained into
-    ``weights_dir`` (primary with snapshots, ensemble members, auxiliary error network)."""
+    """Model specs of the demo models: shipped weights (``weights/``) unless ``retrain``, else trained.
+
+    Without shipped weights (or with ``retrain``) each model is trained into ``weights_dir``: primary with
+    snapshots, ensemble members, auxiliary error network; parts already there are reused unless ``retrain``.
+
+    Args:
+        weights_dir: where trained weights go.
+        cohort: the demo cohort (BraTS layout) to train on.
+        retrain: train even when shipped or earlier weights exist.
+        use_demo_methods: give each spec its model's own demo methods.
+        log: where messages go.
+
+    Returns:
+        one model spec per demo model (:func:`core.inference.modelset.demo_model_spec`).
+    """
 
     specs = []
     for name, spec in DEMO_MODELS.items():
@@ -58,6 +72,8 @@ def demo_weights(weights_dir: Path, cohort: Path, retrain: bool = False, use_dem
 
 
 def cmd_demo(args) -> int:
+    """``python -m core demo``: build the demo cohort, load or train the demo models, run the batch on its test
+    split; prints the seconds per stage. Returns the exit status: 0, or 1 when an evaluation failed."""
     stages = {}
     t = time.time()
     build_demo_cohort(DEMO_COHORT, DemoSpec(seed=args.seed))
@@ -88,6 +104,12 @@ def _mc_batch(v):
 
 
 def cmd_run(args) -> int:
+    """``python -m core run``: the batch on a cohort (options over the ``--config`` TOML's keys), in this process,
+    as one ``--shard``, or over ``--workers`` / ``--executor ray`` shards merged into ``--db``.
+
+    Returns the exit status: 0; 1 when an evaluation failed; 2 for missing ``--cohort`` / ``--models`` or
+    ``--shard`` with ``--workers`` / ``--executor ray``.
+    """
     cfg = {}
     if args.config:
         cfg = tomllib.loads(Path(args.config).read_text())
@@ -123,11 +145,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    """``python -m core merge``: merge shard databases into ``--db``; exit status 1 when there were conflicts."""
     out = merge_databases(args.db, args.shards, quality=not args.no_quality)
     return 0 if not out["conflicts"] else 1
 
 
 def cmd_derive(args) -> int:
+    """``python -m core derive``: (re)build the derived tables of ``--run`` (default: every run); exit status 0."""
     with store.writer(args.db) as con:
         if args.run:
             out = build(con, args.run)
@@ -138,7 +162,8 @@ def cmd_derive(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """Row-for-row comparison of two results databases (:func:`core.store.compare.compare_databases`)."""
+    """``python -m core compare A B``: row-for-row comparison of two results databases
+    (:func:`core.store.compare.compare_databases`), one line per table; exit status 1 when they differ."""
     diffs = store.compare_databases(args.a, args.b, rel_tol=args.rel_tol)
     for d in diffs:
         state = "same" if d.same else "DIFFERENT"
@@ -149,6 +174,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """``python -m core train``: train a demo architecture (its hyperparameters, overridden by ``--epochs``,
+    ``--lr``, ``--seed``) and write the checkpoint to ``--out``; exit status 0."""
     spec = DEMO_MODELS[args.model]
     hp = dict(spec["train"])
     for k in ("epochs", "lr", "seed"):
@@ -159,6 +186,14 @@ def cmd_train(args) -> int:
 
 
 def main(argv=None) -> int:
+    """The command line: parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand.
+
+    Args:
+        argv: the arguments after ``python -m core``.
+
+    Returns:
+        the subcommand's exit status (argparse exits with 2 on a usage error).
+    """
     p = argparse.ArgumentParser(prog="python -m core", description="Tumour segmentation uncertainty & calibration batch")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="build the demo cohort, load or train the demo models, run the batch")

@@ -29,7 +29,23 @@ def _table_rows(section: str) -> list[list[str]]:
 
 
 def glossary(docs: Path = DOCS) -> pd.DataFrame:
-    """(term, kind ('metric' | 'method'), where (voxel set), definition) rows of the documentation's tables."""
+    """The glossary rows of the documentation's tables (metrics, then uncertainty methods).
+
+    Rows come from the table of section "Metrics" of ``docs/metrics.md`` (rows with at least three cells) and
+    the table of section "Uncertainty methods" of ``docs/methods.md`` (rows with at least two cells); the
+    header row of each table is dropped and backticks are removed.
+
+    Args:
+        docs: the documentation folder (default: the project's ``docs/``).
+
+    Returns:
+        DataFrame(term, kind, where, definition): kind is 'metric' or 'method'; where is the metric's voxel
+        set ('' for a method); definition joins the remaining cells with " | ". Empty (with those columns)
+        when neither section has a table.
+
+    Raises:
+        FileNotFoundError: when ``docs`` lacks ``metrics.md`` or ``methods.md``.
+    """
     out = []
     for cells in _table_rows(_section((docs / "metrics.md").read_text(), "Metrics")):
         if len(cells) >= 3:
@@ -48,8 +64,16 @@ def _cached_glossary() -> pd.DataFrame:
 
 
 def search(query: str = "") -> pd.DataFrame:
-    """Glossary rows whose term or definition contains ``query`` (case-insensitive, plain text; all when empty).
-    The source is parsed once per process (cached), not on every rerun."""
+    """Glossary rows whose term or definition contains ``query``.
+
+    The source is parsed once per process (cached), not on every rerun.
+
+    Args:
+        query: plain text (not a regular expression), matched case-insensitively; empty: every row.
+
+    Returns:
+        the matching rows of :func:`glossary` (same columns and index).
+    """
     g = _cached_glossary()
     if query:
         g = g[g.term.str.contains(query, case=False, regex=False)

@@ -17,11 +17,21 @@ SIDE_BY_SIDE = [
 
 
 def side_by_side(summary: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
-    """Three panels (Dice, AUROC, ECE), x = region, one bar per model; where the summary carries bootstrap
-    intervals (columns dice_lo/hi, ece_dataset_lo/hi), they are drawn as error bars.
+    """Three panels (Dice, AUROC, ECE), x = region, one bar per model, with bootstrap error bars where known.
 
-    summary: one row per (model, region) with the SIDE_BY_SIDE metric columns. The three panels' axes are laid
-    out by hand (what plotly's make_subplots would make, without its per-trace layout validation: 3x faster)."""
+    The three panels' axes are laid out by hand (what plotly's make_subplots would make, without its per-trace
+    layout validation, which is where make_subplots spends its time).
+
+    Args:
+        summary: one row per (model, region) with the :data:`SIDE_BY_SIDE` metric columns (dice_mean,
+            auroc_entropy_dataset, ece_dataset); where it carries bootstrap intervals (columns dice_lo/hi,
+            ece_dataset_lo/hi), they are drawn as error bars.
+        colours: model -> hex colour.
+
+    Returns:
+        the figure: one bar per model and region in each panel, regions in :data:`REGIONS` order (a region
+        missing from a model's rows is a gap); the Dice and AUROC axes span [0, 1].
+    """
     gap = 0.07
     width = (1 - 2 * gap) / 3
     layout = dict(barmode="group", height=380, margin=dict(t=50, b=40, l=50, r=20),
@@ -49,12 +59,20 @@ def side_by_side(summary: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
 
 
 def box_stats(x, y, ids) -> tuple[dict, pd.DataFrame]:
-    """Box statistics per category, as plotly draws them (quartiles by linear interpolation, whiskers at the
-    most extreme values within 1.5 IQR of the box), and the points outside the whiskers.
+    """Box statistics per category, as plotly draws them, and the points outside the whiskers.
 
-    x: (n,) category per value; y: (n,) values (NaN skipped); ids: (n,) label per value. Returns
-    (dict(x, q1, median, q3, lowerfence, upperfence, mean): one entry per non-empty category, in first-seen
-    order; DataFrame(x, y, id) of the outliers)."""
+    Quartiles by linear interpolation, whiskers at the most extreme values within 1.5 IQR of the box.
+
+    Args:
+        x: (n,) category per value.
+        y: (n,) values; NaN (any non-finite value) skipped.
+        ids: (n,) label per value (e.g. the patient id).
+
+    Returns:
+        (stats, outliers): stats = dict(x, q1, median, q3, lowerfence, upperfence, mean) of lists, one entry
+        per non-empty category (at least one finite value), in first-seen order; outliers = DataFrame(x, y, id)
+        of the values outside the whiskers (empty, with those columns, when there are none).
+    """
     codes, cats = pd.factorize(pd.Series(np.asarray(x, dtype=object)), sort=False)  # first-seen order
     y, ids = np.asarray(y, np.float64), np.asarray(ids, dtype=object)
     stats = {k: [] for k in ("x", "q1", "median", "q3", "lowerfence", "upperfence", "mean")}
@@ -105,16 +123,37 @@ def _model_boxes(df: pd.DataFrame, x: str, y: str, colours: dict[str, str], hove
 
 
 def per_patient_box(df: pd.DataFrame, metric_label: str, colours: dict[str, str], y_range=None) -> go.Figure:
-    """Per-patient distribution: df with columns model, region, patient_id, value. Above :data:`ALL_POINTS`
-    rows the boxes are computed here and only outliers are drawn as points (:func:`box_stats`)."""
+    """Per-patient distribution of one metric: one box per region and model, grouped side by side.
+
+    Above :data:`ALL_POINTS` rows the boxes are computed here and only outliers are drawn as points
+    (:func:`box_stats`); up to it every patient is drawn.
+
+    Args:
+        df: columns model, region, patient_id, value.
+        metric_label: the y-axis title.
+        colours: model -> hex colour.
+        y_range: [lo, hi] of the y axis (None: automatic).
+
+    Returns:
+        the figure, regions in :data:`REGIONS` order.
+    """
     return _model_boxes(df, "region", "value", colours, "%{y:.3f}", "region", REGIONS, metric_label, y_range, -0.2)
 
 
 def reliability_diagram(curves: dict, band: dict | None, colours: dict[str, str], title: str) -> go.Figure:
-    """Reliability diagram: per model a dataset-level curve (mean confidence vs accuracy per bin, from summed
-    bins) and, in ``band``, the 10-90 % spread of per-patient accuracy per bin as a shaded area.
+    """Reliability diagram: per model a dataset-level curve and, in ``band``, the patients' spread.
 
-    curves: model -> DataFrame(conf, acc, n); band: model -> DataFrame(centre, lo, hi).
+    The curve is mean confidence vs accuracy per bin (from summed bins); the band is the 10-90 % spread of
+    per-patient accuracy per bin, drawn as a shaded area. A dashed diagonal marks perfect calibration.
+
+    Args:
+        curves: model -> DataFrame(conf, acc, n), one row per bin (n: voxels in the bin, shown on hover).
+        band: model -> DataFrame(centre, lo, hi), or None; a model missing from it (or with no rows) gets no band.
+        colours: model -> hex colour.
+        title: the figure title.
+
+    Returns:
+        the figure, both axes on [0, 1].
     """
     data = [dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dash"),
                  name="perfect calibration", hoverinfo="skip")]
@@ -137,8 +176,18 @@ def reliability_diagram(curves: dict, band: dict | None, colours: dict[str, str]
 
 
 def reliability_histogram(matrix, n_bins: int, title: str) -> go.Figure:
-    """Dataset reliability histogram (paper 004): x = confidence bin, y = per-patient accuracy bin, colour =
-    share of patients (columns normalised to 1). matrix: (n_bins, n_bins), rows = accuracy bins."""
+    """Dataset reliability histogram (paper 004) as a heatmap with a dashed diagonal.
+
+    x = confidence bin, y = per-patient accuracy bin, colour = share of patients (columns normalised to 1).
+
+    Args:
+        matrix: (n_bins, n_bins) shares in [0, 1], rows = accuracy bins, columns = confidence bins.
+        n_bins: bins per axis (cells centred at (k + 0.5) / n_bins).
+        title: the figure title.
+
+    Returns:
+        the figure, both axes on [0, 1], colour scale [0, 1].
+    """
     centres = [(k + 0.5) / n_bins for k in range(n_bins)]
     # traces and layout given to the constructor at once: 4-5x faster than add_trace + update_layout
     return go.Figure(
@@ -153,7 +202,17 @@ def reliability_histogram(matrix, n_bins: int, title: str) -> go.Figure:
 
 
 def histogram(df: pd.DataFrame, column: str, colours: dict[str, str], label: str) -> go.Figure:
-    """Overlaid histograms of ``column`` per model (df: model, <column>), 30 bins."""
+    """Overlaid histograms of ``column`` per model, 30 bins.
+
+    Args:
+        df: columns model and ``column`` (one row per patient).
+        column: the values to count.
+        colours: model -> hex colour.
+        label: the x-axis title.
+
+    Returns:
+        the figure (y axis: patients).
+    """
     return go.Figure(
         data=[dict(type="histogram", x=g[column].to_numpy(), name=model, marker=dict(color=colours.get(model)),
                    opacity=0.6, nbinsx=30) for model, g in df.groupby("model", sort=True)],
@@ -169,7 +228,18 @@ def _rgba(hex_colour: str | None, alpha: float) -> str:
 
 
 def budget_curves(curves: pd.DataFrame, column: str, label: str, colours: dict[str, str]) -> go.Figure:
-    """Review-budget curves: x = % of voxels reviewed, y = ``column``; colour per model, dash per method."""
+    """Review-budget curves: x = % of voxels reviewed, y = ``column``; colour per model, dash per method.
+
+    Args:
+        curves: columns model, method, budget (% of the voxel set) and ``column``, as the curves of
+            :func:`core.analysis.summaries.budget_table`.
+        column: the curve's value, e.g. ``captured`` or ``ueo`` (the y axis spans [0, 1]).
+        label: the y-axis title.
+        colours: model -> hex colour.
+
+    Returns:
+        the figure, one line per (model, method).
+    """
     dashes = {m: d for m, d in zip(sorted(curves.method.unique()), ["solid", "dash", "dot", "dashdot"] * 4)}
     fig = go.Figure()
     for (model, method), g in curves.groupby(["model", "method"]):
@@ -182,13 +252,34 @@ def budget_curves(curves: pd.DataFrame, column: str, label: str, colours: dict[s
 
 
 def strata_box(df: pd.DataFrame, labels: list[str], colours: dict[str, str], x_title: str, y_title: str) -> go.Figure:
-    """Dice per stratum: df with model, stratum, dice, patient_id. Above :data:`ALL_POINTS` rows the boxes are
-    computed here and only their outliers are sent (:func:`box_stats`), as :func:`per_patient_box`."""
+    """Dice per stratum: one box per stratum and model, grouped side by side.
+
+    Above :data:`ALL_POINTS` rows the boxes are computed here and only their outliers are sent
+    (:func:`box_stats`), as :func:`per_patient_box`.
+
+    Args:
+        df: columns model, stratum, dice, patient_id.
+        labels: the strata in display order (the x categories).
+        colours: model -> hex colour.
+        x_title: the x-axis title.
+        y_title: the y-axis title (the y axis spans [0, 1.02]).
+
+    Returns:
+        the figure.
+    """
     return _model_boxes(df, "stratum", "dice", colours, "Dice %{y:.3f}", x_title, labels, y_title, [0, 1.02], -0.25)
 
 
 def predicted_vs_true(df: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
-    """Scatter of predicted vs true Dice (df: model, patient_id, dice, predicted_dice, flagged) with y = x."""
+    """Scatter of predicted vs true Dice per patient, one trace per model, with the line y = x.
+
+    Args:
+        df: columns model, patient_id, dice, predicted_dice, flagged (bool; a flagged patient is drawn as x).
+        colours: model -> hex colour.
+
+    Returns:
+        the figure, both axes on [-0.02, 1.02].
+    """
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#999", dash="dash"),
                              name="perfect prediction", hoverinfo="skip"))
@@ -207,12 +298,22 @@ def predicted_vs_true(df: pd.DataFrame, colours: dict[str, str]) -> go.Figure:
 
 
 def patient_scatter(df: pd.DataFrame, x: str, y: str, x_label: str, y_label: str, colours: dict[str, str]) -> go.Figure:
-    """Per-patient scatter (df: model, patient_id, <x>, <y>), one trace per model (named and legend-grouped by
-    the model), box / lasso selection on.
+    """Per-patient scatter, one trace per model (named and legend-grouped by the model), box / lasso selection on.
 
-    Each point's customdata is its patient id (a flat string array: a 2-D [patient, model] array would cost
-    ten times as much to serialise at 40,000 points); a selection event's point carries it with its trace's
-    legendgroup and curve_number, which :func:`selected_keys` turns back into (patient_id, model)."""
+    Each point's customdata is its patient id (a flat string array: a 2-D [patient, model] array costs much
+    more to serialise at tens of thousands of points); a selection event's point carries it with its trace's
+    legendgroup and curve_number, which :func:`selected_keys` turns back into (patient_id, model). Above
+    :data:`WEBGL_POINTS` rows the traces are drawn with WebGL.
+
+    Args:
+        df: columns model, patient_id, ``x`` and ``y`` (one row per patient and model).
+        x, y: the column names of the axes.
+        x_label, y_label: the axis titles (also in the hover text).
+        colours: model -> hex colour.
+
+    Returns:
+        the figure, traces in sorted model order.
+    """
     fig = go.Figure()
     trace = go.Scattergl if len(df) > WEBGL_POINTS else go.Scatter  # WebGL keeps 10,000s of points responsive
     for model, g in df.groupby("model", sort=True):
@@ -231,7 +332,16 @@ def selected_keys(selection, trace_names: list[str] | None = None) -> list[tuple
     """(patient_id, model) of the points of a Streamlit plotly selection (``event.selection``), in order, unique.
 
     A point's customdata is its patient id and its model is its legendgroup, else the name of trace
-    ``curve_number`` in ``trace_names`` (:func:`patient_scatter`); a [patient_id, model] customdata also works."""
+    ``curve_number`` in ``trace_names`` (:func:`patient_scatter`); a [patient_id, model] customdata also works.
+
+    Args:
+        selection: the selection, a dict or an object with ``points`` (None: nothing selected).
+        trace_names: the figure's trace names in order, for points that carry no legendgroup.
+
+    Returns:
+        the keys as strings, first-seen order, without duplicates; points without customdata, or whose model
+        cannot be told, are left out (empty when nothing is selected).
+    """
     points = (selection or {}).get("points", []) if isinstance(selection, dict) else getattr(selection, "points", [])
     out: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
@@ -257,8 +367,19 @@ def selected_keys(selection, trace_names: list[str] | None = None) -> list[tuple
 
 
 def paired_differences(df: pd.DataFrame, label: str, a: str, b: str) -> go.Figure:
-    """Per-patient paired differences (df: region, patient_id, diff = a - b) as a box with every point per
-    region, and a zero line: above zero, model ``a`` has the higher value."""
+    """Per-patient paired differences of two models as one box per region, and a zero line.
+
+    Above zero, model ``a`` has the higher value. Up to :data:`ALL_POINTS` rows every point is drawn; above,
+    only the outliers (:func:`box_stats`).
+
+    Args:
+        df: columns region, patient_id, diff (= a - b).
+        label: the metric's name (in the y-axis title).
+        a, b: the two models' names.
+
+    Returns:
+        the figure, regions in :data:`REGIONS` order.
+    """
     data = []
     for region in REGIONS:
         g = df[df.region == region]

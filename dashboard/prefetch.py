@@ -11,16 +11,29 @@ _QUEUED: list[tuple] = []
 
 
 def queue_prefetch(fn, args: tuple, n_private: int = 2) -> None:
-    """Queue ``fn(*args)`` (a cached function) to run in the background once this page is drawn
-    (:func:`start_prefetch`); the last ``n_private`` arguments are the large ones that the cache key leaves out
-    (underscore-named), whose digest is among the others."""
+    """Queue ``fn(*args)`` (a cached function) to run in the background once this page is drawn.
+
+    The queue is started by :func:`start_prefetch`; only the newest 16 entries are kept (a page that stopped
+    early never started its queue).
+
+    Args:
+        fn: a Streamlit-cached function (``st.cache_data`` / ``st.cache_resource``).
+        args: its positional arguments.
+        n_private: how many of the last arguments are the large ones that the cache key leaves out
+            (underscore-named), whose digest is among the others.
+    """
     _QUEUED.append((fn, args, n_private))
     del _QUEUED[:-16]  # a page that stopped early never started its queue: keep the newest only
 
 
 def start_prefetch() -> None:
-    """Start the work queued by :func:`subset_bins` and :func:`dashboard.tables.leaderboard` during this page run
-    (call at the END of a page, so that the background work does not compete with drawing it)."""
+    """Start the work queued during this page run, one background thread per entry, and empty the queue.
+
+    The entries come from :func:`queue_prefetch` (:func:`dashboard.subsets.subset_bins`,
+    :func:`dashboard.subsets.patient_table`, :func:`dashboard.subsets.subset_summary` and
+    :func:`dashboard.tables.leaderboard`). Call at the END of a page, so that the background work does not
+    compete with drawing it.
+    """
     while _QUEUED:
         _prefetch(*_QUEUED.pop(0))
 

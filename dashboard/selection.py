@@ -32,11 +32,13 @@ STRAT_MEASURES = {
 
 
 def data_dir() -> Path:
-    """The folder the app may read databases from (env ``TUMOURQA_DATA``, default ``data/``)."""
+    """The folder the app may read databases from (env ``TUMOURQA_DATA``, default ``data/``), resolved."""
     return Path(os.environ.get("TUMOURQA_DATA", ROOT / "data")).resolve()
 
 
 def available_dbs() -> list[str]:
+    """Every ``*.duckdb`` file below :func:`data_dir` (any depth), as sorted paths relative to it (empty when the
+    folder does not exist)."""
     d = data_dir()
     if not d.is_dir():
         return []
@@ -44,7 +46,17 @@ def available_dbs() -> list[str]:
 
 
 def resolve_db(name: str) -> Path:
-    """A database name relative to :func:`data_dir`; refuses anything that resolves outside it."""
+    """The absolute path of a database name relative to :func:`data_dir`.
+
+    Args:
+        name: a path relative to the data folder, as :func:`available_dbs` lists them.
+
+    Returns:
+        the resolved path (it need not exist).
+
+    Raises:
+        ValueError: when the name resolves outside the data folder (``..``, an absolute path, a link out).
+    """
     d = data_dir()
     p = (d / name).resolve()
     if d != p and d not in p.parents:
@@ -53,11 +65,28 @@ def resolve_db(name: str) -> Path:
 
 
 def model_colours(models: list[str]) -> dict[str, str]:
+    """Model -> hex colour of :data:`PALETTE`, assigned in sorted model order (cycling after eight models), so
+    a model keeps its colour whatever the selection's order."""
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(sorted(models))}
 
 
 @dataclass
 class Selection:
+    """The sidebar's choices for one rerun (built by :func:`dashboard.sidebar.sidebar`).
+
+    Attributes:
+        db: the database file. run_id: the run.
+        models: the selected models; all_models: every model of the run.
+        method: the selected method; methods: every method of the run.
+        mask: the voxel set ('brain' | 'roi').
+        strat_model, strat_measure: the model and the :data:`STRAT_MEASURES` label the entropy filter uses.
+        q_range: (lo, hi) quantile range of the filter in %, 0-100.
+        patients: the patients inside the filter; all_patients: every patient the stratification measure has
+            a row for (:func:`core.store.patient_measure`).
+        measure_values: DataFrame(patient_id, value) of the stratification measure.
+        group_pids, group_ids: those patients and their quantile groups
+            (:func:`core.analysis.strata.quantile_groups`; -1 for a NaN value).
+    """
     db: Path
     run_id: str
     models: list[str]
@@ -82,12 +111,23 @@ class Selection:
 
     @property
     def colours(self) -> dict[str, str]:
+        """Model -> hex colour of every model of the run (:func:`model_colours`)."""
         return model_colours(self.all_models)
 
 
 def in_filter(sel: "Selection", patient_ids) -> np.ndarray:
-    """Boolean per id of ``patient_ids``: inside the entropy filter (all True when nobody is filtered out).
-    Looked up in the stratification's cached id index (built once per stratification, not per call)."""
+    """Whether each patient is inside the entropy filter.
+
+    Looked up in the stratification's cached id index (built once per stratification, not per call).
+
+    Args:
+        sel: the selection.
+        patient_ids: (P,) patient ids (any order, repeats allowed).
+
+    Returns:
+        (P,) bool; all True when nobody is filtered out. A patient without a stratification value (not listed,
+        or NaN) is inside only when the range is the whole 0-100 %.
+    """
     ids = np.asarray(patient_ids, dtype=object)
     if len(sel.patients) == len(sel.all_patients):
         return np.ones(len(ids), bool)
@@ -110,7 +150,14 @@ def _group_index(groups_key: str, pids: tuple, gids: tuple) -> tuple[pd.Index, n
 
 
 def subset_key(*parts) -> str:
-    """SHA-1 of sequences of patient ids / numbers, for cache keys of large patient subsets."""
+    """A cache key of large patient subsets: the SHA-1 of sequences of patient ids / numbers.
+
+    Args:
+        *parts: sequences whose items are turned into strings (separated so that different splits differ).
+
+    Returns:
+        the hex digest (40 characters).
+    """
     h = hashlib.sha1()
     for part in parts:
         h.update("\x1f".join(map(str, part)).encode())

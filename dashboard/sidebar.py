@@ -24,7 +24,13 @@ def _init(key: str, value):
 
 
 def run_in_progress(db_name: str) -> None:
-    """Tell the user that a batch holds the database's write lock (DuckDB: one writer, no reader meanwhile)."""
+    """Tell the user that a batch holds the database's write lock (DuckDB: one writer, no reader meanwhile).
+
+    Draws a warning in the sidebar and one in the page.
+
+    Args:
+        db_name: the database's name as the sidebar shows it.
+    """
     msg = (f"A run is in progress: a batch is writing `{db_name}` right now, so it cannot be read until the "
            "batch finishes (results are committed patient by patient). Reload in a moment, or pick another database.")
     st.sidebar.warning("A run is in progress on this database.", icon=":material/hourglass_top:")
@@ -32,8 +38,15 @@ def run_in_progress(db_name: str) -> None:
 
 
 def sidebar() -> Selection | None:
-    """Draw the shared sidebar; returns None (after telling the user what to do) when there is no data or
-    when a batch holds the database's write lock (:class:`core.store.DatabaseBusy`: "a run is in progress")."""
+    """Draw the shared sidebar (database, run, models, method, mask, entropy filter) and return its selection.
+
+    The widgets' values live in session state and in the URL query parameters, so a link opens the same view.
+
+    Returns:
+        the page's :class:`dashboard.selection.Selection`; None (after telling the user what to do) when there
+        is no data (no database, no run, no evaluation yet) or when a batch holds the database's write lock
+        (:class:`core.store.DatabaseBusy`: "a run is in progress").
+    """
     try:
         return _sidebar()
     except store.DatabaseBusy:
@@ -134,15 +147,26 @@ def _sidebar() -> Selection | None:
 
 
 def current_selection() -> Selection | None:
-    """The selection drawn by app.py for this rerun; a page run on its own (AppTest) draws the sidebar itself."""
+    """The selection drawn by app.py for this rerun; a page run on its own (AppTest) draws the sidebar itself.
+
+    Returns:
+        the selection, or None as :func:`sidebar`.
+    """
     if "_selection" in st.session_state:
         return st.session_state["_selection"]
     return sidebar()
 
 
 def require_selection(models: bool = True, patients: bool = True) -> Selection:
-    """The page's selection; stops the page with a message when there is no data, no model selected, or
-    (``patients``) nobody inside the entropy filter."""
+    """The page's selection; stops the page (``st.stop``) with a message when it cannot be drawn.
+
+    Args:
+        models: stop when no model is selected.
+        patients: stop when nobody is inside the entropy filter.
+
+    Returns:
+        the selection (never None: no data stops the page too).
+    """
     sel = current_selection()
     if sel is None:
         st.stop()
@@ -156,9 +180,19 @@ def require_selection(models: bool = True, patients: bool = True) -> Selection:
 
 
 def page_tabs(labels: list[str], key: str, param: str = "view"):
-    """Lazy tabs whose open tab lives in session state and in the URL (``?view=<label>``, so a link opens the
-    same tab): each returned container's ``.open`` is True for the open tab only, and the page draws only
-    that one (a filter change then recomputes one tab's tables and figures, not the whole page's)."""
+    """Lazy tabs whose open tab lives in session state and in the URL (``?view=<label>``: a link opens the same tab).
+
+    The page draws only the open tab (a filter change then recomputes one tab's tables and figures, not the
+    whole page's).
+
+    Args:
+        labels: the tab labels; the first is open by default (or when the URL names none of them).
+        key: the session-state key of the open tab.
+        param: the URL query parameter of the open tab.
+
+    Returns:
+        the tab containers of ``st.tabs``, in ``labels`` order; each one's ``.open`` is True for the open tab only.
+    """
     if st.session_state.get(key) not in labels:
         st.session_state[key] = _qp_default(param, labels, labels[0])
     tabs = st.tabs(labels, key=key, on_change="rerun")
@@ -167,10 +201,15 @@ def page_tabs(labels: list[str], key: str, param: str = "view"):
 
 
 def keep_widget_state(defaults: dict) -> None:
-    """Keep the values of widgets that are not drawn in this rerun (those of closed tabs): Streamlit drops the
-    state of a widget absent from a rerun, so each key is written back (or set to its default) as the page
-    starts; widgets then take their value from session state (no ``index=``/``default=`` of their own). A default
-    of None keeps a value that is there and sets none."""
+    """Keep the values of widgets that are not drawn in this rerun (those of closed tabs).
+
+    Streamlit drops the state of a widget absent from a rerun, so each key is written back (or set to its
+    default) as the page starts; widgets then take their value from session state (no ``index=``/``default=``
+    of their own).
+
+    Args:
+        defaults: widget key -> default value; a default of None keeps a value that is there and sets none.
+    """
     for k, default in defaults.items():
         if k in st.session_state:
             st.session_state[k] = st.session_state[k]

@@ -32,12 +32,26 @@ def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: s
 
 def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str = "entropy",
                 methods: list[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """The filtered patients' bins, summed (columns as :func:`core.store.summed_calibration_bins` /
-    :func:`core.store.summed_uncertainty_bins`), for ``methods`` (default: every method of the run).
+    """The filtered patients' bins, summed over the patients inside the entropy filter.
 
-    The whole range (0-100 %) reads the cohort totals (every patient of the run). Other ranges are computed from
-    per-group sums read once per stratification (:func:`core.store.grouped_bins`, cached), so moving the quantile
-    filter adds up a few dozen groups' rows (numpy) instead of rereading every patient."""
+    The whole range (0-100 %) reads the cohort totals (every patient of the run) and queues, in the background,
+    the per-group sums the first move of the filter will need. Other ranges are computed from per-group sums
+    read once per stratification (:func:`core.store.grouped_bins`, cached), so moving the quantile filter adds
+    up a few dozen groups' rows (numpy) instead of rereading every patient.
+
+    Args:
+        sel: the selection (run, filter).
+        kind: 'calibration' or 'uncertainty'.
+        mask: the voxel set (default: the sidebar's).
+        measure: the uncertainty measure of ``kind`` 'uncertainty' (e.g. 'entropy').
+        methods: only these methods (default: every method of the run).
+        columns: only these count columns of ``kind`` 'uncertainty' (default: all).
+
+    Returns:
+        one row per (model, method, region, bin) with the count columns, as
+        :func:`core.store.summed_calibration_bins` / :func:`core.store.summed_uncertainty_bins`; empty when
+        there are no such bins.
+    """
     mask = mask or sel.mask
     args = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
             None if methods is None else tuple(sorted(methods)), None if columns is None else tuple(columns),
@@ -89,9 +103,23 @@ def _rows_kept(sel: Selection, key: tuple, df: pd.DataFrame) -> np.ndarray:
 
 def patient_table(sel: Selection, metrics: list[str], mask: str | None = None, method: str | None = None,
                   subset: bool = True) -> pd.DataFrame:
-    """Per-patient metrics (:func:`core.store.metric_wide`) of every patient of the run, read once per
-    (metrics, mask, method) and cached; ``subset`` keeps the patients inside the entropy filter (a boolean mask
-    of the rows' cached quantile groups, not a lookup of thousands of patient ids)."""
+    """Per-patient metrics (:func:`core.store.metric_wide`) of every patient of the run, read once and cached.
+
+    The table is cached per database version, run, metrics, mask and method; ``subset`` keeps the patients
+    inside the entropy filter (a boolean mask of the rows' cached quantile groups, not a lookup of thousands of
+    patient ids).
+
+    Args:
+        sel: the selection (run, filter).
+        metrics: the metric columns.
+        mask: the voxel set (default: the sidebar's).
+        method: only this method's rows (None: every method).
+        subset: keep only the patients inside the entropy filter.
+
+    Returns:
+        model, method, patient_id, region, <metric>... (NaN where undefined), one row per ok evaluation and
+        region. It may be the cached frame itself, shared by every session: do not modify it in place.
+    """
     key = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, tuple(metrics), mask or sel.mask, method)
     df = _patient_table(*key)
     if subset:
@@ -113,8 +141,19 @@ def _summary_parts(key: tuple, _df: pd.DataFrame) -> dict:
 
 
 def subset_summary(sel: Selection, mask: str | None = None, methods: list[str] | None = None) -> pd.DataFrame:
-    """Cohort metrics of the filtered patients per model, method and region (:func:`core.analysis.summaries.cohort_summary`,
-    the same numbers as :func:`core.store.cohort_summary` on ``sel.patients``), for ``methods`` (default all)."""
+    """Cohort metrics of the filtered patients per model, method and region.
+
+    These are :func:`core.analysis.summaries.cohort_summary` of the cached per-patient table and the filtered
+    summed bins (:func:`subset_bins`): the same numbers as :func:`core.store.cohort_summary` on ``sel.patients``.
+
+    Args:
+        sel: the selection (run, filter).
+        mask: the voxel set (default: the sidebar's).
+        methods: only these methods (default: all).
+
+    Returns:
+        one row per (model, method, region), columns as :func:`core.store.cohort_summary`.
+    """
 
     mask = mask or sel.mask
     # one method: read only its rows (a quarter of a 4-method run's); several: all, the others dropped at the end

@@ -48,15 +48,29 @@ def _leaderboard_parts(db: str, mtime: float, run_id: str, mask: str, methods: t
 
 
 def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) -> pd.DataFrame:
-    """model x method x region (the given methods) with Dice, AUROC (means over patients) and dataset ECE, each
-    with a 95 % Poisson-bootstrap interval over the patients inside the entropy filter, and the patient counts
-    behind them (:func:`core.analysis.stats.leaderboard`).
+    """The leaderboard of the patients inside the entropy filter, with 95 % Poisson-bootstrap intervals.
+
+    One row per model x method x region (the selected models, the given methods) with Dice, AUROC (means over
+    patients) and dataset ECE, each with its interval, and the patient counts behind them
+    (:func:`core.analysis.stats.leaderboard`).
 
     The whole cohort reads the batch's leaderboard (:func:`core.store.cohort_leaderboard`) and queues, for the
     first move of the filter, the per-quantile-group replicate sums of every patient
-    (:func:`core.analysis.stats.leaderboard_parts`, cached per database version, methods, models and stratification);
-    any other range adds up its groups' sums (:func:`core.analysis.stats.leaderboard_from_parts`): the same numbers as
-    bootstrapping the subgroup's patients afresh, without a pass over them."""
+    (:func:`core.analysis.stats.leaderboard_parts`, cached per database version, methods, models and
+    stratification); any other range (or a database without the stored leaderboard) adds up its groups' sums
+    (:func:`core.analysis.stats.leaderboard_from_parts`): the same numbers as bootstrapping the subgroup's
+    patients afresh, without a pass over them.
+
+    Args:
+        sel: the selection (run, models, mask, filter).
+        methods: the methods to rank (at least one).
+        B: bootstrap replicates.
+
+    Returns:
+        one row per (model, method, region) with the columns of :func:`core.analysis.stats.leaderboard`
+        (n_patients; <m>, <m>_lo, <m>_hi, <m>_n, <m>_nan of dice and auroc_entropy; ece_dataset(_lo, _hi));
+        empty when no patient row matches.
+    """
     everyone = patient_table(sel, LEADERBOARD_METRICS, subset=False, method=methods[0] if len(methods) == 1 else None)
     everyone = everyone[everyone.method.isin(methods) & everyone.model.isin(sel.models)]
     if everyone.empty:
@@ -78,10 +92,22 @@ def _cohort_ids(key: tuple, _everyone: pd.DataFrame) -> tuple:
 
 
 def paired(sel: Selection, metrics: list[str], metric: str, a: str, b: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Paired comparison of models a and b on ``metric`` over the patients inside the filter, sidebar method
-    (:func:`core.analysis.stats.paired_table`), with intervals from the Poisson bootstrap of the run's cohort: each
-    patient carries the leaderboard's weights, so a move of the filter costs two matrix-vector products per
-    region instead of a fresh resampling. ``metrics``: the cached per-patient table's columns (with metric)."""
+    """Paired comparison of models ``a`` and ``b`` on ``metric`` over the patients inside the filter.
+
+    The sidebar's method; :func:`core.analysis.stats.paired_table` with intervals from the Poisson bootstrap of
+    the run's cohort: each patient carries the leaderboard's weights, so a move of the filter costs two
+    matrix-vector products per region instead of a fresh resampling.
+
+    Args:
+        sel: the selection (run, method, mask, filter).
+        metrics: the cached per-patient table's columns (with ``metric``), so that pages share one cached table.
+        metric: the compared metric.
+        a, b: the two models.
+
+    Returns:
+        (summary, diffs): one test row per region (with p_holm), and the per-patient rows (region, patient_id,
+        a, b, diff = a - b) of the patients both models evaluated.
+    """
     everyone = patient_table(sel, metrics, method=sel.method, subset=False)
     ids = _cohort_ids((str(sel.db), sel.db.stat().st_mtime, sel.run_id, tuple(metrics), sel.mask, sel.method), everyone)
     wide = patient_table(sel, metrics, method=sel.method)
@@ -97,8 +123,17 @@ def _quoted(values: pd.Index) -> np.ndarray:
 
 
 def viewer_links(base: str, patient_ids: pd.Series, models: pd.Series) -> np.ndarray:
-    """(R,) object array: ``base + "&patient=<id>&model=<model>"`` per row, each id encoded once (not per row:
-    40,000 rows of the patient table)."""
+    """Viewer links of a table's rows, each distinct id percent-encoded once (not per row: tens of thousands
+    of rows of the patient table).
+
+    Args:
+        base: the link up to its query (e.g. ``"./viewer?db=...&run=..."``).
+        patient_ids: (R,) patient id per row.
+        models: (R,) model per row.
+
+    Returns:
+        (R,) object array of ``base + "&patient=<id>&model=<model>"``.
+    """
     pcode, pids = pd.factorize(patient_ids)
     mcode, mods = pd.factorize(models)
     head = np.array([f"{base}&patient={q}&model=" for q in _quoted(pids)], dtype=object)
@@ -106,13 +141,30 @@ def viewer_links(base: str, patient_ids: pd.Series, models: pd.Series) -> np.nda
 
 
 def csv_later(df: pd.DataFrame):
-    """The ``data`` of a CSV download button, built only when the user clicks it (a 40,000-row table would
-    otherwise be rendered to CSV on every rerun)."""
+    """The ``data`` of a CSV download button, built only when the user clicks it.
+
+    A table of tens of thousands of rows would otherwise be rendered to CSV on every rerun.
+
+    Args:
+        df: the table (written without its index).
+
+    Returns:
+        a callable returning the CSV text.
+    """
     return lambda: df.to_csv(index=False)
 
 
 def fmt_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:
-    """'0.812 [0.781, 0.840]'; '-' for a missing estimate."""
+    """An estimate with its interval as text, e.g. '0.812 [0.781, 0.840]'.
+
+    Args:
+        est: the estimate; None or NaN: missing.
+        lo, hi: the interval's bounds; a missing ``lo`` (None or NaN) shows the estimate alone.
+        digits: decimals.
+
+    Returns:
+        the text; '-' for a missing estimate.
+    """
     if est is None or not math.isfinite(est):
         return "-"
     if lo is None or not math.isfinite(lo):
@@ -121,7 +173,17 @@ def fmt_ci(est: float, lo: float, hi: float, digits: int = 3) -> str:
 
 
 def leaderboard_display(lb: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """Readable leaderboard: one string column per metric with its interval, counts, pooled AUROC from bins."""
+    """Readable leaderboard: one string column per metric with its interval, counts, pooled AUROC from bins.
+
+    Args:
+        lb: the leaderboard (:func:`leaderboard`).
+        summary: the cohort summary (:func:`dashboard.subsets.subset_summary`), for its pooled
+            ``auroc_entropy_dataset`` (may be empty).
+
+    Returns:
+        model, method, region, patients, 'Dice [95 % CI]', 'AUROC mean [95 % CI]', 'AUROC NaN skipped',
+        'AUROC pooled', 'ECE dataset [95 % CI]'; sorted by region (WT, TC, ET), then by Dice, best first.
+    """
     pooled = summary[["model", "method", "region", "auroc_entropy_dataset"]] if len(summary) else None
     out = lb.copy()
     if pooled is not None:

@@ -49,14 +49,32 @@ def ran_models(sel: Selection) -> list[str]:
 
 
 def compare_summaries(sel: Selection, methods: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(cohort summary of the given methods, of the sidebar's method only), selected models, filtered patients."""
+    """The Compare page's cohort summaries of the selected models over the filtered patients.
+
+    Args:
+        sel: the selection.
+        methods: the methods of the first summary.
+
+    Returns:
+        (summary of ``methods``, its rows of the sidebar's method only), columns as
+        :func:`dashboard.subsets.subset_summary`.
+    """
     summary_all = subset_summary(sel, methods=methods)
     summary_all = summary_all[summary_all.model.isin(sel.models)]
     return summary_all, summary_all[summary_all.method == sel.method]
 
 
 def with_intervals(summary: pd.DataFrame, lb: pd.DataFrame) -> pd.DataFrame:
-    """The summary with the leaderboard's Dice and dataset-ECE interval bounds (for error bars)."""
+    """The summary with the leaderboard's Dice and dataset-ECE interval bounds (for error bars).
+
+    Args:
+        summary: cohort summary rows (model, method, region, ...).
+        lb: the leaderboard (:func:`dashboard.tables.leaderboard`), possibly empty.
+
+    Returns:
+        ``summary`` left-joined on (model, method, region) with the bound columns ``lb`` has (dice_lo, dice_hi,
+        ece_dataset_lo, ece_dataset_hi; NaN where a row has none); ``summary`` itself when ``lb`` is empty.
+    """
     ci_cols = KEYS + ["dice_lo", "dice_hi", "ece_dataset_lo", "ece_dataset_hi"]
     return summary.merge(lb[[c for c in ci_cols if c in lb]], on=KEYS, how="left") if len(lb) else summary
 
@@ -77,7 +95,18 @@ def float_columns(df: pd.DataFrame) -> list[str]:
 
 
 def scatter_points(sel: Selection, metrics: list[str], region: str, x: str, y: str) -> pd.DataFrame:
-    """Per-patient rows of the selected models and method in one region with both ``x`` and ``y`` defined."""
+    """Per-patient rows of the selected models and method in one region with both ``x`` and ``y`` defined.
+
+    Args:
+        sel: the selection (filtered patients).
+        metrics: the per-patient table's metric columns (with ``x`` and ``y``).
+        region: 'WT', 'TC' or 'ET'.
+        x, y: the metric columns of the scatter's axes.
+
+    Returns:
+        model, method, patient_id, region, <metrics>...; no rows (same columns) when ``x`` or ``y`` is not a
+        column, or when no row has both.
+    """
     wide = patient_table(sel, metrics, method=sel.method)
     points = wide[wide.model.isin(sel.models) & (wide.region == region)]
     if points.empty or x not in points or y not in points:
@@ -87,8 +116,18 @@ def scatter_points(sel: Selection, metrics: list[str], region: str, x: str, y: s
 
 def scatter_table(sel: Selection, points: pd.DataFrame, keys: list[tuple[str, str]], metrics: list[str],
                   sort_by: str) -> pd.DataFrame:
-    """The patient table under the scatter: the selected (patient, model) points (all when none), the metrics,
-    sorted by ``sort_by`` (descending), with an ``open`` link to each patient in the viewer."""
+    """The patient table under the scatter, with an ``open`` link to each patient in the viewer.
+
+    Args:
+        sel: the selection (run, method, mask of the links).
+        points: the scatter's rows (:func:`scatter_points`).
+        keys: the selected (patient_id, model) points (:func:`dashboard.plots.selected_keys`); empty: all rows.
+        metrics: the metric columns to show (those ``points`` lacks are left out).
+        sort_by: the column to sort by, descending (ties by patient id).
+
+    Returns:
+        patient_id, model, <metrics>..., open (a relative ``./viewer?...`` link).
+    """
     table = points.set_index(["patient_id", "model"])
     if keys:
         table = table.loc[[k for k in keys if k in table.index]]
@@ -106,13 +145,30 @@ PAIRED_COLUMNS = ["region", "n", "n_nan", "n_zero", "mean_diff", "diff_lo", "dif
 
 
 def paired_view(sel: Selection, metrics: list[str], metric: str, a: str, b: str):
-    """(test table per region, per-patient differences) of model ``a`` vs ``b`` (:func:`dashboard.tables.paired`)."""
+    """(test table per region, per-patient differences) of model ``a`` vs ``b`` (:func:`dashboard.tables.paired`).
+
+    Args:
+        sel: the selection.
+        metrics: the cached per-patient table's columns (with ``metric``).
+        metric: the compared metric.
+        a, b: the two models.
+
+    Returns:
+        (test rows with the :data:`PAIRED_COLUMNS` (all columns when there is no pair), diffs with region,
+        patient_id, a, b, diff = a - b).
+    """
     test, diffs = tables.paired(sel, metrics, metric, a, b)
     return (test[PAIRED_COLUMNS] if len(diffs) else test), diffs
 
 
 def metric_values(sel: Selection, metrics: list[str], metric: str) -> pd.DataFrame:
-    """(model, patient_id, region, value) of one metric, selected models and method, filtered patients."""
+    """(model, patient_id, region, value) of one metric, selected models and method, filtered patients.
+
+    Args:
+        sel: the selection.
+        metrics: the cached per-patient table's columns (with ``metric``).
+        metric: the metric whose column becomes ``value`` (NaN where undefined).
+    """
     wide = patient_table(sel, metrics, method=sel.method)
     wide = wide[wide.model.isin(sel.models)]
     return wide[["model", "patient_id", "region", metric]].rename(columns={metric: "value"})
@@ -126,8 +182,20 @@ def temperatures(sel: Selection) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------- reliability
 def reliability_curves(sel: Selection, region: str) -> tuple[dict, dict, dict]:
-    """Per selected model: dataset curve, patients' 10-90 % band and dataset reliability histogram of the
-    filtered patients (:func:`core.analysis.summaries.reliability_arrays`); models without bins are left out."""
+    """Per selected model: dataset curve, patients' 10-90 % band and dataset reliability histogram.
+
+    Computed over the filtered patients (:func:`core.analysis.summaries.reliability_arrays`) from the dense
+    per-patient bins of the sidebar's method and mask.
+
+    Args:
+        sel: the selection.
+        region: 'WT', 'TC' or 'ET'.
+
+    Returns:
+        (curves, bands, hists), each model -> value: DataFrame(conf, acc, n) per non-empty bin,
+        DataFrame(centre, lo, hi) per bin with at least two patients, and the (n_bins, n_bins) share matrix
+        (rows = accuracy bins). Models without bins, or without a filtered patient, are left out.
+    """
     curves, bands, hists = {}, {}, {}
     dense = reads.calibration_dense(sel.db, sel.run_id, sel.method, region, mask=sel.mask)
     for model in sel.models:
@@ -145,13 +213,30 @@ CALIBRATION_METRICS = ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"]
 
 
 def calibration_patients(sel: Selection, region: str) -> pd.DataFrame:
-    """Per-patient calibration metrics of one region (selected models and method, filtered patients)."""
+    """Per-patient calibration metrics of one region (selected models and method, filtered patients).
+
+    Args:
+        sel: the selection.
+        region: 'WT', 'TC' or 'ET'.
+
+    Returns:
+        model, method, patient_id, region and the :data:`CALIBRATION_METRICS` columns (NaN where undefined).
+    """
     wide = patient_table(sel, CALIBRATION_METRICS, method=sel.method)
     return wide[wide.model.isin(sel.models) & (wide.region == region)]
 
 
 def worst_calibrated(wide: pd.DataFrame, n: int = 15) -> pd.DataFrame:
-    """The ``n`` patient rows with the largest ECE."""
+    """The ``n`` patient rows with the largest ECE.
+
+    Args:
+        wide: per-patient rows with model, patient_id and the :data:`CALIBRATION_METRICS` columns
+            (:func:`calibration_patients`).
+        n: rows kept.
+
+    Returns:
+        model, patient_id, <CALIBRATION_METRICS>..., largest ECE first (NaN ECE last).
+    """
     return wide.sort_values("ece", ascending=False).head(n)[["model", "patient_id"] + CALIBRATION_METRICS]
 
 
@@ -164,7 +249,17 @@ def strata_view(sel: Selection) -> tuple:
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def strata_table(view: tuple, n_strata: int, _sel: Selection):
-    """(strata of every patient, labels, per-patient Dice / ECE / HD95 of the selected models with their stratum)."""
+    """The strata of every patient of the run (not only the filtered ones), cached per view and ``n_strata``.
+
+    Args:
+        view: the cache key of the view (:func:`strata_view`).
+        n_strata: equal-size quantile strata of the stratification measure (:func:`core.analysis.strata.strata`).
+        _sel: the selection the key stands for (not hashed).
+
+    Returns:
+        (vals: patient_id, value, stratum of every patient with a value (NaN dropped); labels: 'Q1' (lowest) ..
+        'Qn'; dice: per-patient Dice / ECE / HD95 of the selected models with their stratum and value).
+    """
     vals, labels = strata(_sel.measure_values, n_strata)
     dice = patient_table(_sel, ["dice", "ece", "hd95"], method=_sel.method, subset=False)
     dice = dice[dice.model.isin(_sel.models)].merge(vals[["patient_id", "stratum", "value"]], on="patient_id")
@@ -173,7 +268,18 @@ def strata_table(view: tuple, n_strata: int, _sel: Selection):
 
 @st.cache_resource(max_entries=24, show_spinner=False)
 def strata_region(view: tuple, n_strata: int, region: str, _labels, _dice) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows of one region, median Dice per model x stratum) of :func:`strata_table`."""
+    """(rows of one region, median Dice per model x stratum) of :func:`strata_table`, cached.
+
+    Args:
+        view: the cache key of the view (:func:`strata_view`).
+        n_strata: the number of strata.
+        region: 'WT', 'TC' or 'ET'.
+        _labels: the strata labels (the columns of the medians, in order).
+        _dice: the per-patient rows of :func:`strata_table`.
+
+    Returns:
+        (the region's rows of ``_dice``, DataFrame of median Dice indexed by model with one column per stratum).
+    """
     d = _dice[_dice.region == region]
     return d, d.groupby(["model", "stratum"]).dice.median().unstack().reindex(columns=_labels)
 
@@ -195,15 +301,39 @@ def _triage_all(view: tuple, n_strata: int, strat_model: str, strat_measure: str
 
 
 def triage(sel: Selection, view: tuple, n_strata: int, dice: pd.DataFrame) -> pd.DataFrame:
-    """One row per filtered patient of the stratifying model, most uncertain first, with its Dice per region."""
+    """One row per filtered patient of the stratifying model, most uncertain first, with its Dice per region.
+
+    Args:
+        sel: the selection (stratifying model and measure, filter).
+        view: the cache key of the view (:func:`strata_view`).
+        n_strata: the number of strata.
+        dice: the per-patient rows of :func:`strata_table`.
+
+    Returns:
+        patient_id, stratum, <the measure's metric, e.g. mean_entropy>, dice_WT, dice_TC, dice_ET, sorted by
+        the measure, descending.
+    """
     tri = _triage_all(view, n_strata, sel.strat_model, sel.strat_measure, dice)
     return tri[in_filter(sel, tri.patient_id)]
 
 
 # ---------------------------------------------------------------------------------------------- budget
 def budget(sel: Selection, region: str, methods: list[str], max_budget_pct: float):
-    """(curves, table) of the review budget (:func:`core.analysis.summaries.budget_table`) on 100 budgets up to
-    ``max_budget_pct`` % of the voxel set, filtered patients, selected models."""
+    """(curves, table) of the review budget (:func:`core.analysis.summaries.budget_table`), selected models.
+
+    Computed from the filtered patients' summed entropy bins on 100 budgets evenly spaced up to
+    ``max_budget_pct`` % of the voxel set.
+
+    Args:
+        sel: the selection (mask, filter).
+        region: 'WT', 'TC' or 'ET'.
+        methods: the methods to compare.
+        max_budget_pct: the largest budget, in % of the voxel set.
+
+    Returns:
+        (curves: model, method, budget (%), captured, ueo; table: per model and method the AUCs, AUROCs and
+        counts); two empty frames when there are no bins.
+    """
     summed = subset_bins(sel, "uncertainty", measure="entropy", methods=methods)
     summed = summed[(summed.region == region) & summed.model.isin(sel.models)]
     budgets = [max_budget_pct / 100 * (i + 1) / 100 for i in range(100)]
@@ -217,8 +347,17 @@ def run_has_quality(sel: Selection) -> bool:
 
 
 def quality(sel: Selection, region: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(cross-validated summary per model and method, per-patient predicted vs true Dice, flagged patients,
-    lowest predicted Dice first) of one region; the summary is empty when the run has no quality prediction."""
+    """The quality prediction of one region: summary, per-patient predictions and flagged patients.
+
+    Args:
+        sel: the selection (the patients' rows are of the sidebar's method).
+        region: 'WT', 'TC' or 'ET'.
+
+    Returns:
+        (cross-validated summary per model and method without the features / regressor columns, per-patient
+        predicted vs true Dice, flagged patients, lowest predicted Dice first), selected models only; the
+        summary is empty when the run has no quality prediction.
+    """
     summary = reads.quality_summary(sel.db, sel.run_id)
     pts = reads.quality_patients(sel.db, sel.run_id, sel.method, region)
     pts = pts[pts.model.isin(sel.models)]
@@ -234,13 +373,27 @@ def viewer_models(sel: Selection) -> list[str]:
 
 
 def viewer_maps(sel: Selection, patient_id: str) -> pd.DataFrame:
-    """The patient's NIfTI maps (model, method, kind, path) of the sidebar's method."""
+    """The patient's NIfTI maps (model, method, kind, path) of the sidebar's method.
+
+    Args:
+        sel: the selection.
+        patient_id: the patient.
+    """
     maps = reads.patient_maps(sel.db, sel.run_id, patient_id)
     return maps[maps.method == sel.method]
 
 
 def map_volume(maps: pd.DataFrame, model: str, kind: str):
-    """The map ``kind`` of ``model`` as an (X, Y, Z[, 3]) float32 array (cached), or None when it is missing."""
+    """The map ``kind`` of ``model`` as an (X, Y, Z[, 3]) float32 array (cached), or None when it is missing.
+
+    Args:
+        maps: the patient's maps (:func:`viewer_maps`).
+        model: the model.
+        kind: 'prob', 'entropy', 'mi', 'error' ((X, Y, Z, 3), one channel per region) or 'pred' ((X, Y, Z)).
+
+    Returns:
+        the array, or None when there is no such row or its file does not exist.
+    """
     row = maps[(maps.model == model) & (maps.kind == kind)]
     if row.empty or not Path(row.path.iloc[0]).exists():
         return None
@@ -249,7 +402,20 @@ def map_volume(maps: pd.DataFrame, model: str, kind: str):
 
 
 def jump_slice(kind: str, maps: pd.DataFrame, model: str, regions, r: int, axis: str) -> int:
-    """The slice along ``axis`` with the most tumour (ground truth, else prediction), uncertainty or error."""
+    """The slice along ``axis`` with the most tumour (ground truth, else prediction), uncertainty or error.
+
+    Args:
+        kind: 'tumour' (ground truth, else the prediction p >= 0.5), 'uncertainty' (the entropy map) or any
+            other value for the error map.
+        maps: the patient's maps (:func:`viewer_maps`); the map ``kind`` needs must exist.
+        model: the model whose maps are used.
+        regions: (3, X, Y, Z) bool ground truth, or None.
+        r: the region index (0 WT, 1 TC, 2 ET).
+        axis: 'axial', 'coronal' or 'sagittal'.
+
+    Returns:
+        the slice index (the middle slice when the volume is empty, :func:`dashboard.viewer.best_slice`).
+    """
     if kind == "tumour":
         vol = regions[r] if regions is not None else (map_volume(maps, model, "prob")[..., r] >= 0.5)
     elif kind == "uncertainty":
@@ -260,8 +426,22 @@ def jump_slice(kind: str, maps: pd.DataFrame, model: str, regions, r: int, axis:
 
 
 def overlay(kind: str, maps: pd.DataFrame, model: str, regions, r: int, axis: str, index: int):
-    """(weights (H, W) in [0, 1] or None, colour) of one overlay on one displayed slice (see
-    :func:`dashboard.viewer.compose`); None when the map (or the ground truth) is missing."""
+    """(weights, colour) of one overlay on one displayed slice, for :func:`dashboard.viewer.compose`.
+
+    Args:
+        kind: 'ground truth', 'prediction' (p >= 0.5), 'entropy', 'mutual information' (both scaled by the
+            region's maximum over the volume) or 'error (FP / FN)'.
+        maps: the patient's maps (:func:`viewer_maps`).
+        model: the model whose maps are used.
+        regions: (3, X, Y, Z) bool ground truth, or None.
+        r: the region index (0 WT, 1 TC, 2 ET).
+        axis: 'axial', 'coronal' or 'sagittal'.
+        index: the slice along ``axis``.
+
+    Returns:
+        (weights (H, W) float in [0, 1], colour: an (r, g, b) in [0, 1] or a callable weights -> (H, W, 3));
+        (None, None) when the map (or the ground truth) is missing or ``kind`` is unknown.
+    """
     if kind == "ground truth" and regions is not None:
         return V.take(regions[r].astype("float32"), axis, index), (0.1, 0.9, 0.2)
     if kind == "prediction":
@@ -282,18 +462,35 @@ def overlay(kind: str, maps: pd.DataFrame, model: str, regions, r: int, axis: st
 
 
 def patient_metric_table(sel: Selection, patient_id: str, models: list[str]) -> pd.DataFrame:
-    """One patient's metrics: rows (metric, mask), columns '<model> <region>' (empty when there are none)."""
-    pm = reads.patient_metrics(sel.db, sel.run_id, [patient_id], mask=sel.mask)
-    pm = pm[pm.model.isin(models) & (pm.method == sel.method)]
-    if pm.empty:
-        return pm
-    wide = pm.pivot_table(index=["metric", "mask"], columns=["model", "region"], values="value", aggfunc="first")
+    """One patient's metrics: rows (metric, mask), columns '<model> <region>' (empty when there are none).
+
+    Args:
+        sel: the selection (run, method, mask: the rows of ``sel.mask`` and of 'pred').
+        patient_id: the patient.
+        models: the models shown.
+
+    Returns:
+        metric, mask, '<model> <region>'... (NaN where undefined); the empty long frame when there are none.
+    """
+    long = reads.patient_metrics(sel.db, sel.run_id, [patient_id], mask=sel.mask)
+    long = long[long.model.isin(models) & (long.method == sel.method)]
+    if long.empty:
+        return long
+    wide = long.pivot_table(index=["metric", "mask"], columns=["model", "region"], values="value", aggfunc="first")
     wide.columns = [f"{m} {r}" for m, r in wide.columns]
     return wide.reset_index()
 
 
 def map_downloads(maps: pd.DataFrame, models: list[str]) -> list[tuple[str, str, Path]]:
-    """(model, kind, path) of the patient's existing NIfTI map files of the shown models."""
+    """(model, kind, path) of the patient's existing NIfTI map files of the shown models.
+
+    Args:
+        maps: the patient's maps (:func:`viewer_maps`).
+        models: the models shown.
+
+    Returns:
+        one entry per map row whose file exists and ends in ``.nii.gz``, in the rows' order.
+    """
     out = []
     for row in maps[maps.model.isin(models)].itertuples():
         p = Path(row.path)

@@ -14,21 +14,34 @@ from core.inference.precision import check_precision
 class RunConfig:
     """One batch run (see :func:`core.batch.pipeline.run_batch` for the meaning of every field).
 
+    Invalid values raise ValueError when the config is built (an unknown method, precision or shard).
+
     Attributes:
         cohort: BraTS-layout folder (resolved to an absolute path).
         db: results database file.
         checkpoints: model specs (a checkpoint path, or a mapping with ``checkpoint``, ``ensemble``,
             ``snapshots``, ``auxiliary``; :mod:`core.inference.modelset`).
         methods: method names (:mod:`core.inference.methods`), canonicalised, duplicates dropped.
-        T: samples of stochastic methods. split: only that split's patients (None: all).
-        device: torch device name (None: CUDA when available). maps_dir: NIfTI maps root (None: ``<db dir>/maps``).
-        mc_batch: passes per forward call or ``"auto"``. seed: the run's seed.
-        save_maps, progress, quality: write NIfTI maps / show a progress bar / recompute quality prediction.
-        patient_meta: per-patient metadata stored with the patient row. calibration_split: the +ts fit split.
-        ts_fit_mask: voxel set of the temperature fit (``brain`` | ``roi``). echo: where messages go.
-        precision: ``auto|fp32|bf16|fp16``. shard: (i, n) or None (parsed from ``"i/n"``). plan: a driver's
-            plan for a worker. skip: (model, method, patient) done elsewhere. prefetch / finish_depth: pipeline
-            depths. prepare_only: write run, models and plan, then stop.
+        T: samples (passes) of stochastic methods.
+        split: only that split's patients (None: all).
+        device: torch device name (None: CUDA when available).
+        maps_dir: NIfTI maps root (None: ``<db dir>/maps``).
+        mc_batch: passes per forward call, or ``"auto"``.
+        seed: the run's seed.
+        save_maps: write NIfTI maps.
+        progress: show a progress bar.
+        patient_meta: patient id -> metadata stored with the patient row.
+        calibration_split: the split the +ts temperatures are fitted on.
+        quality: recompute the quality prediction at the end.
+        ts_fit_mask: voxel set of the temperature fit (``brain`` | ``roi``).
+        echo: where messages go (a print-like callable).
+        precision: ``auto|fp32|bf16|fp16``.
+        shard: (i, n) or None (parsed from ``"i/n"``).
+        plan: a driver's plan for a worker (None: resolve it here).
+        skip: (model, method, patient) done elsewhere.
+        prefetch: patients loaded ahead in a background thread (0: inline).
+        finish_depth: patients waiting for the background finisher (0: inline).
+        prepare_only: write run, models and plan, then stop.
     """
     cohort: str | Path
     db: str | Path

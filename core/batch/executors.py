@@ -108,8 +108,14 @@ def _prepare_worker(kwargs: dict) -> dict:
 
 
 def ray_init(address: str | None = None, **kw) -> None:
-    """Connect to a Ray cluster (``address``: ``auto``, ``ray://host:10001``, ``host:6379``) or start a local one
-    (None), with this project importable in every worker; does nothing when Ray is already initialised."""
+    """Connect to a Ray cluster or start a local one, with this project importable in every worker.
+
+    Does nothing when Ray is already initialised.
+
+    Args:
+        address: ``auto``, ``ray://host:10001``, ``host:6379``; None starts a local instance.
+        **kw: more ``ray.init`` arguments.
+    """
     import ray
 
     if ray.is_initialized():
@@ -129,7 +135,11 @@ def _ray_resources(n: int) -> dict:
 
 
 def default_workers(executor: str) -> int:
-    """Shards when ``--workers`` is not given: Ray: the cluster's GPUs (else 2); local: 2."""
+    """Shards when ``--workers`` is not given: Ray: the cluster's GPUs (else 2); local: 2.
+
+    Args:
+        executor: ``local`` or ``ray`` (Ray must be initialised, :func:`ray_init`).
+    """
     if executor == "ray":
         import ray
 
@@ -140,9 +150,33 @@ def default_workers(executor: str) -> int:
 
 def run_sharded(cohort, db, checkpoints, workers: int | None = None, executor: str = "local",
                 ray_address: str | None = None, keep_shards: bool = False, echo=print, **kw) -> dict:
-    """The batch over ``workers`` shards (``executor`` ``local``: a process pool, ``ray``: Ray tasks), merged
-    into ``db``. ``kw``: the other :func:`core.batch.pipeline.run_batch` arguments. Returns the summary of the run
-    (ok / failed / skipped summed over the shards, the merge's row counts and conflicts)."""
+    """Run the batch over ``workers`` shards in parallel and merge them into ``db``.
+
+    The driver prepares the run (plan, temperatures), the shards run with its plan, each writing its own
+    ``<db>.shard-i-of-n.duckdb``, and whatever they committed is merged into ``db`` (see the module doc).
+
+    Args:
+        cohort: BraTS-layout folder.
+        db: the output database (created with its folder when missing).
+        checkpoints: model specs (:mod:`core.inference.modelset`).
+        workers: shards (default :func:`default_workers`).
+        executor: ``local`` (one interpreter per shard) or ``ray`` (Ray tasks).
+        ray_address: the Ray cluster (:func:`ray_init`; None: a local instance).
+        keep_shards: keep the shard databases after the merge.
+        echo: where messages go.
+        **kw: the other :func:`core.batch.pipeline.run_batch` arguments (``shard`` is ignored; ``quality`` is
+            applied once, after the merge).
+
+    Returns:
+        the summary of the run: run_id, ok / failed / skipped summed over the shards, unavailable, seconds,
+        db, shards, executor, and the merge's rows (per table) and conflicts.
+
+    Raises:
+        ValueError: for an unknown executor.
+        RuntimeError: when Ray is asked for but not installed, or a local shard process fails.
+        BaseException: whatever a shard raised, re-raised after its committed patients were merged (the shard
+            files are then kept: the same command again finishes the run).
+    """
     import time
 
 

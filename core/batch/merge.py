@@ -106,7 +106,25 @@ def _merge_checked(con, src, shard: Path, table: str, key: tuple, conflicts: lis
 def merge_databases(out: str | Path, shards: list[str | Path], quality: bool = True, echo=print) -> dict:
     """Merge ``shards`` into ``out`` (created when missing); recompute quality prediction for the merged runs.
 
-    Returns ``{"db", "shards", "runs", "rows" (per table, summed over shards), "conflicts"}``."""
+    One transaction per shard (see the module doc for what each table gets); afterwards the quality
+    prediction (with ``quality``) and the derived tables of every merged run are rebuilt. Conflicts are
+    reported through ``echo``, not raised.
+
+    Args:
+        out: the merged database.
+        shards: the shard databases, merged in this order (in a conflict, the values ``out`` already had, or
+            the first shard's, are kept).
+        quality: recompute the quality prediction over all merged patients.
+        echo: where messages go.
+
+    Returns:
+        ``{"db", "shards", "runs" (sorted run ids), "rows" (per table, summed over shards), "conflicts"
+        (messages)}``.
+
+    Raises:
+        FileNotFoundError: when a shard database does not exist.
+        ValueError: when a shard is ``out`` itself.
+    """
     out = Path(out)
     shards = [Path(s) for s in shards]
     for s in shards:

@@ -64,13 +64,26 @@ def _setup_log(log_path: Path) -> logging.Logger:
 
 
 def run_batch(cohort: str | Path, db: str | Path, checkpoints: list, **options) -> dict:
-    """:func:`run` of ``RunConfig(cohort, db, checkpoints, **options)`` (:class:`core.batch.config.RunConfig`:
-    every option by name; an unknown one raises TypeError)."""
+    """:func:`run` of ``RunConfig(cohort, db, checkpoints, **options)``.
+
+    Args:
+        cohort: BraTS-layout folder.
+        db: results database file.
+        checkpoints: model specs (:mod:`core.inference.modelset`).
+        **options: the other fields of :class:`core.batch.config.RunConfig`, by name.
+
+    Returns:
+        the summary of :func:`run`.
+
+    Raises:
+        TypeError: for an unknown option.
+        ValueError: for an unknown method, precision or shard, and as :func:`run`.
+    """
     return run(RunConfig(cohort, db, checkpoints, **options))
 
 
 def run(cfg: RunConfig) -> dict:
-    """Run the batch of ``cfg``; returns a summary dict (run_id, ok, failed, skipped, unavailable, seconds, db, plan).
+    """Run the batch of ``cfg`` (:class:`core.batch.config.RunConfig`) and return its summary.
 
     ``checkpoints``: model specs (a checkpoint path, or a mapping with ``checkpoint``, ``ensemble``,
     ``snapshots``, ``auxiliary``; :mod:`core.inference.modelset`). ``methods``: method names
@@ -88,6 +101,22 @@ def run(cfg: RunConfig) -> dict:
     merged database). ``prefetch``: patients loaded ahead in a background thread; ``finish_depth``: patients
     whose metrics, maps and transaction wait for the background finisher (0, 0: all inline).
     ``prepare_only``: write the run, models and plan, then stop (the driver of a sharded run).
+
+    A patient that cannot be loaded, or an evaluation that raises, is recorded as failed and the batch goes
+    on; a failure of the quality prediction or of the derived tables is logged, never fatal.
+
+    Args:
+        cfg: the run's configuration (the fields above).
+
+    Returns:
+        summary dict: run_id, ok, failed, skipped (counts of (model, method, patient) evaluations),
+        unavailable ("model/method: reason" of the pairs left out), seconds, db, plan; with ``prepare_only``
+        the counts are 0 and it also holds done (the evaluations already ok or skipped) and patients (the
+        run's, or the shard's, patient count).
+
+    Raises:
+        ValueError: when two checkpoints share a model name, a model spec does not load or fit, or ``+ts``
+            methods have no usable calibration patient to fit temperatures on.
     """
     t_start = time.time()
     cohort, db, methods, shard, T, echo = cfg.cohort, cfg.db, cfg.methods, cfg.shard, cfg.T, cfg.echo

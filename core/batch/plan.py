@@ -28,7 +28,18 @@ from core.io.cohort import CaseError, discover, labels_to_regions, load_case
 
 
 def passes_per_call(method: str, T: int) -> int:
-    """Passes of the primary network one call of ``method`` makes (what a chunk can batch)."""
+    """Passes of the primary network one call of ``method`` makes (what a chunk can batch).
+
+    Args:
+        method: a method name (:mod:`core.inference.methods`).
+        T: samples of ``mc_dropout``.
+
+    Returns:
+        ``T`` for ``mc_dropout`` (with or without ``+tta``), the 8 flips for a ``tta`` method, else 1.
+
+    Raises:
+        ValueError: for an unknown method name.
+    """
     spec = parse_method(method)
     if spec.base == "mc_dropout":
         return int(T)
@@ -36,9 +47,21 @@ def passes_per_call(method: str, T: int) -> int:
 
 
 def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channels):
-    """The case the precision check and the chunk trial run on: the first patient of the calibration split
-    that loads with ground truth, else the first patient of the cohort that loads (sorted ids: the same case
-    for every shard). ``loaded`` caches it per channel order. Returns a :class:`core.io.cohort.Case` or None."""
+    """The case the precision check and the chunk trial run on.
+
+    The first patient of the calibration split that loads with ground truth, else the first patient of the
+    cohort that loads (sorted ids: the same case for every shard).
+
+    Args:
+        cohort: BraTS-layout folder.
+        splits: split name -> patient ids (``splits.json``).
+        cal_split: the calibration split's name.
+        loaded: cache of the case per channel order (updated in place, a None result included).
+        channels: the model card's channel order.
+
+    Returns:
+        a :class:`core.io.cohort.Case`, or None when no patient loads.
+    """
     key = tuple(channels)
     if key in loaded:
         return loaded[key]
@@ -57,11 +80,36 @@ def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channel
 
 def prepare_models(models, pairs, db, run_id, cohort, splits, cal_split, ts_fit_mask, precision, mc_batch, T, dev,
                    log, echo) -> dict:
-    """Resolve, per model, the precision (:func:`core.inference.precision_check.choose_precision`), the passes per forward call
-    and the +ts temperatures, in that order (temperatures are fitted on the logits the run will use); set them
-    on the model sets, store them (``run_plan``, ``temperatures``) and return the plan
-    ``{model: {"precision": {...}, "mc_batch": int, "chunk_trial": {...} | None, "temperature": [R] | None}}``
-    (plain JSON types: the plan travels to the workers of a sharded run)."""
+    """Resolve the run's plan per model, set it on the model sets and store it (``run_plan``, ``temperatures``).
+
+    Per model: the precision (:func:`core.inference.precision_check.choose_precision`), the passes per forward
+    call (:func:`core.inference.forward.choose_chunk` with ``mc_batch="auto"``) and the +ts temperatures, in
+    that order (temperatures are fitted on the logits the run will use). A rerun of the run on the same device
+    type (and the same explicit ``mc_batch``, if any) keeps the stored precision and passes per call.
+
+    Args:
+        models: the run's model sets (updated in place: ``precision``, ``temperature``).
+        pairs: the (model set, method) pairs the run evaluates; a model without one gets no plan entry.
+        db: results database file.
+        run_id: the run.
+        cohort: BraTS-layout folder.
+        splits: split name -> patient ids.
+        cal_split: the calibration split (check case, temperature fit).
+        ts_fit_mask: voxel set of the temperature fit (``brain`` | ``roi``).
+        precision: ``auto|fp32|bf16|fp16``.
+        mc_batch: passes per forward call, or ``"auto"``.
+        T: samples of ``mc_dropout``.
+        dev: the torch device.
+        log: the run's logger.
+        echo: where messages go.
+
+    Returns:
+        ``{model: {"precision": {...}, "mc_batch": int, "chunk_trial": {...} | None, "temperature": [R] | None}}``
+        (plain JSON types: the plan travels to the workers of a sharded run).
+
+    Raises:
+        ValueError: as :func:`fit_temperatures`, when a +ts method cannot be fitted.
+    """
     plan, loaded = {}, {}
     with store.writer(db) as con:
         stored = store.read_run_plan(con, run_id)
@@ -112,7 +160,13 @@ def prepare_models(models, pairs, db, run_id, cohort, splits, cal_split, ts_fit_
 
 
 def apply_plan(models, plan: dict) -> None:
-    """Set a driver's plan (:func:`prepare_models`) on this process's model sets."""
+    """Set a driver's plan (:func:`prepare_models`) on this process's model sets.
+
+    Args:
+        models: the model sets (updated in place: ``precision``, and ``temperature`` where the plan has one);
+            a model the plan does not name is left as it is.
+        plan: the plan, as :func:`prepare_models` returns it.
+    """
     for m in models:
         e = plan.get(m.name)
         if e is None:
@@ -123,8 +177,28 @@ def apply_plan(models, plan: dict) -> None:
 
 
 def fit_temperatures(db, run_id, ms, cohort, cal_ids, cal_split, log, echo, fit_mask="brain") -> np.ndarray:
-    """The model's per-region temperatures for this run: read from ``temperatures`` or fitted now on the
-    calibration split (deterministic logits in the ROI, :mod:`core.inference.temperature`) and stored."""
+    """The model's per-region temperatures for this run: read from ``temperatures`` or fitted now and stored.
+
+    The fit uses the calibration split's deterministic logits, on the patient grid, over ``fit_mask``
+    (:mod:`core.inference.temperature`); a calibration patient that does not load is skipped (logged).
+
+    Args:
+        db: results database file.
+        run_id: the run.
+        ms: the model set (its card's regions and channels).
+        cohort: BraTS-layout folder.
+        cal_ids: the calibration split's patient ids (None or empty: no split).
+        cal_split: the split's name (in messages).
+        log: the run's logger.
+        echo: where messages go.
+        fit_mask: voxel set of the fit, ``brain`` or ``roi``.
+
+    Returns:
+        (R,) float32 temperatures in the card's region order; 1.0 where a fit is undefined (NULL / NaN).
+
+    Raises:
+        ValueError: when there is no calibration split, or none of its patients loads with ground truth.
+    """
 
     regions = ms.card["regions"]
     with store.writer(db) as con:

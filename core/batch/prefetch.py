@@ -32,7 +32,14 @@ class _Raised:
 
 class Prefetcher:
     """``for item, result in Prefetcher(items, load, depth=2)``: ``result`` is ``load(item)`` or the
-    ``Exception`` it raised; items come back in order. Leaving the loop early stops the thread."""
+    ``Exception`` it raised; items come back in order. Leaving the loop early stops the thread.
+
+    Args:
+        items: what to load (materialised as a list).
+        load: the loading function, run in the background thread.
+        depth: items loaded ahead at most (0: inline, no thread).
+        name: the thread's name.
+    """
 
     def __init__(self, items: Iterable, load: Callable[[Any], Any], depth: int = 2, name: str = "prefetch"):
         self.items, self.load, self.depth, self.name = list(items), load, int(depth), name
@@ -86,7 +93,13 @@ class Prefetcher:
 
 
 class OrderedWorker:
-    """``w = OrderedWorker(fn, depth=1)``; ``w.submit(job)`` ...; ``w.close()``: ``fn(job)`` in order in one thread."""
+    """``w = OrderedWorker(fn, depth=1)``; ``w.submit(job)`` ...; ``w.close()``: ``fn(job)`` in order in one thread.
+
+    Args:
+        fn: the function run on every job.
+        depth: jobs waiting at most (0: ``fn`` runs inline in :meth:`submit`, no thread).
+        name: the thread's name.
+    """
 
     def __init__(self, fn: Callable[[Any], None], depth: int = 1, name: str = "finisher"):
         self.fn, self.depth = fn, int(depth)
@@ -116,7 +129,11 @@ class OrderedWorker:
             raise e
 
     def submit(self, job) -> None:
-        """Run ``fn(job)`` (inline with depth 0); blocks while ``depth`` jobs wait; raises an earlier job's error."""
+        """Run ``fn(job)`` (inline with depth 0); blocks while ``depth`` jobs wait; raises an earlier job's error.
+
+    Raises:
+        BaseException: the error an earlier job raised (once); RuntimeError on every later call after it.
+    """
         if self._thread is None:
             self.fn(job)
             return

@@ -10,7 +10,17 @@ from pathlib import Path
 
 
 def parse_shard(text) -> tuple[int, int] | None:
-    """``"2/8"`` (or ``(2, 8)``) -> (2, 8), with 0 <= i < n; None stays None. Raises ValueError otherwise."""
+    """``"2/8"`` (or ``(2, 8)``) -> (2, 8), with 0 <= i < n; None stays None.
+
+    Args:
+        text: ``"i/n"``, an (i, n) tuple / list, or None.
+
+    Returns:
+        (i, n), or None.
+
+    Raises:
+        ValueError: when the text is not ``i/n`` with integers, n < 1 or i outside [0, n).
+    """
     if text is None:
         return None
     if isinstance(text, (tuple, list)):
@@ -26,7 +36,15 @@ def parse_shard(text) -> tuple[int, int] | None:
 
 
 def shard_cases(cases: list, shard: tuple[int, int] | None) -> list:
-    """The shard's share of ``cases`` (already sorted by patient id): every n-th from the i-th."""
+    """The shard's share of ``cases`` (already sorted by patient id): every n-th from the i-th.
+
+    Args:
+        cases: the cohort's cases, sorted by patient id.
+        shard: (i, n), or None for every case.
+
+    Returns:
+        a new list.
+    """
     if shard is None:
         return list(cases)
     i, n = shard

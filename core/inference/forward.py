@@ -18,12 +18,26 @@ LN2 = math.log(2.0)
 
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
-    """Normalised binary entropy (bits) of probabilities; exactly 0 at p = 0 and p = 1."""
+    """Normalised binary entropy (bits) of probabilities, elementwise.
+
+    Args:
+        p: probabilities in [0, 1], any shape.
+
+    Returns:
+        H(p) = -(p ln p + (1-p) ln(1-p)) / ln 2 in [0, 1], same shape; exactly 0 at p = 0 and p = 1.
+    """
     return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p)) / LN2
 
 
 def set_mc_dropout(model: torch.nn.Module) -> int:
-    """Eval mode everywhere except dropout layers (train mode). Returns the number of dropout layers."""
+    """Eval mode everywhere except dropout layers (train mode), in place.
+
+    Args:
+        model: the network.
+
+    Returns:
+        the number of dropout layers (0: MC dropout is the deterministic pass).
+    """
     model.eval()
     drops = dropout_modules(model)
     for m in drops:
@@ -32,6 +46,7 @@ def set_mc_dropout(model: torch.nn.Module) -> int:
 
 
 def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -102,13 +117,27 @@ def choose_chunk(model, image: np.ndarray, n_views: int, overlap: float = 0.25, 
                  device: torch.device | str | None = None) -> dict:
     """Passes per forward call for a method with ``n_views`` passes of the primary network, fixed for a run.
 
-    Times one warm-up pass, a 1-pass chunk and a k-pass chunk (k = min(n_views, max_chunk); max_chunk 32 on
-    CUDA, 8 on CPU; k halved on out-of-memory) of the primary in eval mode on ``image`` (C, X, Y, Z, the
-    model grid) and returns ``{"chunk", "k", "s_per_pass_1", "s_per_pass_k"}`` (seconds): chunk = k when the
-    k-pass chunk costs less per pass, else 1. The trial passes are thrown away, so every patient of a run
-    (and every shard of it, given the same chunk) draws its MC-dropout masks in the same chunk layout:
-    results do not depend on which patient came first in a process (the in-``predict`` ``"auto"`` trial
-    counts its passes and so differs on the first patient)."""
+    Times one warm-up pass, a 1-pass chunk and a k-pass chunk (k halved on out-of-memory) of the primary in
+    eval mode on ``image``: chunk = k when the k-pass chunk costs less per pass, else 1. The trial passes are
+    thrown away, so every patient of a run (and every shard of it, given the same chunk) draws its MC-dropout
+    masks in the same chunk layout: results do not depend on which patient came first in a process (the
+    in-``predict`` ``"auto"`` trial counts its passes and so differs on the first patient).
+
+    Args:
+        model: a ModelSet or LoadedModel (its precision is used).
+        image: (C, X, Y, Z) float32 on the model grid.
+        n_views: passes of the primary network one call of the method makes.
+        overlap: sliding-window overlap.
+        max_chunk: the largest k tried (default 32 on CUDA, 8 on CPU); k = min(n_views, max_chunk).
+        device: where to run (default: the model's device).
+
+    Returns:
+        ``{"chunk", "k", "s_per_pass_1", "s_per_pass_k"}`` (seconds per pass; None for both when k = 1, where
+        nothing is timed).
+
+    Raises:
+        torch.OutOfMemoryError: when even a 1-pass chunk does not fit.
+    """
     ms = as_model_set(model)
     device = torch.device(device) if device is not None else next(ms.model.parameters()).device
     cap = max_chunk or (32 if device.type == "cuda" else 8)
@@ -143,8 +172,21 @@ def choose_chunk(model, image: np.ndarray, n_views: int, overlap: float = 0.25, 
 
 def deterministic_logits(model, image: np.ndarray, overlap: float = 0.25, cache: dict | None = None,
                          precision: str | None = None) -> np.ndarray:
-    """(R, X, Y, Z) float32 logits of the primary network (eval mode, no temperature): the input of TS fitting
-    and of the precision check. ``precision``: default the model set's (:mod:`core.inference.precision`)."""
+    """Logits of the primary network's deterministic pass (eval mode, no temperature).
+
+    The input of TS fitting and of the precision check.
+
+    Args:
+        model: a ModelSet or LoadedModel.
+        image: (C, X, Y, Z) float32 image in the card's channel order (normalised here).
+        overlap: sliding-window overlap.
+        cache: per-patient pass cache shared with :func:`core.inference.uncertainty.predict` (keyed by network,
+            not by precision: pass a fresh one to compare precisions).
+        precision: ``fp32`` / ``bf16`` / ``fp16`` (default: the model set's, :mod:`core.inference.precision`).
+
+    Returns:
+        (R, X, Y, Z) float32 logits.
+    """
     ms = as_model_set(model)
     cache = {} if cache is None else cache
     device = next(ms.model.parameters()).device

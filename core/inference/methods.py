@@ -24,17 +24,30 @@ FLIPS = tuple(tuple(d for d, on in zip((2, 3, 4), bits) if on) for bits in itert
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A parsed method name: its base (:data:`BASES`) and whether it has the ``+tta`` / ``+ts`` modifiers."""
     base: str
     tta: bool = False
     ts: bool = False
 
     @property
     def name(self) -> str:
+        """The canonical name: base, ``+tta`` (not repeated for the ``tta`` base), ``+ts``."""
         return self.base + ("+tta" if self.tta and self.base != "tta" else "") + ("+ts" if self.ts else "")
 
 
 def parse_method(name: str) -> MethodSpec:
-    """``"checkpoint_ensemble+tta+ts"`` -> MethodSpec; raises ValueError naming what is wrong."""
+    """``"checkpoint_ensemble+tta+ts"`` -> MethodSpec; ``deterministic+tta`` is the ``tta`` base.
+
+    Args:
+        name: a method name: a base, then modifiers (``+tta``, ``+ts``) in any order.
+
+    Returns:
+        the spec.
+
+    Raises:
+        ValueError: naming what is wrong (unknown base, unknown or repeated modifier, a modifier on
+            ``auxiliary``).
+    """
     parts = str(name).strip().split("+")
     base, mods = parts[0], parts[1:]
     if base not in BASES:
@@ -49,4 +62,5 @@ def parse_method(name: str) -> MethodSpec:
 
 
 def canonical_method(name: str) -> str:
+    """The canonical form of a method name (base, ``+tta``, ``+ts``); raises ValueError as :func:`parse_method`."""
     return parse_method(name).name

@@ -37,6 +37,7 @@ _SAME = ("channels", "regions", "output", "spacing_mm", "normalisation", "roi_si
 
 @dataclass
 class ModelSet:
+    """A model as the batch uses it: the primary checkpoint and the parts some methods need (see the module doc)."""
     primary: LoadedModel
     ensemble: list[LoadedModel] = field(default_factory=list)
     snapshots: list[LoadedModel] = field(default_factory=list)
@@ -47,22 +48,30 @@ class ModelSet:
 
     @property
     def name(self) -> str:
+        """The primary's model name."""
         return self.primary.name
 
     @property
     def card(self) -> dict:
+        """The primary's model card."""
         return self.primary.card
 
     @property
     def path(self) -> str:
+        """The primary's checkpoint path."""
         return self.primary.path
 
     @property
     def model(self) -> torch.nn.Module:
+        """The primary network."""
         return self.primary.model
 
     def files(self) -> dict:
-        """Resolved checkpoint paths of every part (stored in the run's config)."""
+        """Resolved checkpoint paths of every part (stored in the run's config).
+
+    Returns:
+        ``{"checkpoint", "ensemble": [...], "snapshots": [...], "auxiliary" (None without one), "methods"}``.
+    """
         return {"checkpoint": str(Path(self.primary.path).resolve()),
                 "ensemble": [str(Path(m.path).resolve()) for m in self.ensemble],
                 "snapshots": [str(Path(m.path).resolve()) for m in self.snapshots],
@@ -71,11 +80,24 @@ class ModelSet:
 
 
 def as_model_set(m) -> ModelSet:
+    """``m`` itself when it is a ModelSet, else a ModelSet with the LoadedModel ``m`` as its primary alone."""
     return m if isinstance(m, ModelSet) else ModelSet(m)
 
 
 def normalise_spec(spec) -> dict:
-    """A checkpoint path or a mapping -> ``{"checkpoint", "ensemble", "snapshots", "auxiliary"}``."""
+    """A model spec in its full form.
+
+    Args:
+        spec: a checkpoint path, or a mapping with ``checkpoint`` and optionally ``ensemble``, ``snapshots``,
+            ``auxiliary``, ``methods``, ``card``.
+
+    Returns:
+        ``{"checkpoint", "ensemble": [paths], "snapshots": [paths], "auxiliary" (or None), "methods" (or
+        None)}`` with string paths, plus ``card`` (a dict) when the spec gives one.
+
+    Raises:
+        ValueError: for a spec that is neither, an unknown key, or a ``card`` that is not a mapping.
+    """
     if isinstance(spec, (str, Path)):
         return {"checkpoint": str(spec), "ensemble": [], "snapshots": [], "auxiliary": None, "methods": None}
     if not isinstance(spec, dict) or "checkpoint" not in spec:
@@ -96,7 +118,22 @@ def normalise_spec(spec) -> dict:
 
 
 def load_model_set(spec, device: str | torch.device = "cpu") -> ModelSet:
-    """Load every checkpoint of a model spec and check that members fit the primary."""
+    """Load every checkpoint of a model spec and check that members fit the primary.
+
+    Ensemble members and snapshots must agree with the primary's card on channels, regions, output, spacing,
+    normalisation and ROI size; the auxiliary network must be one for the primary (role, regions, channels,
+    spacing).
+
+    Args:
+        spec: a model spec (:func:`normalise_spec`).
+        device: where the networks are loaded.
+
+    Returns:
+        the model set (``methods`` canonicalised when the spec lists them).
+
+    Raises:
+        ValueError: for an invalid spec, a member that does not fit, or an auxiliary network for another model.
+    """
     s = normalise_spec(spec)
     primary = load_checkpoint(s["checkpoint"], device, card=s.get("card"))
     ms = ModelSet(primary,
@@ -120,8 +157,17 @@ def load_model_set(spec, device: str | torch.device = "cpu") -> ModelSet:
 
 
 def demo_model_spec(name: str, weights_dir: str | Path, with_demo_methods: bool = False) -> dict:
-    """The model spec of a demo model from the files present in ``weights_dir`` (missing parts left out);
-    ``with_demo_methods``: also the model's own demo method list (``DEMO_MODELS[name]["demo_methods"]``)."""
+    """The model spec of a demo model from the files present in ``weights_dir``.
+
+    Args:
+        name: a key of :data:`core.io.architectures.DEMO_MODELS`.
+        weights_dir: the folder of the demo weights.
+        with_demo_methods: also the model's own demo method list (``DEMO_MODELS[name]["demo_methods"]``).
+
+    Returns:
+        ``{"checkpoint": path}`` (always, even when the file is missing) plus ``ensemble``, ``snapshots``,
+        ``auxiliary`` and ``methods`` where present (missing parts left out).
+    """
 
     files = demo_weight_files(name)
     d = Path(weights_dir)

@@ -22,6 +22,7 @@ class PrecisionChoice:
     checks: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (JSON types), as the run's plan stores it."""
         return asdict(self)
 
 
@@ -35,10 +36,20 @@ def dice_check(ms, image: np.ndarray, truth: np.ndarray | None, candidate: str, 
                reference_logits: np.ndarray | None = None) -> dict:
     """Dice change of the deterministic pass under ``candidate`` against fp32, per region.
 
-    ``image``: (C, X, Y, Z) on the model grid; ``truth``: (R, X, Y, Z) bool on the same grid or None;
-    ``reference_logits``: the fp32 logits (R, X, Y, Z) when already computed. Returns ``{"candidate",
-    "reference" ("ground truth" | "fp32 prediction"), "regions": {r: {"dice_fp32", "dice", "change"}},
-    "max_change", "flipped_voxels"}``.
+    With ground truth, change = |Dice(candidate) - Dice(fp32)| against it; without, the candidate's
+    segmentation is compared with the fp32 one: change = 1 - Dice(candidate, fp32).
+
+    Args:
+        ms: the model set.
+        image: (C, X, Y, Z) on the model grid.
+        truth: (R, X, Y, Z) bool on the same grid, or None.
+        candidate: ``bf16`` or ``fp16``.
+        overlap: sliding-window overlap.
+        reference_logits: the fp32 logits (R, X, Y, Z) when already computed.
+
+    Returns:
+        ``{"candidate", "reference" ("ground truth" | "fp32 prediction"), "regions": {r: {"dice_fp32", "dice",
+        "change"}}, "max_change", "flipped_voxels"}`` (voxels whose segmentation differs in any region).
     """
 
     z32 = reference_logits if reference_logits is not None else deterministic_logits(ms, image, overlap, precision="fp32")
@@ -62,10 +73,29 @@ def choose_precision(ms, image: np.ndarray | None, truth: np.ndarray | None, req
                      device: torch.device | str | None = None, tolerance: float = DICE_TOLERANCE,
                      candidates: tuple[str, ...] | None = None, patient_id: str | None = None,
                      overlap: float = 0.25) -> PrecisionChoice:
-    """Resolve ``requested`` for one model set on one check case (see the module doc).
+    """Resolve ``requested`` for one model set on one check case.
 
-    ``candidates``: the low precisions ``auto`` tries (default :func:`auto_candidates`: none on CPU); giving
-    them explicitly runs the check on any device (the unit tests force bf16 on CPU this way).
+    ``fp32`` is taken as is; an explicit ``bf16`` / ``fp16`` is kept even when its Dice check fails (the reason
+    says so); ``auto`` takes the first candidate whose Dice moves by at most ``tolerance`` in every region,
+    else fp32.
+
+    Args:
+        ms: the model set.
+        image: (C, X, Y, Z) check image on the model grid, or None when no case could be loaded.
+        truth: (R, X, Y, Z) bool ground truth on that grid, or None.
+        requested: ``auto|fp32|bf16|fp16``.
+        device: the run's device (default: the model's).
+        tolerance: the largest accepted Dice change.
+        candidates: the low precisions ``auto`` tries (default :func:`auto_candidates`: none on CPU); giving
+            them explicitly runs the check on any device (the unit tests force bf16 on CPU this way).
+        patient_id: the check case's id (recorded).
+        overlap: sliding-window overlap.
+
+    Returns:
+        the choice, with its reason and the Dice checks run.
+
+    Raises:
+        ValueError: for an unknown precision.
     """
     check_precision(requested)
     dev = torch.device(device) if device is not None else next(ms.model.parameters()).device

@@ -32,6 +32,7 @@ _RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
 
 @dataclass(frozen=True)
 class GridPlan:
+    """How one patient's grid maps onto one model's grid (made by :func:`plan`; see the module doc)."""
     patient_shape: tuple  # (X, Y, Z) voxels of the patient grid
     ras_shape: tuple  # the patient grid's shape after reorientation to RAS
     model_shape: tuple  # (X', Y', Z') voxels the model sees
@@ -41,14 +42,17 @@ class GridPlan:
 
     @property
     def reorient(self) -> bool:
+        """Whether the patient grid is not RAS (its axes are permuted / flipped)."""
         return not np.array_equal(self.ornt, _RAS)
 
     @property
     def resample(self) -> bool:
+        """Whether the RAS shape or spacing differs from the model grid's (relative tolerance :data:`RTOL`)."""
         return self.model_shape != self.ras_shape or not np.allclose(self.ras_spacing, self.model_spacing, rtol=RTOL)
 
     @property
     def identity(self) -> bool:
+        """Whether both grids are the same (no reorientation, no resampling)."""
         return not self.reorient and not self.resample
 
     @property
@@ -57,7 +61,10 @@ class GridPlan:
         return float(np.prod(self.model_spacing) / np.prod(self.ras_spacing)) if self.resample else 1.0
 
     def to_model(self, image: np.ndarray) -> np.ndarray:
-        """(C, X, Y, Z) patient grid -> (C, X', Y', Z') float32 model grid (RAS, card spacing)."""
+        """(C, X, Y, Z) patient grid -> (C, X', Y', Z') float32 model grid (RAS, card spacing).
+
+    Returns the same array, unconverted, when the plan is the identity.
+    """
         if self.identity:
             return image
         x = _apply(image, self.ornt) if self.reorient else image
@@ -66,7 +73,10 @@ class GridPlan:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def to_patient(self, maps: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-        """(R, X', Y', Z') model grid -> (R, X, Y, Z) float32 patient grid, clipped to [lo, hi] (None: open)."""
+        """(R, X', Y', Z') model grid -> (R, X, Y, Z) float32 patient grid, clipped to [lo, hi] (None: open).
+
+    Returns the same array, unclipped, when the plan is the identity.
+    """
         if self.identity:
             return maps
         x = _interp(maps, self.ras_shape) if self.resample else maps
@@ -97,7 +107,17 @@ def _interp(x: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def plan(affine: np.ndarray, shape, card: dict) -> GridPlan:
-    """The grid plan of a patient (``affine`` (4, 4), ``shape`` (X, Y, Z)) for a model card (``spacing_mm``)."""
+    """The grid plan of a patient for a model card.
+
+    Args:
+        affine: (4, 4) voxel-to-world affine of the patient's NIfTI files.
+        shape: the patient's (X, Y, Z) shape (or (C, X, Y, Z): the last three axes are used).
+        card: the model card; its ``spacing_mm`` (mm per RAS axis) is the model grid's spacing (missing: the
+            patient's own spacing, no resampling).
+
+    Returns:
+        the plan; the model shape is round(size x spacing / model spacing) per axis (at least 1).
+    """
     shape = tuple(int(s) for s in shape[-3:])
     ornt = nib.orientations.io_orientation(affine)
     zooms = nib.affines.voxel_sizes(affine)
@@ -119,6 +139,13 @@ def prediction_to_patient(pred, grid: GridPlan):
     ``prob`` and ``mi`` trilinear, clipped to [0, 1]; ``epkl`` trilinear, clipped to >= 0; ``entropy``
     recomputed from the resampled ``prob`` (so it stays H(p), 0 where p is 0 or 1) and ``mi`` capped by it;
     ``sample_volumes`` (voxel counts) rescaled to patient voxels by the voxel-volume ratio.
+
+    Args:
+        pred: the prediction, maps (R, X', Y', Z').
+        grid: the patient's plan for the model.
+
+    Returns:
+        a new Prediction with maps (R, X, Y, Z) float32 (``pred`` itself when the plan is the identity).
     """
     if grid.identity:
         return pred

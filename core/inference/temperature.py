@@ -28,14 +28,31 @@ LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
 
 
 def mean_nll(z: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean binary NLL (nats) of sigmoid(z / T) against 0/1 labels; 1-D float64 arrays."""
+    """Mean binary NLL (nats) of sigmoid(z / T) against 0/1 labels.
+
+    Args:
+        z: (N,) float64 logits.
+        y: (N,) float64 labels in {0, 1}.
+        temperature: T > 0.
+
+    Returns:
+        mean_i [softplus(z_i / T) - y_i z_i / T]; NaN for empty arrays.
+    """
     s = z / temperature
     return float(np.mean(np.logaddexp(0.0, s) - y * s))
 
 
 def fit_temperature(z: np.ndarray, y: np.ndarray) -> dict:
-    """Temperature of one region from its gathered logits and labels. Returns temperature, nll_before,
-    nll_after, n_voxels, n_positive. NaN temperature (and 1.0 used) when there are no voxels or one class only."""
+    """Temperature of one region from its gathered logits and labels (bounded search on log T in [0.05, 20]).
+
+    Args:
+        z: the region's logits over the fitting voxels (any shape, flattened).
+        y: their 0/1 labels (same size).
+
+    Returns:
+        dict of temperature, nll_before (T = 1), nll_after (nats), n_voxels, n_positive. NaN temperature and
+        nll_after (and 1.0 used) when there are no voxels or one class only; nll_before is NaN without voxels.
+    """
     z = np.asarray(z, np.float64).ravel()
     y = np.asarray(y, np.float64).ravel()
     out = {"n_voxels": int(z.size), "n_positive": int(y.sum())}
@@ -53,8 +70,22 @@ FIT_MASKS = MASKS
 
 def gather_roi(logits: np.ndarray, truth: np.ndarray, brain: np.ndarray, radius: int | None = None,
                mask: str = "roi"):
-    """One patient's fitting voxels: ([z_r], [y_r]) per region, from (R, X, Y, Z) logits and truth, over the
-    ``brain`` or the ``roi`` (ground truth or prediction dilated by ``radius`` voxels, within the brain)."""
+    """One patient's fitting voxels per region.
+
+    Args:
+        logits: (R, X, Y, Z) deterministic logits.
+        truth: (R, X, Y, Z) bool ground-truth regions.
+        brain: (X, Y, Z) bool brain mask (non-zero input voxels).
+        radius: ROI dilation in voxels (default :data:`core.metrics.overlap.ROI_RADIUS_VOX`).
+        mask: ``brain`` or ``roi`` (ground truth or prediction z >= 0 dilated by ``radius`` voxels, within the
+            brain).
+
+    Returns:
+        ([z_r], [y_r]): per region the 1-D logits and labels of the voxel set.
+
+    Raises:
+        ValueError: for a mask other than those of :data:`FIT_MASKS`.
+    """
 
     if mask not in FIT_MASKS:
         raise ValueError(f"temperature fit mask must be one of {FIT_MASKS}, not {mask!r}")
@@ -65,7 +96,15 @@ def gather_roi(logits: np.ndarray, truth: np.ndarray, brain: np.ndarray, radius:
 
 
 def fit_region_temperatures(zs: list[list[np.ndarray]], ys: list[list[np.ndarray]]) -> list[dict]:
-    """Per region: fit on the concatenation over patients. ``zs[p][r]``, ``ys[p][r]`` from :func:`gather_roi`."""
+    """Per region: fit on the concatenation over patients.
+
+    Args:
+        zs: ``zs[p][r]``: patient p's logits of region r (:func:`gather_roi`).
+        ys: ``ys[p][r]``: the labels, likewise.
+
+    Returns:
+        one :func:`fit_temperature` dict per region (empty for no patients).
+    """
     n_regions = len(zs[0]) if zs else 0
     return [fit_temperature(np.concatenate([z[r] for z in zs]), np.concatenate([y[r] for y in ys]))
             for r in range(n_regions)]

@@ -59,7 +59,19 @@ AUX_Q_MAX = 1.0 - 1e-6  # q capped so that a background voxel's confidence stays
 
 
 def unavailable_reason(method: str, ms: ModelSet) -> str | None:
-    """Why ``method`` cannot run on this model set (None when it can). Temperatures are checked at run time."""
+    """Why ``method`` cannot run on this model set (None when it can). Temperatures are checked at run time.
+
+    Args:
+        method: a method name (:mod:`core.inference.methods`).
+        ms: the model set.
+
+    Returns:
+        a sentence naming what is missing (no dropout layer, fewer than 3 ensemble members, no snapshots, no
+        auxiliary network), or None.
+
+    Raises:
+        ValueError: for an unknown method name.
+    """
     spec = parse_method(method)
     if spec.base == "mc_dropout" and not dropout_modules(ms.primary.model):
         return f"{ms.name} has no dropout layer"
@@ -74,6 +86,18 @@ def unavailable_reason(method: str, ms: ModelSet) -> str | None:
 
 @dataclass
 class Prediction:
+    """One method's output on one image (see the module doc for the definitions).
+
+    Attributes:
+        prob: (R, X, Y, Z) float32 mean probability p.
+        entropy: (R, X, Y, Z) float32 H(p), bits in [0, 1].
+        mi: (R, X, Y, Z) float32 mutual information, bits, or None (one pass).
+        n_samples: N, the passes averaged.
+        seconds: wall time of the prediction.
+        chunk: passes per forward call used.
+        epkl: (R, X, Y, Z) float32 expected pairwise KL, bits (>= 0), or None (one pass).
+        sample_volumes: (N, R) voxel counts of p_i >= 0.5.
+    """
     prob: np.ndarray
     entropy: np.ndarray
     mi: np.ndarray | None
@@ -137,8 +161,23 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
             cache: dict | None = None) -> Prediction:
     """Run one method on one (C, X, Y, Z) image (channels in the model card's order).
 
-    ``model``: a :class:`~core.modelset.ModelSet` or a bare :class:`~core.models.LoadedModel`.
-    ``cache``: a dict kept for one patient to share deterministic passes between methods.
+    Args:
+        model: a :class:`~core.inference.modelset.ModelSet` or a bare :class:`~core.io.checkpoints.LoadedModel`.
+        image: (C, X, Y, Z) float32 on the model grid (normalised here, as the card says).
+        method: a method name (:mod:`core.inference.methods`).
+        T: passes of ``mc_dropout``.
+        mc_batch: passes per forward call, or ``"auto"`` (timed on the first call, halved on out-of-memory).
+        overlap: sliding-window overlap.
+        device: where to run (default: the model's device).
+        seed: torch seed set before the MC-dropout passes (None: not set).
+        cache: a dict kept for one patient to share deterministic passes between methods.
+
+    Returns:
+        the :class:`Prediction` (maps (R, X, Y, Z) on the model grid).
+
+    Raises:
+        ValueError: for an unknown method, one the model set cannot run (:func:`unavailable_reason`), or a
+            ``+ts`` method without fitted temperatures.
     """
     ms = as_model_set(model)
     spec = parse_method(method)

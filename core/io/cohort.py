@@ -18,14 +18,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from core.io.label_sets import LabelSet, get_label_set, label_set_for
+
 CANONICAL_MODALITIES = ("t1", "t1ce", "t2", "flair")
 # canonical modality -> file suffix per naming scheme
 NAMING = {
     "brats2021": {"sep": "_", "t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"},
     "brats2023": {"sep": "-", "t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"},
 }
-# label scheme -> label values of (NCR, ED, ET)
-LABEL_SCHEMES = {"brats2021": (1, 2, 4), "brats2023": (1, 2, 3)}
 
 
 class CaseError(ValueError):
@@ -112,8 +112,13 @@ def _load_nifti(pid: str, path: Path, what: str):
     return img, data
 
 
-def load_case(files: CaseFiles, channel_order=CANONICAL_MODALITIES, require_seg: bool = False) -> Case:
-    """Load and validate one patient. Raises :class:`CaseError` naming the patient and the problem."""
+def load_case(files: CaseFiles, channel_order=CANONICAL_MODALITIES, require_seg: bool = False,
+              label_set: str | None = None) -> Case:
+    """Load and validate one patient. Raises :class:`CaseError` naming the patient and the problem.
+
+    ``label_set``: the name of the patient's label set (:mod:`core.io.label_sets`); None: chosen by the naming
+    and the patient id (:func:`core.io.label_sets.label_set_for`). A label value outside the set is a CaseError.
+    """
     pid = files.patient_id
     if files.naming is None:
         raise CaseError(pid, f"folder {files.folder} holds no BraTS image file (not a patient folder?)")
@@ -138,46 +143,44 @@ def load_case(files: CaseFiles, channel_order=CANONICAL_MODALITIES, require_seg:
             raise CaseError(pid, f"{m} is all zero")
         chans.append(data)
     image = np.stack(chans)
+    try:
+        labels = label_set_for(pid, files.naming, label_set)
+    except ValueError as e:
+        raise CaseError(pid, str(e)) from None
     seg = None
     if files.seg is not None:
-        seg = _load_labels(pid, files.seg, "seg", image.shape[1:], files.naming)
+        seg = _load_labels(pid, files.seg, "seg", image.shape[1:], labels)
     elif require_seg:
         raise CaseError(pid, "ground truth segmentation missing")
     raters = None
     if files.raters:
-        raters = np.stack([_load_labels(pid, p, p.name[len(pid) + 1:].split(".")[0], image.shape[1:], files.naming)
+        raters = np.stack([_load_labels(pid, p, p.name[len(pid) + 1:].split(".")[0], image.shape[1:], labels)
                            for p in files.raters])
     zooms = tuple(float(z) for z in ref.header.get_zooms()[:3])
-    return Case(pid, image, seg, ref.affine.copy(), zooms, files.naming, str(files.folder), raters)
+    return Case(pid, image, seg, ref.affine.copy(), zooms, labels.name, str(files.folder), raters)
 
 
-def _load_labels(pid: str, path: Path, what: str, shape, naming: str) -> np.ndarray:
-    """A label map (seg or a rater's), validated against the image shape and the naming's label scheme."""
+def _load_labels(pid: str, path: Path, what: str, shape, labels: LabelSet) -> np.ndarray:
+    """A label map (seg or a rater's), validated against the image shape and the patient's label set."""
     _, sdata = _load_nifti(pid, path, what)
     if sdata.shape != tuple(shape):
         raise CaseError(pid, f"{what} shape {sdata.shape} differs from image shape {tuple(shape)}")
     if not np.isfinite(sdata).all():
         raise CaseError(pid, f"{what} contains NaN/Inf")
-    allowed = {0, *LABEL_SCHEMES[naming]}
+    allowed = labels.allowed
     values = set(np.unique(sdata).astype(int).tolist())
     if not values <= allowed or not np.all(np.mod(sdata, 1) == 0):
-        raise CaseError(pid, f"{what} has label values {sorted(values - allowed)} outside {sorted(allowed)}")
+        raise CaseError(pid, f"{what} has label values {sorted(values - allowed)} outside {sorted(allowed)} "
+                             f"of label set {labels.name}")
     return sdata.astype(np.uint8)
 
 
 def labels_to_regions(seg: np.ndarray, scheme: str = "brats2021") -> np.ndarray:
-    """(X, Y, Z) label map -> (3, X, Y, Z) bool WT, TC, ET (WT={NCR,ED,ET}, TC={NCR,ET}, ET={ET})."""
-    ncr, ed, et = LABEL_SCHEMES[scheme]
-    wt = (seg == ncr) | (seg == ed) | (seg == et)
-    tc = (seg == ncr) | (seg == et)
-    return np.stack([wt, tc, seg == et])
+    """(X, Y, Z) label map -> (3, X, Y, Z) bool WT, TC, ET of label set ``scheme`` (:mod:`core.io.label_sets`)."""
+    return get_label_set(scheme).to_regions(seg)
 
 
 def regions_to_labels(regions: np.ndarray, scheme: str = "brats2021") -> np.ndarray:
-    """(3, X, Y, Z) bool WT, TC, ET -> label map (nested: ET inside TC inside WT, as BraTS post-processing)."""
-    ncr, ed, et = LABEL_SCHEMES[scheme]
-    out = np.zeros(regions.shape[1:], np.uint8)
-    out[regions[0]] = ed
-    out[regions[1]] = ncr
-    out[regions[2]] = et
-    return out
+    """(3, X, Y, Z) bool WT, TC, ET -> (X, Y, Z) uint8 label map of label set ``scheme``, nested (ET inside TC
+    inside WT, as BraTS post-processing)."""
+    return get_label_set(scheme).to_labels(regions)

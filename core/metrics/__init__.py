@@ -2,9 +2,10 @@
 
 Shapes and units: ``prob`` (R, X, Y, Z) float region probabilities in [0, 1] (R = 3: WT, TC, ET); ``truth``
 (R, X, Y, Z) bool; ``entropy``, ``mi`` (R, X, Y, Z) float in [0, 1] (bits); ``spacing`` mm; volumes in ml.
-Submodules: validation, overlap, calibration, uncertainty, distribution, binning, suite.
+Submodules: validation, overlap, lesions, calibration, uncertainty, distribution, binning, suite.
 """
 from core.metrics.validation import (  # noqa: F401
+    CHUNK,
     MetricInputError,
     check_inputs,
 )
@@ -14,13 +15,27 @@ from core.metrics.overlap import (  # noqa: F401
     bbox_slices,
     roi_mask,
     hd95,
+    NSD_TOLERANCE_MM,
+    nest_regions,
+    nsd,
+    nsd_from_edges,
     boundary_mask,
+)
+from core.metrics.lesions import (  # noqa: F401
+    CONNECTIVITY,
+    MATCH_THRESHOLD,
+    LESION_METRICS,
+    label_lesions,
+    match_lesions,
+    lesion_metrics,
 )
 from core.metrics.calibration import (  # noqa: F401
     N_CAL_BINS,
     NLL_EPS,
     calibration_bins,
     calibration_bin_index,
+    ece_from_gap_sums,
+    binned_calibration,
     calibration_from_bins,
     brier,
     nll,
@@ -55,8 +70,10 @@ from core.metrics.distribution import (  # noqa: F401
 )
 from core.metrics.binning import (  # noqa: F401
     dense_bins,
+    sum_by_bin,
     dense_uncertainty_bins,
 )
 from core.metrics.suite import (  # noqa: F401
+    PatientEvaluation,
     evaluate_patient,
 )

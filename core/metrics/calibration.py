@@ -77,19 +77,19 @@ def binned_calibration(n, sum_prob, sum_true) -> dict[str, np.ndarray]:
         frequency). NaN where the voxel set is empty (N = 0).
     """
     n = np.asarray(n, np.float64)
-    sp, st = np.asarray(sum_prob, np.float64), np.asarray(sum_true, np.float64)
+    sum_prob, sum_true = np.asarray(sum_prob, np.float64), np.asarray(sum_true, np.float64)
     N = n.sum(axis=-1)
     ne = n > 0
     safe = np.where(ne, n, 1.0)
-    gap = np.where(ne, np.abs(st / safe - sp / safe), 0.0)  # |acc_k - conf_k| per non-empty bin
+    gap = np.where(ne, np.abs(sum_true / safe - sum_prob / safe), 0.0)  # |acc_k - conf_k| per non-empty bin
     k = ne.sum(axis=-1)
     empty = N == 0
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
-            "ece": ece_from_gap_sums(sp - st, N),
+            "ece": ece_from_gap_sums(sum_prob - sum_true, N),
             "ace": np.where(empty, np.nan, gap.sum(axis=-1) / np.maximum(k, 1)),
             "mce": np.where(empty, np.nan, np.where(ne, gap, -np.inf).max(axis=-1, initial=-np.inf)),
-            "cal_gap": np.where(empty, np.nan, (sp.sum(axis=-1) - st.sum(axis=-1)) / np.where(empty, 1.0, N)),
+            "cal_gap": np.where(empty, np.nan, (sum_prob.sum(axis=-1) - sum_true.sum(axis=-1)) / np.where(empty, 1.0, N)),
         }
 
 

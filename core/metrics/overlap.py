@@ -174,10 +174,87 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), percentil
     return _hd_from_edges(_edges(p[sl]), _edges(t[sl]), spacing, percentile)
 
 
+def hd95_pooled(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
+    """95th percentile (linear interpolation) of the surface distances of BOTH directions pooled (mm), the HD95
+    of MedPy and panoptica (used for the lesion-wise HD95 of the official BraTS evaluation).
+
+    Args:
+        pred, truth: (X, Y, Z) bool masks, both non-empty (else NaN).
+        spacing: voxel size in mm.
+
+    Returns:
+        float mm; NaN when either mask is empty.
+    """
+    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
+    if not p.any() or not t.any():
+        return math.nan
+    sl = bbox_slices(p | t, 1)
+    ep, et = _edges(p[sl]), _edges(t[sl])
+    return float(np.percentile(np.concatenate([_surface_distances(ep, et, spacing),
+                                               _surface_distances(et, ep, spacing)]), 95))
+
+
 def _hd_from_edges(ep: np.ndarray, et: np.ndarray, spacing, percentile: float = 95.0) -> float:
     """Percentile Hausdorff distance (mm) of two non-empty surface masks of the same shape (see :func:`hd95`)."""
     return float(max(np.percentile(_surface_distances(ep, et, spacing), percentile),
                      np.percentile(_surface_distances(et, ep, spacing), percentile)))
+
+
+NSD_TOLERANCE_MM = 1.0  # default tolerance of the normalised surface Dice (the study config's ``nsd_tolerance_mm``)
+
+
+def nest_regions(pred: np.ndarray) -> np.ndarray:
+    """The BraTS regions of the label map built from per-region masks: ET inside TC inside WT.
+
+    Args:
+        pred: (3, X, Y, Z) bool masks of WT, TC, ET (e.g. region probabilities >= 0.5), not necessarily nested.
+
+    Returns:
+        (3, X, Y, Z) bool: ET' = ET, TC' = TC | ET, WT' = WT | TC | ET, exactly the regions of
+        ``regions_to_labels(pred)`` read back with ``labels_to_regions`` (:mod:`core.io.cohort`), whatever the
+        label set.
+    """
+    p = np.asarray(pred, bool)
+    out = p.copy()
+    np.logical_or(out[1], out[2], out=out[1])
+    np.logical_or(out[0], out[1], out=out[0])
+    return out
+
+
+def nsd(pred: np.ndarray, truth: np.ndarray, spacing=(1.0, 1.0, 1.0), tolerance_mm: float = NSD_TOLERANCE_MM) -> float:
+    """Normalised surface Dice of two bool masks at a tolerance (Nikolov et al. 2021; MONAI ``compute_surface_dice``).
+
+    Args:
+        pred, truth: (X, Y, Z) bool masks.
+        spacing: voxel size in mm.
+        tolerance_mm: a surface voxel counts when the other surface is within this distance (mm).
+
+    Returns:
+        (|S_p within tol of S_t| + |S_t within tol of S_p|) / (|S_p| + |S_t|) in [0, 1], surfaces S being the mask
+        voxels whose cross-shaped neighbourhood leaves the mask (as :func:`hd95`); 1.0 when both masks are empty
+        (the BraTS empty rule; MONAI gives NaN), 0.0 when only one is.
+    """
+    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
+    pa, ta = p.any(), t.any()
+    if not pa and not ta:
+        return 1.0
+    if pa != ta:
+        return 0.0
+    sl = bbox_slices(p | t, 1)
+    return nsd_from_edges(_edges(p[sl]), _edges(t[sl]), spacing, tolerance_mm)
+
+
+def nsd_from_edges(ep: np.ndarray, et: np.ndarray, spacing, tolerance_mm: float) -> float:
+    """:func:`nsd` of two surface masks of the same shape (either may be empty: the empty rules of :func:`nsd`)."""
+    pa, ta = bool(ep.any()), bool(et.any())
+    if not pa and not ta:
+        return 1.0
+    if pa != ta:
+        return 0.0
+    d_pt = _surface_distances(ep, et, spacing)
+    d_tp = _surface_distances(et, ep, spacing)
+    return float((np.count_nonzero(d_pt <= tolerance_mm) + np.count_nonzero(d_tp <= tolerance_mm))
+                 / (d_pt.size + d_tp.size))
 
 
 # ------------------------------------------------------------------------------- per-patient suite

@@ -8,7 +8,8 @@ import numpy as np
 
 from core.metrics.calibration import NLL_EPS, N_CAL_BINS, _calibration_bins_idx, _negative_sums, brier, calibration_bin_index, calibration_from_bins, nll
 from core.metrics.distribution import soft_label_metrics, volume_distribution
-from core.metrics.overlap import ROI_RADIUS_VOX, _edges, _hd_from_edges, _positions_in_brain, _roi_box, bbox_slices, dice
+from core.metrics.lesions import lesion_metrics
+from core.metrics.overlap import NSD_TOLERANCE_MM, nest_regions, nsd_from_edges, ROI_RADIUS_VOX, _edges, _hd_from_edges, _positions_in_brain, _roi_box, bbox_slices, dice
 from core.metrics.uncertainty import UEO_THRESHOLDS, UNCERTAIN_T, _unc_counts, _uncertainty_bins_idx, auroc_from_bins, budget_auc, budget_curve, epkl_to_unit, fp_removal_benefit, ueo_curve, uncertainty_bin_index
 from core.metrics.validation import MetricInputError, _all_finite, _mean, check_inputs
 
@@ -40,24 +41,24 @@ class PatientEvaluation:
         return self.values()[(region, mask, metric)]
 
 
-def _mask_rows(name: str, mname: str, st: dict, rows: list, cal_rows: list, unc_rows: list) -> None:
+def _mask_rows(name: str, mname: str, stats: dict, rows: list, cal_rows: list, unc_rows: list) -> None:
     """Append the rows of one region and voxel set from its stats (see :func:`evaluate_patient`)."""
-    rows.append((name, mname, "mean_entropy", st["mean_entropy"]))
-    rows.append((name, mname, "uncertain_fraction", st["uncertain_fraction"]))
+    rows.append((name, mname, "mean_entropy", stats["mean_entropy"]))
+    rows.append((name, mname, "uncertain_fraction", stats["uncertain_fraction"]))
     for k in ("mean_mi", "mean_epkl"):
-        if k in st:
-            rows.append((name, mname, k, st[k]))
-    rows += [(name, mname, k, v) for k, v in st.get("soft", {}).items()]
-    if "cal" not in st:
+        if k in stats:
+            rows.append((name, mname, k, stats[k]))
+    rows += [(name, mname, k, v) for k, v in stats.get("soft", {}).items()]
+    if "cal" not in stats:
         return
-    n, sp, stt = st["cal"]
-    cal = calibration_from_bins(n, sp, stt)
+    n, sum_prob, sum_true = stats["cal"]
+    cal = calibration_from_bins(n, sum_prob, sum_true)
     for k in ("ece", "ace", "mce", "cal_gap"):
         rows.append((name, mname, k, cal[k]))
-    rows.append((name, mname, "brier", st["brier"]))
-    rows.append((name, mname, "nll", st["nll"]))
-    cal_rows += [(name, mname, int(b), int(n[b]), float(sp[b]), float(stt[b])) for b in np.flatnonzero(n)]
-    for measure, (fp, fn, tp, tn) in st["unc"].items():
+    rows.append((name, mname, "brier", stats["brier"]))
+    rows.append((name, mname, "nll", stats["nll"]))
+    cal_rows += [(name, mname, int(b), int(n[b]), float(sum_prob[b]), float(sum_true[b])) for b in np.flatnonzero(n)]
+    for measure, (fp, fn, tp, tn) in stats["unc"].items():
         ne, nc = fp + fn, tp + tn
         rows.append((name, mname, f"auroc_{measure}", auroc_from_bins(ne, nc)))
         if measure == "entropy":
@@ -82,7 +83,8 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
                      brain: np.ndarray, regions=("WT", "TC", "ET"), spacing=(1.0, 1.0, 1.0), threshold: float = 0.5,
                      n_bins: int = N_CAL_BINS, roi_radius: int = ROI_RADIUS_VOX, with_hd95: bool = True,
                      epkl: np.ndarray | None = None, sample_volumes: np.ndarray | None = None,
-                     raters: np.ndarray | None = None) -> PatientEvaluation:
+                     raters: np.ndarray | None = None, segmentation: np.ndarray | None = None,
+                     nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> PatientEvaluation:
     """All per-patient numbers and bins of one prediction (the full suite; metric names in the README).
 
     Shapes: ``prob``, ``entropy``, ``mi`` (R, X, Y, Z) float (probabilities in [0, 1]; entropy and MI in bits,
@@ -95,6 +97,12 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     (region, mask, bin, n, sum_prob, sum_true); ``uncertainty_bins`` (region, mask, measure, bin, n_error,
     n_correct, n_fp, n_fn, n_tp), non-empty bins only.
     ``truth`` None (no ground truth): only uncertainty aggregates and predicted volumes are produced.
+
+    One segmentation: every overlap and distance metric (volumes, Dice, HD95, NSD, Dice against raters, the
+    lesion-wise metrics) is computed from ``segmentation``, the region masks of the label map the batch exports
+    (R, X, Y, Z) bool; by default the nested regions of ``prob >= threshold`` (:func:`nest_regions`: ET inside
+    TC inside WT, as the BraTS label map holds them). The calibration and uncertainty metrics keep the region
+    probabilities and their own threshold (a voxel is predicted where p >= ``threshold``).
 
     How it stays fast on a BraTS-sized volume (the numbers are those of the voxel-by-voxel definitions):
     every predicted or true voxel lies in the bounding box of their union, so volumes, Dice, HD95, surfaces and the
@@ -115,9 +123,14 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     if truth is not None and truth.dtype != bool:
         truth = truth != 0  # documented as bool; 0/1 integer masks are accepted
     pred = prob >= threshold
+    if segmentation is None:
+        segmentation = nest_regions(pred) if tuple(regions) == ("WT", "TC", "ET") else pred
+    elif segmentation.shape != prob.shape:
+        raise MetricInputError(f"segmentation of shape {segmentation.shape} does not match {prob.shape}")
+    seg = np.asarray(segmentation, bool)
     vox_ml = float(np.prod(spacing)) / 1000.0
     union = pred[0].copy()  # (a chain of in-place ORs: about twice as fast as any(0))
-    for m in list(pred[1:]) + (list(truth) if truth is not None else []):
+    for m in list(pred[1:]) + list(seg) + (list(truth) if truth is not None else []):
         np.logical_or(union, m, out=union)
     box, roi_box = _roi_box(union, brain, roi_radius)
     if box is None:  # nothing predicted, nothing true: empty crops give the empty-mask values
@@ -133,13 +146,16 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
     for r, name in enumerate(regions):
         # ---- everything predicted or true lies in the box; surfaces and means in the region's own tighter box
         pc = pred[r][box]
+        sc = seg[r][box]
         tc = truth[r][box] if truth is not None else None
-        vp = float(np.count_nonzero(pc)) * vox_ml
+        vp = float(np.count_nonzero(sc)) * vox_ml
         rows.append((name, "brain", "volume_pred_ml", vp))
-        # the bounding box of this region's prediction and truth + 1 voxel (or the volume border): the same
-        # surface voxels as in the full volume
-        tight = bbox_slices(pc | tc if tc is not None else pc, 1) or (slice(0, 0),) * pc.ndim
+        # the bounding box of this region's prediction, segmentation and truth + 1 voxel (or the volume border):
+        # the same surface voxels as in the full volume
+        tight = bbox_slices(pc | sc | tc if tc is not None else pc | sc, 1) or (slice(0, 0),) * pc.ndim
         pt_, bnd = pc[tight], _edges(pc[tight])
+        seg_t = sc[tight]
+        seg_edges = _edges(seg_t)
 
         def region_mean(a, where):
             return _mean(a[r][box][tight][where])
@@ -157,61 +173,64 @@ def evaluate_patient(prob: np.ndarray, entropy: np.ndarray, mi: np.ndarray | Non
             for k, v in volume_distribution(np.asarray(sample_volumes)[:, r] * vox_ml, gt_ml).items():
                 rows.append((name, "brain", k, v))
         if raters is not None:
-            rd = [dice(pred[r], raters[k, r]) for k in range(len(raters))]
+            rd = [dice(seg[r], raters[k, r]) for k in range(len(raters))]
             rows.append((name, "brain", "rater_dice_mean", float(np.mean(rd))))
             pairs = [dice(raters[a, r], raters[b, r]) for a in range(len(raters)) for b in range(a + 1, len(raters))]
             rows.append((name, "brain", "interrater_dice", float(np.mean(pairs)) if pairs else math.nan))
         if truth is not None:
             vg = float(np.count_nonzero(tc)) * vox_ml
             rows += [(name, "brain", "volume_gt_ml", vg), (name, "brain", "volume_error_ml", vp - vg),
-                     (name, "brain", "dice", dice(pt_, tc[tight]))]
+                     (name, "brain", "dice", dice(seg_t, tc[tight]))]
             if with_hd95:
                 pa, ta = vp > 0, vg > 0
-                hd = (0.0 if not pa else _hd_from_edges(bnd, _edges(tc[tight]), spacing)) if pa == ta else math.nan
+                truth_edges = _edges(tc[tight])
+                hd = (0.0 if not pa else _hd_from_edges(seg_edges, truth_edges, spacing)) if pa == ta else math.nan
                 rows.append((name, "brain", "hd95", hd))
+                rows.append((name, "brain", "nsd", nsd_from_edges(seg_edges, truth_edges, spacing, nsd_tolerance_mm)))
+                rows += [(name, "brain", k, v) for k, v in lesion_metrics(seg_t, tc[tight], spacing).items()]
         # ---- brain voxels: one gather per array; the ROI voxels are a sub-selection of them
         eb = gather(entropy, r)
         mib = gather(mi, r) if mi is not None else None
         epb = gather(epkl, r) if epkl is not None else None
         softb = raters[:, r][:, brain].mean(0) if raters is not None else None
         pb = gather(prob, r) if truth is not None or softb is not None else None
-        st_brain, st_roi = {}, {}
-        for st, sub in ((st_brain, None), (st_roi, roi_pos)):
+        stats_brain, stats_roi = {}, {}
+        for stats, sub in ((stats_brain, None), (stats_roi, roi_pos)):
             def sel(x):
                 return x if sub is None else x.take(sub)
             ent = sel(eb)
-            st["mean_entropy"] = _mean(ent)
-            st["uncertain_fraction"] = np.count_nonzero(ent >= UNCERTAIN_T) / ent.size if ent.size else math.nan
+            stats["mean_entropy"] = _mean(ent)
+            stats["uncertain_fraction"] = np.count_nonzero(ent >= UNCERTAIN_T) / ent.size if ent.size else math.nan
             if mib is not None:
-                st["mean_mi"] = _mean(sel(mib))
+                stats["mean_mi"] = _mean(sel(mib))
             if epb is not None:
-                st["mean_epkl"] = _mean(sel(epb))
+                stats["mean_epkl"] = _mean(sel(epb))
             if softb is not None:
-                st["soft"] = soft_label_metrics(sel(pb), sel(softb), n_bins)
+                stats["soft"] = soft_label_metrics(sel(pb), sel(softb), n_bins)
         if truth is not None:
             # ROI: every voxel evaluated one by one
-            pm = pb.take(roi_pos)
-            tm = truth[r][box][roi_box]
-            dm = pm >= threshold
-            err = dm != tm
-            c_idx = calibration_bin_index(pm, n_bins)
-            n, sp, stt = _calibration_bins_idx(c_idx, pm, tm, n_bins)
-            st_roi.update(cal=(n, sp, stt), brier=brier(pm, tm), nll=nll(pm, tm), unc={})
+            prob_roi = pb.take(roi_pos)
+            truth_roi = truth[r][box][roi_box]
+            pred_roi = prob_roi >= threshold
+            err = pred_roi != truth_roi
+            c_idx = calibration_bin_index(prob_roi, n_bins)
+            n, sum_prob, sum_true = _calibration_bins_idx(c_idx, prob_roi, truth_roi, n_bins)
+            stats_roi.update(cal=(n, sum_prob, sum_true), brier=brier(prob_roi, truth_roi), nll=nll(prob_roi, truth_roi), unc={})
             # brain = all brain voxels as negatives, corrected at the ROI's true voxels (the only positives)
             bn, bsp, b_sq, b_nll = _negative_sums(pb, n_bins)
-            pt = pm[tm].astype(np.float64)
+            pt = prob_roi[truth_roi].astype(np.float64)
             with np.errstate(divide="ignore"):
                 d_nll = float((np.log(np.clip(1.0 - pt, NLL_EPS, 1 - NLL_EPS))
                                - np.log(np.clip(pt, NLL_EPS, 1 - NLL_EPS))).sum())
-            st_brain.update(cal=(bn, bsp, stt), brier=(b_sq + float((1.0 - 2.0 * pt).sum())) / n_brain if n_brain else math.nan,
+            stats_brain.update(cal=(bn, bsp, sum_true), brier=(b_sq + float((1.0 - 2.0 * pt).sum())) / n_brain if n_brain else math.nan,
                             nll=(b_nll + d_nll) / n_brain if n_brain else math.nan, unc={})
             measures = [("entropy", eb), ("mi", mib)] + ([("epkl", epkl_to_unit(epb))] if epb is not None else [])
             for measure, ub in measures:
                 if ub is None:
                     continue
-                fp, fn, tp, tn = _uncertainty_bins_idx(uncertainty_bin_index(ub.take(roi_pos)), err, dm)
-                st_roi["unc"][measure] = (fp, fn, tp, tn)
-                st_brain["unc"][measure] = (fp, fn, tp, _unc_counts(ub) - fp - fn - tp)
-        _mask_rows(name, "brain", st_brain, rows, cal_rows, unc_rows)
-        _mask_rows(name, "roi", st_roi, rows, cal_rows, unc_rows)
+                fp, fn, tp, tn = _uncertainty_bins_idx(uncertainty_bin_index(ub.take(roi_pos)), err, pred_roi)
+                stats_roi["unc"][measure] = (fp, fn, tp, tn)
+                stats_brain["unc"][measure] = (fp, fn, tp, _unc_counts(ub) - fp - fn - tp)
+        _mask_rows(name, "brain", stats_brain, rows, cal_rows, unc_rows)
+        _mask_rows(name, "roi", stats_roi, rows, cal_rows, unc_rows)
     return PatientEvaluation(rows, cal_rows, unc_rows)

@@ -36,6 +36,7 @@ class TableDiff:
 
     @property
     def same(self) -> bool:
+        """Whether both databases hold the table with the same rows (within the tolerance)."""
         return self.rows_a == self.rows_b and not self.examples
 
 
@@ -87,8 +88,8 @@ def compare_databases(a: str | Path, b: str | Path, rel_tol: float = 1e-12, map_
     """Compare two results databases table by table.
 
     Args:
-        a, b: the database files.
-        rel_tol: relative tolerance of float columns.
+        a, b: the database files (opened read-only).
+        rel_tol: relative tolerance of float columns (NaN equals NaN).
         map_runs: match runs by creation order instead of by id (ids hash absolute paths).
         tables: the tables to compare (default: every table both hold).
         skip_columns: more columns to leave out (besides :data:`VOLATILE`).

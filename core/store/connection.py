@@ -16,7 +16,23 @@ class DatabaseBusy(RuntimeError):
 
 
 def connect(path: str | Path, read_only: bool = False, retries: int = 20, wait_s: float = 0.25):
-    """Open the database; a writer creates the schema. Read-only opens retry while a batch holds the lock."""
+    """Open the database; a writer creates the schema. Opens retry while another process holds the lock.
+
+    A write connection first closes this process's shared readers of the file (:func:`release_readers`).
+
+    Args:
+        path: the DuckDB file (a writer creates it when missing).
+        read_only: open read-only (the file must exist).
+        retries: attempts while the file is locked by another process.
+        wait_s: seconds between two attempts.
+
+    Returns:
+        the DuckDB connection.
+
+    Raises:
+        FileNotFoundError: for a read-only open of a missing file.
+        DatabaseBusy: when the file stayed locked through every attempt.
+    """
     path = Path(path)
     if read_only and not path.exists():
         raise FileNotFoundError(f"no results database at {path}")
@@ -66,15 +82,26 @@ def _reader_key(path) -> str:
 
 @contextmanager
 def shared_reader(path: str | Path):
-    """A read-only cursor on the one connection this process keeps open per database file.
+    """A read-only cursor on the one connection this process keeps open per database file (context manager).
 
-    Opening a multi-GB DuckDB file costs 20-30 ms (catalog read); a cursor on an open connection costs
+    Opening a large DuckDB file reads its catalog each time; a cursor on an open connection costs next to
     nothing, so the many cached queries of one page run share a connection instead of opening the file each.
     The connection stays open only while in use and :data:`READER_IDLE_S` after: DuckDB lets no other
     process write while a reader holds the file, and the batch (:func:`writer`, which retries for a minute)
     writes between two patients. A write connection of this process (:func:`connect` with
-    ``read_only=False``) first closes it (:func:`release_readers`). Raises :class:`DatabaseBusy` as
-    :func:`connect` when a writer holds the file. Each cursor is for one thread (DuckDB cursors are not shared)."""
+    ``read_only=False``) first closes it (:func:`release_readers`). Each cursor is for one thread (DuckDB
+    cursors are not shared).
+
+    Args:
+        path: the database file.
+
+    Yields:
+        a DuckDB cursor, closed on exit.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        DatabaseBusy: as :func:`connect`, when a writer holds the file.
+    """
     key = _reader_key(path)
     with _READERS_CV:
         r = _READERS.get(key)
@@ -101,8 +128,13 @@ def shared_reader(path: str | Path):
 
 
 def release_readers(path: str | Path | None = None, timeout: float = 60.0) -> None:
-    """Close this process's shared reader of ``path`` (every file's when None), waiting up to ``timeout`` s
-    for the queries running on it to finish."""
+    """Close this process's shared reader of ``path`` (every file's when None).
+
+    Args:
+        path: the database file, or None for every file.
+        timeout: seconds to wait for the queries running on a reader to finish; a reader still in use
+            after it is left open.
+    """
     keys = None if path is None else {_reader_key(path)}
     deadline = time.monotonic() + timeout
     with _READERS_CV:
@@ -137,9 +169,22 @@ def _start_closer() -> None:
 
 @contextmanager
 def writer(path: str | Path, retries: int = 240, wait_s: float = 0.25):
-    """A short-lived write connection: open (waiting up to ``retries`` x ``wait_s`` while a reader or another
-    writer holds the file), yield, close. The batch opens one per write, so between two patients nobody holds
-    the lock and the app reads the last committed state."""
+    """A short-lived write connection (context manager): open, yield, close.
+
+    The batch opens one per write, so between two patients nobody holds the lock and the app reads the last
+    committed state.
+
+    Args:
+        path: the database file (created, with the schema, when missing).
+        retries: attempts while a reader or another writer holds the file.
+        wait_s: seconds between two attempts (the default waits up to a minute).
+
+    Yields:
+        the connection, closed on exit.
+
+    Raises:
+        DatabaseBusy: when the file stayed locked through every attempt.
+    """
     con = connect(path, read_only=False, retries=retries, wait_s=wait_s)
     try:
         yield con
@@ -149,6 +194,7 @@ def writer(path: str | Path, retries: int = 240, wait_s: float = 0.25):
 
 @contextmanager
 def transaction(con):
+    """A transaction on ``con`` (context manager): committed on exit, rolled back (and re-raised) on any error."""
     con.execute("BEGIN TRANSACTION")
     try:
         yield con

@@ -42,9 +42,18 @@ from core.store.schema import LEADERBOARD_METRICS, LIST_MEASURES, MASKS, PRED_CO
 
 
 def build(con, run_id: str) -> dict:
-    """(Re)build the run's derived tables in one transaction (a writer connection). Returns rows per table and
-    seconds. A table whose columns no longer match this module's (an older version) is dropped and recreated,
-    which invalidates every run's derived rows until they are rebuilt."""
+    """(Re)build the run's derived tables in one transaction.
+
+    A table whose columns no longer match this module's (an older version) is dropped and recreated, which
+    invalidates every run's derived rows until they are rebuilt.
+
+    Args:
+        con: a writer connection.
+        run_id: the run.
+
+    Returns:
+        ``{"rows": {table: rows written}, "seconds": float}``.
+    """
 
     t0 = time.perf_counter()
     existing = table_names(con)
@@ -132,7 +141,15 @@ def _write_leaderboard(con, run_id: str, summary: pd.DataFrame) -> int:
 
 
 def build_all(con, echo=None) -> dict:
-    """Build the derived tables of every run of the database (``python -m core derive``)."""
+    """Build the derived tables of every run of the database (``python -m core derive``).
+
+    Args:
+        con: a writer connection.
+        echo: where a line per run goes (None: silent).
+
+    Returns:
+        run_id -> the summary of :func:`build`, for every run with evaluations.
+    """
     out = {}
     for (run_id,) in con.execute("SELECT DISTINCT run_id FROM evaluations ORDER BY run_id").fetchall():
         out[run_id] = build(con, run_id)

@@ -15,8 +15,17 @@ def _state(con, run_id: str) -> tuple[int, object]:
 
 
 def valid(con, run_id: str) -> bool:
-    """True when the run's derived tables exist and were built from the evaluations the database holds now
-    (same count of ok evaluations, same latest finish time)."""
+    """Whether the run's derived tables are current (:mod:`core.store.derived`).
+
+    Args:
+        con: a connection (read-only or writer).
+        run_id: the run.
+
+    Returns:
+        True when the run's derived tables exist and were built from the evaluations the database holds now
+        (same count of ok evaluations, same latest finish time); False otherwise, e.g. in a database written
+        before derived tables existed.
+    """
     if "derived_state" not in table_names(con):
         return False
     rows = con.execute("SELECT n_ok, last_finished FROM derived_state WHERE run_id = ?", [run_id]).fetchall()
@@ -28,8 +37,15 @@ def valid(con, run_id: str) -> bool:
 
 
 def list_arrays(table, list_cols: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Arrow table with list columns (same lengths row by row) -> (row index of every entry (E,) int64,
-    {column: flattened values (E,)}). ``bins`` gives the lengths."""
+    """Flatten list columns of an Arrow table into numpy arrays, without a Python object per entry.
+
+    Args:
+        table: a ``pyarrow.Table`` whose ``list_cols`` have the same length row by row (NULL lists: none).
+        list_cols: the list columns; the first one gives the lengths (``bins`` in the derived tables).
+
+    Returns:
+        (row index of every entry (E,) int64, {column: flattened values (E,)}).
+    """
     import pyarrow as pa
 
     first = table.column(list_cols[0])

@@ -10,7 +10,16 @@ from core.analysis.quality import FEATURES, quality_for
 
 
 def update_quality(con, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Recompute the run's quality prediction for every (model, method) and store it (one transaction)."""
+    """Recompute the run's quality prediction for every (model, method) and store it (one transaction).
+
+    Args:
+        con: a writer connection.
+        run_id: the run; (model, method) pairs with at least one ok evaluation and stored metrics are used.
+
+    Returns:
+        (per-patient rows, summary rows) as written (:func:`core.store.writes.write_quality`; ``features``
+        as JSON); two empty frames when no pair has metrics.
+    """
 
     metrics = sorted({m for _, m in FEATURES} | {"dice"})
     pairs = con.execute("SELECT DISTINCT model, method FROM evaluations WHERE run_id = ? AND status = 'ok' "

@@ -18,8 +18,11 @@ from core.store.schema import BRAIN_ONLY, CAL_LIST_COLS, LIST_MEASURES, MASKS, P
 
 
 def read_run_plan(con, run_id: str) -> dict:
-    """The stored plan entries of a run, ``{model: {"precision": {...}, "mc_batch", "chunk_trial"}}`` (the shape
-    :func:`write_run_plan` takes, without temperatures)."""
+    """The stored plan entries of a run, ``{model: {"precision": {...}, "mc_batch", "chunk_trial"}}``.
+
+    The shape :func:`core.store.write_run_plan` takes, without temperatures (:func:`read_temperatures`);
+    empty when the run has no plan.
+    """
     rows = con.execute("""SELECT model, precision_requested, precision, precision_reason, precision_checks,
                                  check_patient, mc_batch, chunk_trial, device
                           FROM run_plan WHERE run_id = ?""", [run_id]).fetchall()
@@ -30,24 +33,31 @@ def read_run_plan(con, run_id: str) -> dict:
 
 
 def run_plan(con, run_id: str) -> pd.DataFrame:
+    """The run's plan as a table: model, precision_requested, precision, precision_reason, precision_checks
+    (JSON), check_patient, mc_batch, device; one row per model, sorted."""
     return con.execute("""SELECT model, precision_requested, precision, precision_reason, precision_checks,
                                  check_patient, mc_batch, device
                           FROM run_plan WHERE run_id = ? ORDER BY model""", [run_id]).df()
 
 
 def read_temperatures(con, run_id: str, model: str) -> dict[str, float | None]:
+    """Region -> stored temperature of one model (None: the fit was undefined); empty when none was fitted."""
     rows = con.execute("SELECT region, temperature FROM temperatures WHERE run_id = ? AND model = ?",
                        [run_id, model]).fetchall()
     return {r: t for r, t in rows}
 
 
 def run_temperatures(con, run_id: str) -> pd.DataFrame:
+    """The run's fitted temperatures: model, region, temperature (NaN: undefined fit), n_voxels, n_positive,
+    nll_before, nll_after (nats); sorted by model and region, empty when the run fitted none."""
     return con.execute("""SELECT model, region, temperature, n_voxels, n_positive, nll_before, nll_after
                           FROM temperatures WHERE run_id = ? ORDER BY model, region""", [run_id]).df()
 
 
 # ------------------------------------------------------------------------------------------- reads
 def list_runs(con) -> pd.DataFrame:
+    """Every run: run_id, created_at, cohort, device, code_version, ok and failed (evaluation counts), patients
+    (distinct evaluated patients); newest first."""
     return con.execute("""
         SELECT r.run_id, r.created_at, r.cohort, r.device, r.code_version,
                count(*) FILTER (WHERE e.status = 'ok') AS ok,
@@ -58,15 +68,18 @@ def list_runs(con) -> pd.DataFrame:
 
 
 def run_models(con, run_id: str) -> pd.DataFrame:
+    """The run's models: model, checkpoint (path), card (JSON text); sorted by model."""
     return con.execute("SELECT model, checkpoint, card FROM models WHERE run_id = ? ORDER BY model", [run_id]).df()
 
 
 def run_methods(con, run_id: str) -> list[str]:
+    """The methods with at least one evaluation (ok or failed) in the run, sorted."""
     rows = con.execute("SELECT DISTINCT method FROM evaluations WHERE run_id = ? ORDER BY method", [run_id]).fetchall()
     return [r[0] for r in rows]
 
 
 def evaluation_status(con, run_id: str) -> pd.DataFrame:
+    """Per model and method of the run: ok and failed evaluation counts and mean_seconds (per evaluation)."""
     return con.execute("""
         SELECT model, method, count(*) FILTER (WHERE status = 'ok') AS ok,
                count(*) FILTER (WHERE status = 'failed') AS failed, round(avg(seconds), 3) AS mean_seconds
@@ -74,11 +87,13 @@ def evaluation_status(con, run_id: str) -> pd.DataFrame:
 
 
 def failures(con, run_id: str) -> pd.DataFrame:
+    """The run's failed evaluations: patient_id, model, method, error (message); sorted by patient, model, method."""
     return con.execute("""SELECT patient_id, model, method, error FROM evaluations
                           WHERE run_id = ? AND status = 'failed' ORDER BY patient_id, model, method""", [run_id]).df()
 
 
 def cohort_patients(con, run_id: str) -> pd.DataFrame:
+    """The ``patients`` rows (every column) of the run's cohort that the run evaluated, sorted by patient id."""
     return con.execute("""
         SELECT p.* FROM patients p JOIN runs r ON p.cohort = r.cohort
         WHERE r.run_id = ? AND p.patient_id IN (SELECT patient_id FROM evaluations WHERE run_id = ?)
@@ -99,6 +114,7 @@ def quality_patients(con, run_id: str, method: str, region: str) -> pd.DataFrame
 
 
 def table_counts(con) -> pd.DataFrame:
+    """Row counts (columns table, rows) of the database's long tables; tables an older database lacks are left out."""
     names = ["runs", "models", "patients", "evaluations", "metrics", "calibration_bins", "uncertainty_bins", "maps",
              "temperatures", "run_plan", "quality", "quality_summary"]
     # a database written by an older version may lack the newer tables: count those that exist
@@ -129,7 +145,21 @@ def _use_derived(con, run_id: str, mask: str | None = None, metrics: list[str] |
 
 def patient_measure(con, run_id: str, model: str, method: str, metric: str = "mean_entropy", region: str = "WT",
                     mask: str = "brain") -> pd.DataFrame:
-    """One per-patient value (columns patient_id, value) of one model/method, e.g. mean WT entropy in the brain."""
+    """One per-patient value of one model/method, e.g. mean WT entropy in the brain.
+
+    Read from ``patient_summary`` when the derived tables are current, else from ``metrics`` (ok evaluations).
+
+    Args:
+        con: a connection.
+        run_id, model, method: the evaluations.
+        metric: the stored metric name.
+        region: 'WT', 'TC' or 'ET'.
+        mask: the voxel set the metric is stored in ('brain', 'roi' or 'pred').
+
+    Returns:
+        patient_id, value (NaN / NULL where undefined), sorted by patient id; no rows when the method does not
+        store the measure (e.g. MI without samples).
+    """
 
     col = PRED_COLUMNS.get((metric, mask)) or (metric if metric in WIDE_METRICS and mask in ("brain", "roi") else None)
     if col is not None and _use_derived(con, run_id):
@@ -157,7 +187,18 @@ _IN_PATIENTS = "(?::VARCHAR[] IS NULL OR {col} IN (SELECT unnest(?::VARCHAR[])))
 
 
 def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metrics=None, mask: str | None = None) -> pd.DataFrame:
-    """Long per-patient metric rows (model, method, patient_id, region, mask, metric, value) of ok evaluations."""
+    """Long per-patient metric rows of ok evaluations.
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        patient_ids: only these patients (None: all).
+        metrics: only these metric names (None: all).
+        mask: only rows of this voxel set and of 'pred' (None: every mask).
+
+    Returns:
+        model, method, patient_id, region, mask, metric, value (NaN where undefined), in no particular order.
+    """
     patient_ids, metrics = _list(patient_ids), _list(metrics)
     q = f"""SELECT m.model, m.method, m.patient_id, m.region, m.mask, m.metric, m.value
            FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
@@ -169,8 +210,21 @@ def patient_metrics(con, run_id: str, patient_ids: list[str] | None = None, metr
 
 def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
                             methods: list[str] | None = None) -> pd.DataFrame:
-    """Calibration bins summed over a patient subset: model, method, region, bin, n, sum_prob, sum_true
-    (``methods``: only those methods' rows)."""
+    """Calibration bins summed over a patient subset.
+
+    The whole run (no ``patient_ids``) reads the cohort totals of the derived tables when they are current.
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        patient_ids: the subset (None: every patient of the run).
+        mask: the voxel set.
+        methods: only those methods' rows (None: all).
+
+    Returns:
+        model, method, region, bin, n, sum_prob, sum_true (one row per non-empty bin), sorted by model,
+        method, region, bin.
+    """
     patient_ids, methods = _list(patient_ids), _list(methods)
     if patient_ids is None and _use_derived(con, run_id, mask):
         return con.execute("""
@@ -189,8 +243,22 @@ def summed_calibration_bins(con, run_id: str, patient_ids: list[str] | None = No
 def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
                             measure: str = "entropy", methods: list[str] | None = None,
                             columns: list[str] | None = None) -> pd.DataFrame:
-    """Uncertainty histograms summed over a patient subset: model, method, region, bin, n_error, n_correct,
-    n_fp, n_fn, n_tp (``methods``: only those methods' rows; ``columns``: only those count columns)."""
+    """Uncertainty histograms summed over a patient subset.
+
+    The whole run (no ``patient_ids``) reads the cohort totals of the derived tables when they are current.
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        patient_ids: the subset (None: every patient of the run).
+        mask: the voxel set.
+        measure: the uncertainty measure of the histograms (e.g. 'entropy').
+        methods: only those methods' rows (None: all).
+        columns: only those count columns (None: all of n_error, n_correct, n_fp, n_fn, n_tp).
+
+    Returns:
+        model, method, region, bin and the count columns (voxels), sorted by model, method, region, bin.
+    """
     patient_ids, methods = _list(patient_ids), _list(methods)
     cols = [c for c in UNC_COUNT_COLS if columns is None or c in columns]  # identifiers of this module only
     if patient_ids is None and _use_derived(con, run_id, mask):
@@ -213,15 +281,27 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
                  measure: str = "entropy", methods: list[str] | None = None, columns: list[str] | None = None) -> dict:
     """Bins summed per patient GROUP in one pass over the table, as numpy arrays.
 
-    Returns dict(combos=DataFrame(model, method, region) indexed by combo number, g (R,) int group id,
-    combo (R,) int, bin (R,) int, counts (R, k) float64) with the count columns of ``kind`` ('calibration':
-    n, sum_prob, sum_true; 'uncertainty' (of ``measure``): n_error, n_correct, n_fp, n_fn, n_tp). Patients not
-    listed are left out; ``methods`` restricts the methods read.
-
     The app groups patients by where they fall between the quantiles of the sidebar's measure, so every
     position of the quantile filter is a union of groups: summing the groups' rows gives the subset's bins
-    exactly, without touching the per-patient rows again (see :mod:`dashboard.subsets`). ``columns`` keeps only
-    those count columns."""
+    exactly, without touching the per-patient rows again (see :mod:`dashboard.subsets`).
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        kind: 'calibration' (counts n, sum_prob, sum_true) or 'uncertainty' (counts n_error, n_correct, n_fp,
+            n_fn, n_tp of ``measure``).
+        patient_ids: (P,) the grouped patients; patients not listed are left out.
+        group_ids: (P,) the group id of each.
+        mask: the voxel set.
+        measure: the uncertainty measure (``kind`` 'uncertainty').
+        methods: only these methods (None: all).
+        columns: keep only those count columns (None: all of ``kind``'s).
+
+    Returns:
+        dict(combos=DataFrame(model, method, region) indexed by combo number, g (R,) int64 group id, combo (R,)
+        int64, bin (R,) int64, columns (the k count column names), counts (R, k) float64): one row per
+        (group, combo, bin) with entries; R = 0 when nothing matches.
+    """
     table, cols, extra, extra_args = {
         "calibration": ("calibration_bins", ["n", "sum_prob", "sum_true"], "", []),
         "uncertainty": ("uncertainty_bins", ["n_error", "n_correct", "n_fp", "n_fn", "n_tp"], " AND t.measure = ?",
@@ -303,13 +383,21 @@ def _grouped_lists(con, run_id, kind, patient_ids, group_ids, mask, measure, met
 
 
 def cohort_summary(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain") -> pd.DataFrame:
-    """Cohort metrics of a patient subset per model, method and region (:func:`core.analysis.summaries.cohort_summary`
-    on this subset's per-patient metrics and summed bins).
+    """Cohort metrics of a patient subset per model, method and region.
 
-    Columns: model, method, region, n_patients, dice_mean, dice_median, dice_nan (patients skipped),
-    ece_mean (mean of per-patient ECE), ece_dataset / ace_dataset / mce_dataset (from summed bins),
-    auroc_entropy_dataset (pooled voxels, from summed bins), auroc_entropy_mean (mean per-patient),
-    auroc_nan, mean_entropy (mean of per-patient means in ``mask``).
+    :func:`core.analysis.summaries.cohort_summary` on this subset's per-patient metrics and summed bins.
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        patient_ids: the subset (None: every patient of the run).
+        mask: the voxel set.
+
+    Returns:
+        model, method, region, n_patients, dice_mean, dice_median, dice_nan (patients skipped), ece_mean (mean
+        of per-patient ECE), ece_dataset / ace_dataset / mce_dataset (from summed bins), auroc_entropy_dataset
+        (pooled voxels, from summed bins), auroc_entropy_mean (mean per-patient), auroc_nan, mean_entropy
+        (mean of per-patient means in ``mask``).
     """
 
     wide = metric_wide(con, run_id, SUMMARY_METRICS, mask=mask, patient_ids=patient_ids)
@@ -319,7 +407,18 @@ def cohort_summary(con, run_id: str, patient_ids: list[str] | None = None, mask:
 
 def patient_calibration_bins(con, run_id: str, model: str, method: str, region: str, mask: str = "brain",
                              patient_ids: list[str] | None = None) -> pd.DataFrame:
-    """Per-patient reliability bins of one model/method/region: patient_id, bin, n, sum_prob, sum_true."""
+    """Per-patient reliability bins of one model/method/region.
+
+    Args:
+        con: a connection.
+        run_id, model, method: the evaluations.
+        region: 'WT', 'TC' or 'ET'.
+        mask: the voxel set.
+        patient_ids: only these patients (None: all).
+
+    Returns:
+        patient_id, bin, n, sum_prob, sum_true (one row per non-empty bin), sorted by patient (and bin).
+    """
     patient_ids = _list(patient_ids)
     if _use_derived(con, run_id, mask):
         tbl = con.sql(f"""
@@ -344,8 +443,19 @@ def patient_calibration_bins(con, run_id: str, model: str, method: str, region: 
 
 def calibration_dense(con, run_id: str, method: str, region: str, mask: str = "brain",
                       n_bins: int = N_CAL_BINS) -> dict[str, dict[str, np.ndarray]]:
-    """Per-patient calibration bins of every model of one method/region as dense arrays, in one read:
-    {model: {patient_id (P,) sorted, n, sum_prob, sum_true (P, n_bins) float64}} (zeros in empty bins)."""
+    """Per-patient calibration bins of every model of one method/region as dense arrays, in one read.
+
+    Args:
+        con: a connection.
+        run_id, method: the evaluations.
+        region: 'WT', 'TC' or 'ET'.
+        mask: the voxel set.
+        n_bins: bins per patient.
+
+    Returns:
+        {model: {patient_id (P,) sorted, n, sum_prob, sum_true (P, n_bins) float64}} (zeros in empty bins);
+        models without bins are absent (empty dict when none has any).
+    """
     if _use_derived(con, run_id, mask):
         tbl = con.sql("""SELECT model, patient_id, bins, n, sum_prob, sum_true FROM patient_calibration
                          WHERE run_id = ? AND method = ? AND region = ? AND mask = ?""",
@@ -377,9 +487,20 @@ def calibration_dense(con, run_id: str, method: str, region: str, mask: str = "b
 
 def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
                             methods: list[str] | None = None) -> pd.DataFrame:
-    """Per-patient calibration bins of ok evaluations for a patient subset (and optionally some methods):
-    model, method, region, patient_id, bin, n, sum_prob, sum_true. Input of the bootstrap intervals of
-    dataset-level ECE (:func:`core.analysis.stats.leaderboard`)."""
+    """Per-patient calibration bins of ok evaluations for a patient subset (and optionally some methods).
+
+    Input of the bootstrap intervals of dataset-level ECE (:func:`core.analysis.stats.leaderboard`).
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        patient_ids: the subset (None: all).
+        mask: the voxel set.
+        methods: only these methods (None: all).
+
+    Returns:
+        model, method, region, patient_id, bin, n, sum_prob, sum_true, in no particular order.
+    """
     patient_ids, methods = _list(patient_ids), _list(methods)
     return con.execute(f"""
         SELECT c.model, c.method, c.region, c.patient_id, c.bin, c.n, c.sum_prob, c.sum_true
@@ -392,9 +513,21 @@ def calibration_bins_subset(con, run_id: str, patient_ids: list[str] | None = No
 
 def cohort_leaderboard(con, run_id: str, mask: str, methods: list[str], models: list[str],
                        B: int = 1000) -> pd.DataFrame | None:
-    """The whole run's leaderboard rows (derived table ``cohort_leaderboard``, written by the batch) of these
-    methods and models, sorted by model, method, region, columns :data:`core.analysis.stats.LEADERBOARD_COLUMNS`; None
-    when the derived tables are stale or older than that table (the caller bootstraps then)."""
+    """The whole run's stored leaderboard rows (derived table ``cohort_leaderboard``, written by the batch).
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        mask: the voxel set.
+        methods: the methods to keep.
+        models: the models to keep.
+        B: bootstrap replicates the rows must have been computed with (seed 0).
+
+    Returns:
+        rows of these methods and models sorted by model, method, region, columns
+        :data:`core.analysis.stats.LEADERBOARD_COLUMNS`; None when the derived tables are stale or older than
+        that table, or hold no such row (the caller bootstraps then).
+    """
 
     if not _use_derived(con, run_id, mask) or "cohort_leaderboard" not in table_names(con):
         return None
@@ -408,9 +541,21 @@ def cohort_leaderboard(con, run_id: str, mask: str, methods: list[str], models: 
 
 
 def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, patient_ids: list[str]) -> dict:
-    """Per-patient calibration bins of the listed (model, method, region) combos and patients as integer-coded
-    numpy arrays (the input of the bootstrap ECE in :func:`core.analysis.stats.leaderboard`): patient (index into
-    ``patient_ids``), combo (index into ``combos``), bin, d = sum_prob - sum_true, n."""
+    """Per-patient calibration bins of the listed combos and patients as integer-coded numpy arrays.
+
+    The input of the bootstrap ECE in :func:`core.analysis.stats.leaderboard`.
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        mask: the voxel set.
+        combos: DataFrame(model, method, region), one row per combo.
+        patient_ids: the patients (the bins of others are left out).
+
+    Returns:
+        dict of (E,) arrays, one entry per stored bin: patient (index into ``patient_ids``), combo (index into
+        ``combos``), bin, d = sum_prob - sum_true, n (voxels, float64).
+    """
     if _use_derived(con, run_id, mask):
         patient, combo, _, row, v = _list_rows(con, run_id, "calibration", mask, "", None, patient_ids, CAL_LIST_COLS,
                                                combos=combos)
@@ -430,10 +575,26 @@ def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, pa
 
 def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patient_ids: list[str] | None = None,
                 method: str | None = None, derived: bool = True) -> pd.DataFrame:
-    """Per-patient metrics as columns: model, method, patient_id, region, <metric>..., one row per ok
-    evaluation and region. Each metric is taken in ``mask``, except those stored for one voxel set only
-    (:data:`BRAIN_ONLY`: Dice, HD95, volumes -> 'brain'; :data:`PRED_ONLY` -> 'pred'). NULL (NaN) where a
-    metric is undefined. Pivoted in SQL (one conditional aggregate per metric, names passed as parameters)."""
+    """Per-patient metrics as columns, one row per ok evaluation and region.
+
+    Each metric is taken in ``mask``, except those stored for one voxel set only (:data:`BRAIN_ONLY`: Dice,
+    HD95, volumes -> 'brain'; :data:`PRED_ONLY` -> 'pred'). Read from ``patient_summary`` when the derived
+    tables are current and hold every metric, else pivoted in SQL (one conditional aggregate per metric, names
+    passed as parameters).
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        metrics: the metric names (the columns, in this order).
+        mask: the voxel set.
+        patient_ids: only these patients (None: all).
+        method: only this method (None: all).
+        derived: allow the derived tables (False: always the long ``metrics`` table).
+
+    Returns:
+        model, method, patient_id, region, <metric>...; NULL (NaN) where a metric is undefined; sorted by
+        model, method, patient_id, region.
+    """
     metrics = [str(m) for m in metrics]
     if derived and _use_derived(con, run_id, mask, metrics):
         # column names: members of WIDE_METRICS (checked by _use_derived), never free text
@@ -459,13 +620,13 @@ def metric_wide(con, run_id: str, metrics: list[str], mask: str = "brain", patie
 
 
 def patient_maps(con, run_id: str, patient_id: str) -> pd.DataFrame:
-    """NIfTI map files of one patient: model, method, kind, path."""
+    """NIfTI map files of one patient: model, method, kind, path (absolute); sorted by model, method, kind."""
     return con.execute("""SELECT model, method, kind, path FROM maps WHERE run_id = ? AND patient_id = ?
                           ORDER BY model, method, kind""", [run_id, patient_id]).df()
 
 
 def patient_source(con, run_id: str, patient_id: str) -> str | None:
-    """The patient's image folder as recorded by the batch."""
+    """The patient's image folder as recorded by the batch, or None when the run's cohort has no such patient."""
     row = con.execute("""SELECT p.source FROM patients p JOIN runs r ON p.cohort = r.cohort
                          WHERE r.run_id = ? AND p.patient_id = ?""", [run_id, patient_id]).fetchone()
     return row[0] if row else None

@@ -18,6 +18,7 @@ class RunStatus:
         self._write()
 
     def update(self, done: int, counts: dict) -> None:
+        """Record ``done`` patients and the ok / failed / skipped ``counts`` so far (rewrites the file)."""
         self.data.update(done=done, counts=dict(counts), updated=_now())
         self._write()
 
@@ -27,11 +28,19 @@ class RunStatus:
         tmp.replace(self.path)
 
     def clear(self) -> None:
+        """Remove the progress file (the batch ended)."""
         self.path.unlink(missing_ok=True)
 
 
 def read_run_status(db: str | Path) -> dict | None:
-    """The status of a batch writing ``db`` right now, or None (no status file, or its process is gone)."""
+    """The status of a batch writing ``db`` right now, or None (no status file, or its process is gone).
+
+    Args:
+        db: the database file.
+
+    Returns:
+        the progress file's dict (pid, run_id, done, total, counts, started, updated), or None.
+    """
     p = Path(db).with_name(Path(db).name + ".progress.json")
     try:
         data = json.loads(p.read_text())

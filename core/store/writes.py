@@ -12,6 +12,16 @@ from core.store.schema import COLUMNS, KEY, RESULT_TABLES
 
 # ------------------------------------------------------------------------------------------ writes
 def upsert_run(con, run_id: str, cohort: str, config: dict, code_version: str, device: str) -> None:
+    """Insert the run's row (created now), or, when the run exists (a rerun), update its device only.
+
+    Args:
+        con: a writer connection.
+        run_id: the run (a hash of ``config``).
+        cohort: the cohort folder.
+        config: the run's configuration (stored as sorted JSON).
+        code_version: the code's version string.
+        device: the torch device name.
+    """
     with transaction(con):
         if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is None:
             con.execute("INSERT INTO runs VALUES (?, now(), ?, ?, ?, ?)",
@@ -21,13 +31,14 @@ def upsert_run(con, run_id: str, cohort: str, config: dict, code_version: str, d
 
 
 def upsert_model(con, run_id: str, model: str, checkpoint: str, card: dict) -> None:
+    """Replace the run's row of one model (checkpoint path, model card as JSON) in one transaction."""
     with transaction(con):
         con.execute("DELETE FROM models WHERE run_id = ? AND model = ?", [run_id, model])
         con.execute("INSERT INTO models VALUES (?, ?, ?, ?)", [run_id, model, checkpoint, json.dumps(card)])
 
 
 def done_evaluations(con, run_id: str) -> set[tuple[str, str, str]]:
-    """{(model, method, patient_id)} already evaluated with status 'ok' in this run."""
+    """{(model, method, patient_id)} already evaluated with status 'ok' in this run (a rerun skips them)."""
     rows = con.execute("SELECT model, method, patient_id FROM evaluations WHERE run_id = ? AND status = 'ok'",
                        [run_id]).fetchall()
     return {tuple(r) for r in rows}
@@ -36,11 +47,17 @@ def done_evaluations(con, run_id: str) -> set[tuple[str, str, str]]:
 def write_patient(con, run_id: str, patient_id: str, results: list[dict], patient: dict | None = None) -> None:
     """Write all evaluations of one patient in ONE transaction (replacing earlier rows of the same keys).
 
-    ``patient``: the ``patients`` row (keys as the table's columns) written in the same transaction.
+    Non-finite metric values are stored as NULL.
 
-    ``results``: dicts with model, method, status, seconds, error and, for status 'ok', ``evaluation`` (the
-    :class:`core.metrics.suite.PatientEvaluation` of :func:`core.metrics.suite.evaluate_patient`) and ``maps``
-    [(kind, path)].
+    Args:
+        con: a writer connection.
+        run_id: the run.
+        patient_id: the patient.
+        results: dicts with model, method, status, seconds, error and, for status 'ok', ``evaluation`` (the
+            :class:`core.metrics.suite.PatientEvaluation` of :func:`core.metrics.suite.evaluate_patient`) and
+            ``maps`` [(kind, path)].
+        patient: the ``patients`` row (keys as the table's columns: cohort, source, shape, spacing (mm),
+            label_scheme, split, has_gt, meta) written in the same transaction; None leaves it as it is.
     """
     frames = {t: [] for t in RESULT_TABLES}
     evals = []
@@ -80,7 +97,16 @@ def write_patient(con, run_id: str, patient_id: str, results: list[dict], patien
 
 
 def write_temperatures(con, run_id: str, model: str, regions, fits: list[dict], patients: list[str]) -> None:
-    """One row per region of the fitted temperatures (:func:`core.inference.temperature.fit_region_temperatures`)."""
+    """Replace the model's temperatures: one row per region, in one transaction.
+
+    Args:
+        con: a writer connection.
+        run_id: the run.
+        model: the model.
+        regions: the region names, in the order of ``fits``.
+        fits: :func:`core.inference.temperature.fit_region_temperatures` dicts (NaN stored as NULL).
+        patients: the calibration patients used (stored sorted, as JSON).
+    """
     with transaction(con):
         con.execute("DELETE FROM temperatures WHERE run_id = ? AND model = ?", [run_id, model])
         for reg, f in zip(regions, fits):
@@ -90,8 +116,17 @@ def write_temperatures(con, run_id: str, model: str, regions, fits: list[dict], 
 
 
 def write_run_plan(con, run_id: str, plan: dict) -> None:
-    """One row per model of the run's plan (:func:`core.batch.plan.prepare_models`): the precision asked for and
-    chosen with its Dice checks (JSON), the passes per forward call and the chunk trial's timings (JSON)."""
+    """Replace the ``run_plan`` rows of the plan's models, in one transaction.
+
+    One row per model of the run's plan (:func:`core.batch.plan.prepare_models`): the precision asked for and
+    chosen with its reason, device and Dice checks (JSON), the passes per forward call and the chunk trial's
+    timings (JSON); the temperatures go to :func:`write_temperatures`.
+
+    Args:
+        con: a writer connection.
+        run_id: the run.
+        plan: model -> plan entry.
+    """
     with transaction(con):
         for model, e in plan.items():
             p = e["precision"]
@@ -106,7 +141,16 @@ def _finite(x):
 
 
 def write_quality(con, run_id: str, per_patient: pd.DataFrame, summary: pd.DataFrame) -> None:
-    """Replace the run's quality-prediction rows (:mod:`core.analysis.quality`) in one transaction."""
+    """Replace the run's quality-prediction rows (:mod:`core.analysis.quality`) in one transaction.
+
+    Args:
+        con: a writer connection.
+        run_id: the run.
+        per_patient: rows of ``quality`` (model, method, patient_id, region, dice, predicted_dice,
+            uncertainty_score, flagged); may be empty.
+        summary: rows of ``quality_summary`` (model, method, region, n_patients, r2, pearson_r, score_spearman,
+            regressor, features as JSON); may be empty.
+    """
     with transaction(con):
         for t, df, cols in (("quality", per_patient, ["model", "method", "patient_id", "region", "dice",
                                                       "predicted_dice", "uncertainty_score", "flagged"]),

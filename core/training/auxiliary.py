@@ -30,7 +30,21 @@ AUX_ARGS = {"spatial_dims": 3, "out_channels": 3, "channels": [8, 16, 32], "stri
 
 
 def error_training_data(model, cohort_dir, patient_ids) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(input (C+R, X, Y, Z) float32, errors (R, X, Y, Z) float32)] for the given patients."""
+    """The auxiliary network's training pairs: the model's inputs and its voxel errors, one pair per patient.
+
+    Args:
+        model: the segmentation model (ModelSet or LoadedModel), run deterministically on each patient.
+        cohort_dir: BraTS-layout folder.
+        patient_ids: the patients to use (each needs ground truth).
+
+    Returns:
+        [(input (C+R, X, Y, Z) float32: normalised channels and region probabilities, errors (R, X, Y, Z)
+        float32 in {0, 1}: [p_r >= 0.5] != y_r)], in sorted patient order.
+
+    Raises:
+        ValueError: when none of the patients is in the cohort.
+        core.io.cohort.CaseError: when a listed patient does not load or has no ground truth.
+    """
 
     ms = as_model_set(model)
     wanted = set(patient_ids)
@@ -52,9 +66,28 @@ def error_training_data(model, cohort_dir, patient_ids) -> list[tuple[np.ndarray
 
 def train_auxiliary(model, cohort_dir, out_path, *, patient_ids=None, epochs: int = 80, batch_size: int = 2,
                     crop=(48, 48, 48), lr: float = 3e-3, seed: int = 0, log=print) -> Path:
-    """Train the auxiliary error network of ``model`` (ModelSet or LoadedModel) and save it to ``out_path``.
+    """Train the auxiliary error network of ``model`` and save it to ``out_path``.
 
-    ``patient_ids``: default the ``calibration`` split of ``splits.json``. One epoch = one crop per patient.
+    One epoch = one crop per patient. The loss is BCE + Dice (sigmoid) on the model's voxel errors; crops
+    centre on an error voxel of region 0 (WT) with probability 0.7; no intensity augmentation.
+
+    Args:
+        model: the segmentation model (ModelSet or LoadedModel).
+        cohort_dir: BraTS-layout folder.
+        out_path: the checkpoint file to write.
+        patient_ids: the patients to train on (default: the ``calibration`` split of ``splits.json``).
+        epochs: passes over the patients.
+        batch_size: crops per step.
+        crop: crop size in voxels (X, Y, Z).
+        lr: initial learning rate (AdamW, cosine decay).
+        seed: seed of torch and of the crops' generator.
+        log: where the final message goes.
+
+    Returns:
+        the checkpoint path (model card with ``role = "auxiliary"``, ``for_model``, ``for_sha256``).
+
+    Raises:
+        ValueError: when there is no calibration split (and no ``patient_ids``), or no usable patient.
     """
 
     ms = as_model_set(model)

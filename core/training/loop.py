@@ -15,8 +15,21 @@ import torch
 
 
 def random_crop(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop, p_tumour: float):
-    """A crop of ``crop`` voxels (clipped to the volume) of image ``x`` (C, X, Y, Z) and target ``y`` (R, X, Y, Z),
-    centred on a random voxel of ``y[0]`` with probability ``p_tumour`` (when it has one), else anywhere."""
+    """A random crop of an image and its target, at the same place.
+
+    The crop is centred on a random voxel of ``y[0]`` with probability ``p_tumour`` (when it has one), else
+    anywhere, and shifted to lie inside the volume.
+
+    Args:
+        rng: the generator of the draws.
+        x: (C, X, Y, Z) image.
+        y: (R, X, Y, Z) target.
+        crop: (x, y, z) crop size in voxels, clipped to the volume's shape.
+        p_tumour: probability of centring on a voxel of target channel 0.
+
+    Returns:
+        (x crop (C, x, y, z), y crop (R, x, y, z)): views of the inputs, not copies.
+    """
     shape = np.array(x.shape[1:])
     size = np.minimum(np.array(crop), shape)
     if rng.random() < p_tumour and y[0].any():
@@ -33,14 +46,16 @@ def fit(net: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], loss_fn
         batch_size: int, crop, lr: float, rng: np.random.Generator, p_tumour: float = 0.7,
         intensity_aug: bool = True, on_epoch_end: Callable[[int, list[float], int], None] | None = None,
         bar=None) -> tuple[list[float], int]:
-    """Train ``net`` in place.
+    """Train ``net`` in place (AdamW, weight decay 1e-5, cosine learning-rate decay over all steps).
 
     Args:
         net: the network, in train mode on return of every epoch hook.
         data: [(image (C, X, Y, Z) float32, target (R, X, Y, Z) float32)] held in memory.
         loss_fn: ``loss_fn(logits, target) -> scalar tensor`` on (B, R, x, y, z) batches.
         epochs: passes of ``len(data) // batch_size`` steps (at least one step).
-        batch_size: crops per step; crop: crop size in voxels; lr: initial learning rate.
+        batch_size: crops per step.
+        crop: crop size in voxels (x, y, z).
+        lr: initial learning rate.
         rng: the generator of the crops, flips and intensity changes (its draws are the loop's only randomness).
         p_tumour: probability that a crop centres on a voxel of target channel 0.
         intensity_aug: random per-channel scale and shift of the crop (segmentation, not error networks).

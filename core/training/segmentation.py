@@ -26,7 +26,21 @@ from core.io.cohort import discover, labels_to_regions, load_case, read_splits
 from core.training.loop import fit
 
 def load_training_data(cohort_dir, patient_ids, channels) -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(image (C,X,Y,Z) float32 normalised, regions (3,X,Y,Z) float32)] for the given patients."""
+    """The training pairs of the given patients, loaded into memory.
+
+    Args:
+        cohort_dir: BraTS-layout folder.
+        patient_ids: the patients to load (each needs ground truth).
+        channels: the modality order of the image channels.
+
+    Returns:
+        [(image (C, X, Y, Z) float32, non-zero channel-wise z-score normalised; regions (3, X, Y, Z) float32
+        WT, TC, ET in {0, 1})], in sorted patient order.
+
+    Raises:
+        ValueError: when none of the patients is in the cohort.
+        core.io.cohort.CaseError: when a listed patient does not load or has no ground truth.
+    """
     wanted = set(patient_ids)
     card_stub = {"normalisation": "nonzero_channelwise_zscore"}
     out = []
@@ -45,7 +59,7 @@ def load_training_data(cohort_dir, patient_ids, channels) -> list[tuple[np.ndarr
 def ml1_ace_loss(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 20, soft: bool = False) -> torch.Tensor:
     """Marginal L1 average calibration error (mL1-ACE, paper 004), differentiable, per image and region.
 
-    ``logits``, ``target``: (B, R, X, Y, Z); targets in {0, 1}. For each image b and region r the sigmoid
+    For each image b and region r the sigmoid
     probabilities are binned into ``n_bins`` equal-width bins on [0, 1]; per bin the gap is
     |mean p - mean y| (mean over the bin's voxels); ACE_{b,r} = mean gap over the non-empty bins; the loss
     is the mean of ACE_{b,r} over images and regions (in [0, 1]).
@@ -57,6 +71,15 @@ def ml1_ace_loss(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 20, s
       each side), so the assignment is differentiable too; bin means are w-weighted, a bin is non-empty
       when its total weight exceeds 1e-6. Each voxel has weight in at most the two bins whose centres
       surround p, so it is computed with two scatter-adds (O(N) memory, tested against the dense form).
+
+    Args:
+        logits: (B, R, X, Y, Z) logits.
+        target: (B, R, X, Y, Z) targets in {0, 1}.
+        n_bins: equal-width bins on [0, 1].
+        soft: soft (triangular-kernel) instead of hard binning.
+
+    Returns:
+        scalar float32 tensor in [0, 1] (the mean of ACE_{b,r}).
     """
     p = torch.sigmoid(logits.float()).flatten(2)  # (B, R, N)
     y = target.float().flatten(2)
@@ -85,7 +108,7 @@ def ml1_ace_loss(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 20, s
 
 
 def snapshot_path(out_path, epoch: int) -> Path:
-    """``weights/x.pt`` -> ``weights/x_snap40.pt``."""
+    """The snapshot checkpoint of ``out_path`` after ``epoch``: ``weights/x.pt``, 40 -> ``weights/x_snap40.pt``."""
     out_path = Path(out_path)
     return out_path.with_name(f"{out_path.stem}_snap{epoch}{out_path.suffix}")
 
@@ -97,11 +120,38 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
                 calibration_weight: float = 1.0, progress: bool = True, log=print) -> Path:
     """Train one model and write its checkpoint (with model card) to ``out_path``.
 
-    ``train_ids``: patient ids to train on (default: the ``train`` split of ``splits.json``, else all);
-    ``subset_fraction``: train on that share of them, drawn with ``seed``. One epoch = one pass of
-    ``len(train_ids)`` crops. ``calibration_loss``: None, ``"hard"`` or ``"soft"`` (mL1-ACE added with
-    ``calibration_weight``). ``snapshot_epochs``: 1-based epochs after which a snapshot checkpoint
-    ``<stem>_snap<E><suffix>`` is also written. Returns the checkpoint path.
+    One epoch = one pass of ``len(train_ids)`` crops. The loss is Dice + BCE on the region logits, plus
+    ``calibration_weight`` x mL1-ACE (:func:`ml1_ace_loss`) with ``calibration_loss``.
+
+    Args:
+        name: the model's name (in its card).
+        arch: the architecture name (:func:`core.io.architectures.build_model`).
+        arch_args: the architecture's arguments.
+        cohort_dir: BraTS-layout folder.
+        out_path: the checkpoint file to write.
+        train_ids: patient ids to train on (default: the ``train`` split of ``splits.json``, else all).
+        epochs: passes over the training patients.
+        batch_size: crops per step.
+        crop: crop size in voxels (X, Y, Z).
+        lr: initial learning rate (AdamW, cosine decay).
+        seed: seed of torch, of the crops' generator and of the subset draw.
+        p_tumour: probability that a crop centres on a tumour (WT) voxel.
+        spacing_mm: the card's voxel spacing (mm).
+        roi_size: the card's sliding-window size in voxels.
+        channels: the modality order of the input channels.
+        subset_fraction: train on that share of ``train_ids`` (at least 2 patients), drawn with ``seed``.
+        snapshot_epochs: 1-based epochs after which a snapshot checkpoint ``<stem>_snap<E><suffix>`` is also
+            written (:func:`snapshot_path`; not for the last epoch, whose checkpoint is ``out_path``).
+        calibration_loss: None, ``"hard"`` or ``"soft"`` (mL1-ACE added with ``calibration_weight``).
+        calibration_weight: the weight of the mL1-ACE term.
+        progress: show a progress bar.
+        log: where the final message goes.
+
+    Returns:
+        the checkpoint path.
+
+    Raises:
+        ValueError: for an unknown ``calibration_loss``, or when no training patient is found.
     """
     if calibration_loss not in (None, "hard", "soft"):
         raise ValueError(f"calibration_loss must be None, 'hard' or 'soft', not {calibration_loss!r}")

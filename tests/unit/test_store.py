@@ -65,7 +65,7 @@ def test_cohort_summary_from_bins_equals_pooled(tmp_path):
         ece = M.calibration_from_bins(*M.calibration_bins(pooled_p, pooled_t))["ece"]
         assert s.loc[name, "ece_dataset"] == pytest.approx(ece, abs=1e-12)
         assert s.loc[name, "n_patients"] == 3
-        dices = [M.dice(probs[i][r] >= 0.5, truths[i][r]) for i in sel]
+        dices = [M.dice(M.nest_regions(probs[i] >= 0.5)[r], truths[i][r]) for i in sel]  # the label map's regions
         assert s.loc[name, "dice_mean"] == pytest.approx(np.mean(dices))
 
 
