@@ -13,9 +13,12 @@ SCATTER_METRICS = {
     "dice": "Dice", "hd95": "HD95 (mm)", "ece": "ECE", "brier": "Brier", "nll": "NLL",
     "auroc_entropy": "AUROC entropy vs error", "mean_entropy": "mean entropy", "mean_mi": "mean MI",
     "volume_error_ml": "volume error (ml)", "uncertain_fraction": "uncertain-voxel fraction",
+    "nsd": "NSD", "lesion_pq_dice": "lesion PQ (Dice)", "lesion_rq": "lesion RQ (detection F1)",
+    "lesion_sq_dice": "lesion SQ (Dice)", "lesion_tp": "lesions found (TP)", "lesion_fp": "false lesions (FP)",
+    "lesion_fn": "missed lesions (FN)",
 }
 PAIRED_METRICS = {"dice": "Dice", "ece": "ECE", "auroc_entropy": "AUROC entropy vs error", "brier": "Brier",
-                  "hd95": "HD95 (mm)"}
+                  "hd95": "HD95 (mm)", "nsd": "NSD", "lesion_pq_dice": "lesion PQ (Dice)", "lesion_rq": "lesion RQ"}
 
 TABS = ["Overview", "Leaderboard", "Patients", "Paired test", "Distributions"]
 

@@ -15,6 +15,8 @@ from core.batch.pipeline import run_batch
 from core.inference.methods import DEMO_METHODS
 from core.inference.modelset import demo_model_spec, load_model_set
 from core.io.architectures import DEMO_MODELS, demo_weight_files
+from core.io.label_sets import LABEL_SETS
+from core.metrics.overlap import NSD_TOLERANCE_MM
 from core.io.demo_cohort import DemoSpec, build_demo_cohort
 from core.store.derived import build, build_all
 from core.training.auxiliary import train_auxiliary
@@ -132,7 +134,9 @@ def cmd_run(args) -> int:
               save_maps=not args.no_maps, calibration_split=cfg.get("calibration_split", "calibration"),
               ts_fit_mask=cfg.get("ts_fit_mask", "brain"), precision=args.precision or cfg.get("precision", "auto"),
               mc_batch=_mc_batch(args.mc_batch or cfg.get("mc_batch")),
-              prefetch=args.prefetch if args.prefetch is not None else cfg.get("prefetch", 2))
+              prefetch=args.prefetch if args.prefetch is not None else cfg.get("prefetch", 2),
+              label_set=args.label_set or cfg.get("label_set"),
+              nsd_tolerance_mm=float(args.nsd_tolerance_mm or cfg.get("nsd_tolerance_mm", NSD_TOLERANCE_MM)))
     if executor == "ray" or (workers or 1) > 1:
         summary = run_sharded(cohort, db, models, workers=workers, executor=executor,
                               ray_address=args.ray_address or cfg.get("ray_address"), keep_shards=args.keep_shards,
@@ -217,6 +221,11 @@ def main(argv=None) -> int:
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     r.add_argument("--maps-dir")
     r.add_argument("--no-maps", action="store_true")
+    r.add_argument("--label-set", choices=sorted(LABEL_SETS),
+                   help="label set of every patient's segmentation (default: by the file naming and the patient id's "
+                        "challenge prefix; see docs/metrics.md)")
+    r.add_argument("--nsd-tolerance-mm", type=float,
+                   help=f"tolerance of the normalised surface Dice in mm (default {NSD_TOLERANCE_MM})")
     r.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="forward-pass precision per model (default auto: on CUDA bf16 or fp16 when the deterministic "
                         "Dice of a check case moves by <= 0.001 in every region, else fp32; on CPU fp32)")

@@ -23,7 +23,7 @@ from dashboard.selection import Selection
 from dashboard.subsets import patient_table
 
 
-LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
+LEADERBOARD_METRICS = list(stats.MEAN_METRICS)
 
 
 def _sorted_ids(s: pd.Series) -> np.ndarray:
@@ -182,7 +182,7 @@ def leaderboard_display(lb: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame
 
     Returns:
         model, method, region, patients, 'Dice [95 % CI]', 'AUROC mean [95 % CI]', 'AUROC NaN skipped',
-        'AUROC pooled', 'ECE dataset [95 % CI]'; sorted by region (WT, TC, ET), then by Dice, best first.
+        'AUROC pooled', 'lesion PQ [95 % CI]', 'ECE dataset [95 % CI]'; sorted by region (WT, TC, ET), then by Dice, best first.
     """
     pooled = summary[["model", "method", "region", "auroc_entropy_dataset"]] if len(summary) else None
     out = lb.copy()
@@ -194,6 +194,8 @@ def leaderboard_display(lb: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame
         "AUROC mean [95 % CI]": [fmt_ci(r.auroc_entropy, r.auroc_entropy_lo, r.auroc_entropy_hi) for r in out.itertuples()],
         "AUROC NaN skipped": out.auroc_entropy_nan,
         "AUROC pooled": out.get("auroc_entropy_dataset"),
+        "lesion PQ [95 % CI]": [fmt_ci(r.lesion_pq_dice, r.lesion_pq_dice_lo, r.lesion_pq_dice_hi)
+                                if "lesion_pq_dice" in out else "-" for r in out.itertuples()],
         "ECE dataset [95 % CI]": [fmt_ci(r.ece_dataset, r.ece_dataset_lo, r.ece_dataset_hi, 4)
                                   if "ece_dataset" in out else "-" for r in out.itertuples()],
         "_dice": out.dice,

@@ -29,8 +29,10 @@ from core.metrics.calibration import N_CAL_BINS, ece_from_gap_sums
 DEFAULT_B = 1000
 DEFAULT_LEVEL = 0.95
 # the columns of a leaderboard (:func:`leaderboard`) with both metrics and calibration bins
+# per-patient metrics the leaderboard averages over patients (each with a Poisson-bootstrap interval)
+MEAN_METRICS = ("dice", "auroc_entropy", "lesion_pq_dice")
 LEADERBOARD_COLUMNS = (["model", "method", "region", "n_patients"]
-                       + [f"{m}{s}" for m in ("dice", "auroc_entropy") for s in ("", "_lo", "_hi", "_n", "_nan")]
+                       + [f"{m}{s}" for m in MEAN_METRICS for s in ("", "_lo", "_hi", "_n", "_nan")]
                        + ["ece_dataset", "ece_dataset_lo", "ece_dataset_hi"])
 
 
@@ -204,7 +206,7 @@ def leaderboard_parts(per_patient: pd.DataFrame, cal_bins=None, groups=None, B: 
             out[k] = w[:, bounds[k]:bounds[k + 1]] @ flat[bounds[k]:bounds[k + 1]]
         return out.reshape((G, B) + x.shape[1:])
 
-    for m in ("dice", "auroc_entropy"):
+    for m in MEAN_METRICS:
         if m not in per_patient:
             continue
         X = np.full((P, C), np.nan)
@@ -248,7 +250,7 @@ def leaderboard_from_parts(parts: dict, keep=None, level: float = DEFAULT_LEVEL)
         return np.array([_interval(reps[:, j].astype(np.float64), level) for j in range(C)]).reshape(C, 2)
 
     with np.errstate(invalid="ignore", divide="ignore"):
-        for m in ("dice", "auroc_entropy"):
+        for m in MEAN_METRICS:
             if m not in parts:
                 continue
             p = parts[m]

@@ -8,6 +8,8 @@ from typing import Callable
 from core.batch.shards import parse_shard
 from core.inference.methods import METHODS, canonical_method
 from core.inference.precision import check_precision
+from core.io.label_sets import get_label_set
+from core.metrics.overlap import NSD_TOLERANCE_MM
 
 
 @dataclass
@@ -42,6 +44,8 @@ class RunConfig:
         prefetch: patients loaded ahead in a background thread (0: inline).
         finish_depth: patients waiting for the background finisher (0: inline).
         prepare_only: write run, models and plan, then stop.
+        label_set: the label set of every patient (:mod:`core.io.label_sets`); None: by naming and patient id.
+        nsd_tolerance_mm: tolerance of the normalised surface Dice (mm).
     """
     cohort: str | Path
     db: str | Path
@@ -67,6 +71,8 @@ class RunConfig:
     prefetch: int = 2
     finish_depth: int = 1
     prepare_only: bool = False
+    label_set: str | None = None
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM
 
     def __post_init__(self):
         self.cohort = Path(self.cohort).resolve()
@@ -74,6 +80,8 @@ class RunConfig:
         self.methods = list(dict.fromkeys(canonical_method(m) for m in self.methods))
         check_precision(self.precision)
         self.shard = parse_shard(self.shard)
+        if self.label_set is not None:
+            get_label_set(self.label_set)  # an unknown name fails before any patient
 
     @property
     def maps_root(self) -> Path:

@@ -39,11 +39,12 @@ from core.inference.modelset import load_model_set
 from core.inference.resample import plan as grid_plan, prediction_to_patient
 from core.inference.uncertainty import predict, unavailable_reason
 from core.io.architectures import preprocess
-from core.io.cohort import CaseError, discover, labels_to_regions, load_case, read_splits
+from core.io.cohort import CaseError, discover, labels_to_regions, load_case, read_splits, regions_to_labels
 from core.io.hashing import code_version, file_sha256, make_run_id
 from core.io.maps import clean_stale_maps, write_maps
 from core.metrics.calibration import N_CAL_BINS
-from core.metrics.overlap import ROI_RADIUS_VOX
+from core.metrics.lesions import CONNECTIVITY, MATCH_THRESHOLD
+from core.metrics.overlap import NSD_TOLERANCE_MM, ROI_RADIUS_VOX
 from core.metrics.suite import evaluate_patient
 from core.metrics.uncertainty import N_UNC_BINS
 from core.store import derived
@@ -128,7 +129,7 @@ def run(cfg: RunConfig) -> dict:
     models = [load_model_set(c, dev) for c in cfg.checkpoints]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
-        raise ValueError(f"two cfg.checkpoints share a model name: {names}")
+        raise ValueError(f"two checkpoints share a model name: {names}")
     config = {
         "cohort": str(cohort), "split": cfg.split, "methods": list(methods), "T": int(T), "seed": int(cfg.seed),
         "calibration_split": cfg.calibration_split, "ts_fit_mask": cfg.ts_fit_mask,
@@ -136,8 +137,11 @@ def run(cfg: RunConfig) -> dict:
                             **({"card": m.card} if m.card.get("source", {}).get("sidecar") == "spec" else {})}
                    for m in models},
         "metrics": {"n_cal_bins": N_CAL_BINS, "n_unc_bins": N_UNC_BINS, "roi_radius_vox": ROI_RADIUS_VOX,
-                    "threshold": 0.5},
+                    "threshold": 0.5, "nsd_tolerance_mm": float(cfg.nsd_tolerance_mm),
+                    "lesions": {"connectivity": CONNECTIVITY, "match_dice": MATCH_THRESHOLD}},
     }
+    if cfg.label_set is not None:  # an explicit label set is part of the run (naming-chosen sets are per patient)
+        config["label_set"] = cfg.label_set
     if cfg.precision != "auto":  # an explicit cfg.precision is part of the run; auto (the default) keeps older run ids
         config["precision"] = cfg.precision
     run_id = make_run_id(config)
@@ -172,7 +176,7 @@ def run(cfg: RunConfig) -> dict:
     plan = cfg.plan
     if plan is None:
         plan = prepare_models(models, pairs, db, run_id, cohort, splits, cfg.calibration_split, cfg.ts_fit_mask, cfg.precision,
-                              cfg.mc_batch, T, dev, log, echo)
+                              cfg.mc_batch, T, dev, log, echo, label_set=cfg.label_set)
     else:
         apply_plan(models, plan)
     if cfg.prepare_only:
@@ -183,7 +187,8 @@ def run(cfg: RunConfig) -> dict:
     status = store.RunStatus(db, run_id, len(cases))
     ctx = _Context(db=db, cohort=str(cohort), split_of=split_of, run_id=run_id, maps_root=maps_root, T=T, seed=cfg.seed,
                    save_maps=cfg.save_maps, patient_meta=cfg.patient_meta or {}, log=log, device=dev, pairs=pairs, done=done,
-                   chunks={name: int(e["mc_batch"]) for name, e in plan.items()}, counts=counts, status=status)
+                   chunks={name: int(e["mc_batch"]) for name, e in plan.items()}, counts=counts, status=status,
+                   label_set=cfg.label_set, nsd_tolerance_mm=cfg.nsd_tolerance_mm)
     try:
         _loop(ctx, cases, cfg.progress, cfg.prefetch, cfg.finish_depth)
     finally:
@@ -232,6 +237,8 @@ class _Context:
     counts: dict
     status: object
     bar: object = None
+    label_set: str | None = None
+    nsd_tolerance_mm: float = NSD_TOLERANCE_MM
 
 
 @dataclass
@@ -256,7 +263,7 @@ def _load_patient(ctx: _Context, files) -> _Loaded | None:
     if not pending:
         return None
     channels = pending[0][0].card["channels"]
-    case = load_case(files, channels)
+    case = load_case(files, channels, label_set=ctx.label_set)
     for lm, _ in pending:
         if lm.card["channels"] != channels:
             raise CaseError(files.patient_id, "models with different channel orders in one run are not supported yet")
@@ -372,12 +379,16 @@ def _evaluate(ctx: _Context, pid: str, lp: _Loaded, evals: list[dict]):
         t0 = time.perf_counter()
         try:
             pred = prediction_to_patient(ev["pred"], ev["grid"])  # metrics and maps on the patient's own grid
+            # the one segmentation: the label map we export, read back as its regions (:mod:`core.io.label_sets`)
+            labels = regions_to_labels(pred.prob >= 0.5, case.label_scheme)
             res = evaluate_patient(pred.prob, pred.entropy, pred.mi, truth, brain, spacing=case.spacing,
-                                     epkl=pred.epkl, sample_volumes=pred.sample_volumes, raters=raters)
+                                   epkl=pred.epkl, sample_volumes=pred.sample_volumes, raters=raters,
+                                   segmentation=labels_to_regions(labels, case.label_scheme),
+                                   nsd_tolerance_mm=ctx.nsd_tolerance_mm)
             maps = []
             if ctx.save_maps:
                 maps = write_maps(Path(ctx.maps_root) / ctx.run_id / ev["model"] / ev["method"], pid, pred, truth,
-                                  case.affine, case.label_scheme)
+                                  case.affine, case.label_scheme, labels=labels)
             seconds = ev["seconds"] + time.perf_counter() - t0
             results.append({"model": ev["model"], "method": ev["method"], "status": "ok", "seconds": seconds,
                             "error": None, "maps": maps, "evaluation": res})

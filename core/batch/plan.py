@@ -46,7 +46,7 @@ def passes_per_call(method: str, T: int) -> int:
     return len(FLIPS) if spec.tta else 1
 
 
-def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channels):
+def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channels, label_set: str | None = None):
     """The case the precision check and the chunk trial run on.
 
     The first patient of the calibration split that loads with ground truth, else the first patient of the
@@ -70,7 +70,7 @@ def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channel
     case = None
     for f in [f for f in files if f.patient_id in cal] + [f for f in files if f.patient_id not in cal]:
         try:
-            case = load_case(f, channels, require_seg=f.patient_id in cal)
+            case = load_case(f, channels, require_seg=f.patient_id in cal, label_set=label_set)
             break
         except CaseError:
             continue
@@ -79,7 +79,7 @@ def check_case(cohort: Path, splits: dict, cal_split: str, loaded: dict, channel
 
 
 def prepare_models(models, pairs, db, run_id, cohort, splits, cal_split, ts_fit_mask, precision, mc_batch, T, dev,
-                   log, echo) -> dict:
+                   log, echo, label_set: str | None = None) -> dict:
     """Resolve the run's plan per model, set it on the model sets and store it (``run_plan``, ``temperatures``).
 
     Per model: the precision (:func:`core.inference.precision_check.choose_precision`), the passes per forward
@@ -131,7 +131,7 @@ def prepare_models(models, pairs, db, run_id, cohort, splits, cal_split, ts_fit_
         needs_trial = mc_batch == "auto" and views > 1
         img = truth = pid = None
         if needs_check or needs_trial:
-            case = check_case(cohort, splits, cal_split, loaded, m.card["channels"])
+            case = check_case(cohort, splits, cal_split, loaded, m.card["channels"], label_set)
             if case is not None:
                 pid = case.patient_id
                 grid = grid_plan(case.affine, case.image.shape, m.card)
@@ -152,7 +152,8 @@ def prepare_models(models, pairs, db, run_id, cohort, splits, cal_split, ts_fit_
         log.info("plan %s%s", msg, f" (trial {trial})" if trial else "")
         echo(f"plan {msg}")
     for m in {id(m): m for m, meth in pairs if parse_method(meth).ts}.values():
-        m.temperature = fit_temperatures(db, run_id, m, cohort, splits.get(cal_split), cal_split, log, echo, ts_fit_mask)
+        m.temperature = fit_temperatures(db, run_id, m, cohort, splits.get(cal_split), cal_split, log, echo, ts_fit_mask,
+                                         label_set)
         plan[m.name]["temperature"] = [float(t) for t in m.temperature]
     with store.writer(db) as con:
         store.write_run_plan(con, run_id, plan)
@@ -176,7 +177,8 @@ def apply_plan(models, plan: dict) -> None:
             m.temperature = np.asarray(e["temperature"], np.float32)
 
 
-def fit_temperatures(db, run_id, ms, cohort, cal_ids, cal_split, log, echo, fit_mask="brain") -> np.ndarray:
+def fit_temperatures(db, run_id, ms, cohort, cal_ids, cal_split, log, echo, fit_mask="brain",
+                     label_set: str | None = None) -> np.ndarray:
     """The model's per-region temperatures for this run: read from ``temperatures`` or fitted now and stored.
 
     The fit uses the calibration split's deterministic logits, on the patient grid, over ``fit_mask``
@@ -210,7 +212,7 @@ def fit_temperatures(db, run_id, ms, cohort, cal_ids, cal_split, log, echo, fit_
                          f"none found (set calibration_split or drop the +ts methods)")
     zs, ys, used = [], [], []
     cal = [f for f in discover(cohort) if f.patient_id in set(cal_ids)]
-    for files, case in Prefetcher(cal, lambda f: load_case(f, ms.card["channels"], require_seg=True), depth=2):
+    for files, case in Prefetcher(cal, lambda f: load_case(f, ms.card["channels"], require_seg=True, label_set=label_set), depth=2):
         if isinstance(case, CaseError):
             log.error("temperature fit: skipping %s", case)
             echo(f"temperature fit: skipping {case}")

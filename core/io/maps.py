@@ -30,7 +30,7 @@ def _save_map(path: Path, data: np.ndarray, affine: np.ndarray, scaled: bool | N
     tmp.replace(path)
 
 
-def write_maps(out_dir: Path, pid: str, prediction, truth, affine, scheme) -> list[tuple[str, str]]:
+def write_maps(out_dir: Path, pid: str, prediction, truth, affine, scheme, labels: np.ndarray | None = None) -> list[tuple[str, str]]:
     """Write the prediction's maps; returns [(kind, path)]. Error map per region: 0 right, 1 FP, 2 FN."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -40,7 +40,7 @@ def write_maps(out_dir: Path, pid: str, prediction, truth, affine, scheme) -> li
         items.append(("mi", prediction.mi, True))
     if getattr(prediction, "epkl", None) is not None:  # bits, unbounded: stored as float32
         items.append(("epkl", prediction.epkl.astype(np.float32), None))
-    items.append(("pred", regions_to_labels(binary, scheme), False))
+    items.append(("pred", labels if labels is not None else regions_to_labels(binary, scheme), False))
     if truth is not None:
         err = np.zeros(binary.shape, np.uint8)
         err[binary & ~truth] = 1

@@ -1,6 +1,8 @@
 """The results database's schema and the one list of its names: tables, columns, regions, masks, metrics."""
 from __future__ import annotations
 
+from core.analysis.stats import MEAN_METRICS
+from core.metrics.lesions import LESION_METRICS
 from core.metrics.suite import PatientEvaluation
 
 from core.analysis.stats import LEADERBOARD_COLUMNS
@@ -64,7 +66,8 @@ CAL_LIST_COLS = ["n", "sum_prob", "sum_true"]
 
 # metrics the batch stores for one voxel set only, whatever the page's mask
 BRAIN_ONLY = {"dice", "hd95", "volume_gt_ml", "volume_pred_ml", "volume_error_ml", "interrater_dice", "rater_dice_mean",
-              "vol_sample_mean_ml", "vol_sample_sd_ml", "vol_q05_ml", "vol_q95_ml", "vol_in_90", "vol_crps_ml"}
+              "vol_sample_mean_ml", "vol_sample_sd_ml", "vol_q05_ml", "vol_q95_ml", "vol_in_90", "vol_crps_ml",
+              "nsd", *LESION_METRICS}
 
 
 PRED_ONLY = {"mean_confidence"}
@@ -78,7 +81,8 @@ SUMMARY_METRICS = ["dice", "ece", "auroc_entropy", "mean_entropy"]
 
 WIDE_METRICS = ["dice", "hd95", "volume_gt_ml", "volume_pred_ml", "volume_error_ml", "ece", "ace", "mce", "cal_gap",
                 "brier", "nll", "auroc_entropy", "auroc_mi", "auroc_fp_tp", "auroc_fn_tn", "mean_entropy", "mean_mi",
-                "mean_epkl", "uncertain_fraction", "ueo_best", "budget_capture_auc", "budget_ueo_auc", "capture_at_5pct"]
+                "mean_epkl", "uncertain_fraction", "ueo_best", "budget_capture_auc", "budget_ueo_auc", "capture_at_5pct",
+                "nsd", *LESION_METRICS]
 
 
 # (metric, mask) stored for the predicted region -> column name in patient_summary
@@ -101,7 +105,7 @@ TABLES = ("patient_summary", "patient_calibration", "patient_uncertainty", "coho
           "cohort_uncertainty_bins", "cohort_leaderboard")
 
 
-LEADERBOARD_METRICS = ["dice", "auroc_entropy"]
+LEADERBOARD_METRICS = list(MEAN_METRICS)
 
 
 def _summary_columns() -> list[str]:

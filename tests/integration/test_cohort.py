@@ -77,5 +77,5 @@ def test_brats2023_naming(corrupt_copy):
     lab = np.asarray(seg.dataobj)
     nib.save(nib.Nifti1Image(np.where(lab == 4, 3, lab).astype(np.uint8), seg.affine), new / f"{new.name}-seg.nii.gz")
     case = load_case(next(f for f in discover(corrupt_copy) if f.patient_id == new.name))
-    assert case.label_scheme == "brats2023"
-    assert labels_to_regions(case.seg, "brats2023")[2].sum() == (lab == 4).sum()
+    assert case.label_scheme == "brats2024-gli"  # BraTS-GLI ids: the post-treatment set, which reads 2023 cases too
+    assert labels_to_regions(case.seg, case.label_scheme)[2].sum() == (lab == 4).sum()

@@ -75,7 +75,7 @@ def test_leaderboard_from_coded_arrays_equals_dataframe_path(results_db):
     con = store.connect(results_db, read_only=True)
     run = store.list_runs(con).run_id[0]
     pids = sorted(store.cohort_patients(con, run).patient_id)[1:]  # a subset
-    wide = store.metric_wide(con, run, ["dice", "auroc_entropy"], mask="roi", patient_ids=pids)
+    wide = store.metric_wide(con, run, list(stats.MEAN_METRICS), mask="roi", patient_ids=pids)
     frame = store.calibration_bins_subset(con, run, pids, mask="roi")
     keys = ["model", "method", "region"]
     combos = wide[keys].drop_duplicates().sort_values(keys).reset_index(drop=True)
@@ -98,7 +98,7 @@ def test_leaderboard_of_the_filter_equals_bootstrapping_its_patients(results_db,
     methods = ["deterministic", "mc_dropout"]
     got = tables.leaderboard(sel, methods)
     con = store.connect(results_db, read_only=True)
-    wide = store.metric_wide(con, sel.run_id, ["dice", "auroc_entropy"], mask=sel.mask)
+    wide = store.metric_wide(con, sel.run_id, list(stats.MEAN_METRICS), mask=sel.mask)
     wide = wide[wide.method.isin(methods) & wide.patient_id.isin(sel.patients)]
     ref = stats.leaderboard(wide, store.calibration_bins_subset(con, sel.run_id, sel.patients, mask=sel.mask))
     con.close()
