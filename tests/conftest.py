@@ -87,3 +87,50 @@ def pytest_collection_modifyitems(config, items):
         for level in ("unit", "integration", "system"):
             if level in parts:
                 item.add_marker(getattr(pytest.mark, level))
+
+
+def recompute_from_maps(db: Path, limit: int | None = None) -> list[dict]:
+    """Per (model, method, patient, region) with ground truth: the stored Dice / ECE / AUROC of entropy and the
+    same numbers recomputed from the stored NIfTI maps and the cohort's own segmentation: Dice of the exported
+    label map, ECE by MONAI's CalibrationErrorMetric on the probability map (brain voxels), AUROC of the entropy
+    map by scikit-learn (exact) and by our bins (the stored definition)."""
+    import duckdb
+    import nibabel as nib
+    import numpy as np
+    from monai.metrics import CalibrationErrorMetric
+    from sklearn.metrics import roc_auc_score
+
+    from core.io.cohort import detect_case, load_case
+    from core.io.label_sets import LABEL_SETS
+    from core.metrics.overlap import dice
+    from core.metrics.uncertainty import auroc_from_bins, uncertainty_bins
+
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("""
+        SELECT m.model, m.method, m.patient_id, p.source, p.label_scheme, list(m.kind), list(m.path)
+        FROM maps m JOIN runs r USING (run_id) JOIN patients p ON p.cohort = r.cohort AND p.patient_id = m.patient_id
+        WHERE p.has_gt GROUP BY ALL ORDER BY ALL""").fetchall()[:limit]
+    stored = {r[:5]: r[5] for r in con.execute(
+        "SELECT model, method, patient_id, region, metric, value FROM metrics WHERE mask = 'brain' "
+        "AND metric IN ('dice', 'ece', 'auroc_entropy')").fetchall()}
+    con.close()
+    out = []
+    for model, method, pid, source, scheme, kinds, paths in rows:
+        maps = dict(zip(kinds, paths))
+        case = load_case(detect_case(Path(source)), label_set=scheme)
+        ls = LABEL_SETS[scheme]
+        truth, brain = ls.to_regions(case.seg), case.brain_mask
+        seg = ls.to_regions(np.asarray(nib.load(maps["pred"]).dataobj))
+        prob = np.moveaxis(nib.load(maps["prob"]).get_fdata(), -1, 0)
+        ent = np.moveaxis(nib.load(maps["entropy"]).get_fdata(), -1, 0)
+        for r, region in enumerate(("WT", "TC", "ET")):
+            p, t = prob[r][brain], truth[r][brain]
+            err = (p >= 0.5) != t
+            row = {"key": (model, method, pid, region), "dice": dice(seg[r], truth[r]),
+                   "ece": CalibrationErrorMetric(num_bins=20, right=True)(
+                       torch.from_numpy(p)[None, None], torch.from_numpy(t.astype(np.float64))[None, None]).item(),
+                   "auroc_sklearn": roc_auc_score(err, ent[r][brain]) if err.any() and not err.all() else float("nan"),
+                   "auroc_bins": auroc_from_bins(*uncertainty_bins(ent[r][brain], err))}
+            row.update({f"stored_{m}": stored.get((model, method, pid, region, m)) for m in ("dice", "ece", "auroc_entropy")})
+            out.append(row)
+    return out

@@ -13,15 +13,21 @@ from core.io.cohort import regions_to_labels
 MAP_KINDS = ("prob", "entropy", "mi", "epkl", "pred", "error")
 
 
+MAP_LEVELS = 65535  # quantisation steps of the [0, 1] maps (uint16)
+
+
 def _save_map(path: Path, data: np.ndarray, affine: np.ndarray, scaled: bool | None) -> None:
-    """(R, X, Y, Z) or (X, Y, Z) -> NIfTI (channels last). ``scaled``: [0,1] floats as uint8 with scl_slope
-    1/255; False: integer labels as uint8; None: float32 as is."""
+    """(R, X, Y, Z) or (X, Y, Z) -> NIfTI (channels last), written atomically (by rename).
+
+    ``scaled``: values in [0, 1] (probabilities, normalised entropy, MI) as uint16 with scl_slope 1/65535 (steps
+    of 1.5e-5: the AUROC of entropy and the ECE recomputed from the file move by about 1e-5, where 8 bits moved
+    AUROC by up to 0.012); False: integer labels as uint8; None: float32 as is."""
     arr = np.moveaxis(data, 0, -1) if data.ndim == 4 else data
     if scaled is None:
         img = nib.Nifti1Image(arr.astype(np.float32), affine)
     elif scaled:
-        img = nib.Nifti1Image(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8), affine)
-        img.header.set_slope_inter(1.0 / 255.0, 0.0)
+        img = nib.Nifti1Image(np.round(np.clip(arr, 0, 1) * MAP_LEVELS).astype(np.uint16), affine)
+        img.header.set_slope_inter(1.0 / MAP_LEVELS, 0.0)
     else:
         img = nib.Nifti1Image(arr.astype(np.uint8), affine)
     img.header.set_xyzt_units("mm")
