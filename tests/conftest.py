@@ -122,10 +122,11 @@ def recompute_from_maps(db: Path, limit: int | None = None) -> list[dict]:
         truth, brain = ls.to_regions(case.seg), case.brain_mask
         seg = ls.to_regions(np.asarray(nib.load(maps["pred"]).dataobj))
         prob = np.moveaxis(nib.load(maps["prob"]).get_fdata(), -1, 0)
-        ent = np.moveaxis(nib.load(maps["entropy"]).get_fdata(), -1, 0)
+        ent = np.moveaxis(np.asarray(nib.load(maps["entropy"]).dataobj), -1, 0)  # float32, as binned
+        errmap = np.moveaxis(np.asarray(nib.load(maps["error"]).dataobj), -1, 0)  # 0 right, 1 FP, 2 FN
         for r, region in enumerate(("WT", "TC", "ET")):
             p, t = prob[r][brain], truth[r][brain]
-            err = (p >= 0.5) != t
+            err = errmap[r][brain] != 0
             row = {"key": (model, method, pid, region), "dice": dice(seg[r], truth[r]),
                    "ece": CalibrationErrorMetric(num_bins=20, right=True)(
                        torch.from_numpy(p)[None, None], torch.from_numpy(t.astype(np.float64))[None, None]).item(),
