@@ -116,9 +116,9 @@ def test_quality_prediction_on_the_demo(demo_db):
 
 def test_maps_are_faithful_to_the_stored_numbers(demo_db):
     """Dice from the exported label maps, ECE (MONAI) from the 16-bit probability maps and the exact scikit-learn
-    AUROC of the float32 entropy maps reproduce the stored values within 1e-3 on the real demo; the binned AUROC
-    of the maps equals the stored one exactly. (16-bit entropy maps tied the confident voxels and moved the AUROC
-    by up to 0.025, 8-bit maps by more.)"""
+    AUROC of the entropy maps (float32 at 2^-13 relative precision) reproduce the stored values within 1e-3 on the
+    real demo; the binned AUROC of the maps within 1e-4. (16-bit entropy maps with a fixed step
+    tied the confident voxels and moved the AUROC by up to 0.025, 8-bit maps by more.)"""
     from conftest import recompute_from_maps
 
     con, _ = demo_db
@@ -130,4 +130,4 @@ def test_maps_are_faithful_to_the_stored_numbers(demo_db):
         assert row["ece"] == pytest.approx(row["stored_ece"], abs=1e-3), row["key"]
         if row["stored_auroc_entropy"] is not None:
             assert row["auroc_sklearn"] == pytest.approx(row["stored_auroc_entropy"], abs=1e-3), row["key"]
-            assert row["auroc_bins"] == pytest.approx(row["stored_auroc_entropy"], abs=1e-12), row["key"]
+            assert row["auroc_bins"] == pytest.approx(row["stored_auroc_entropy"], abs=1e-4), row["key"]
