@@ -56,54 +56,65 @@ def load_training_data(cohort_dir, patient_ids, channels) -> list[tuple[np.ndarr
     return out
 
 
-def ml1_ace_loss(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 20, soft: bool = False) -> torch.Tensor:
+def ml1_ace_loss(logits: torch.Tensor, target: torch.Tensor, n_bins: int = 20, soft: bool = False,
+                 empty_weight: float = 0.01, ignore_empty_classes: bool = True) -> torch.Tensor:
     """Marginal L1 average calibration error (mL1-ACE, paper 004), differentiable, per image and region.
 
-    For each image b and region r the sigmoid
-    probabilities are binned into ``n_bins`` equal-width bins on [0, 1]; per bin the gap is
-    |mean p - mean y| (mean over the bin's voxels); ACE_{b,r} = mean gap over the non-empty bins; the loss
-    is the mean of ACE_{b,r} over images and regions (in [0, 1]).
+    The definition of the authors' reference implementation (cai4cai/Average-Calibration-Losses,
+    ``HardL1ACELoss`` / ``SoftL1ACELoss`` with their defaults; read, re-implemented and checked against it):
+    for each image b and region r the sigmoid probabilities are binned into ``n_bins`` equal-width bins
+    (edges ``linspace(0, 1 + eps32, n_bins + 1)``, right-closed: p in (e_k, e_k+1] is bin k, p = 0 is bin 0);
+    per bin the gap is |mean p - mean y| (weighted means over the bin's voxels); ACE_{b,r} = mean gap over the
+    non-empty bins; ACE_{b,r} = 0 where region r of image b has no positive voxel (``ignore_empty_classes``: a
+    crop without the region teaches nothing about its calibration); the loss is the mean of ACE_{b,r} over all
+    images and regions, the zeroed ones included (the reference's ``reduction="mean"``), in [0, 1].
 
-    * hard binning (``soft=False``): voxel i belongs to bin floor(p_i * n_bins) (p = 1 in the last bin); the
-      assignment carries no gradient, the bin means of p do.
-    * soft binning (``soft=True``): voxel i belongs to every bin with weight
-      w_ib = max(0, 1 - |p_i - c_b| * n_bins) (triangular kernel around the bin centres c_b, width one bin
-      each side), so the assignment is differentiable too; bin means are w-weighted, a bin is non-empty
-      when its total weight exceeds 1e-6. Each voxel has weight in at most the two bins whose centres
-      surround p, so it is computed with two scatter-adds (O(N) memory, tested against the dense form).
+    * hard binning (``soft=False``): a bin is non-empty when it holds a voxel; the assignment carries no
+      gradient, the bin means of p do.
+    * soft binning (``soft=True``): with the bin centres c_k (the odd points of
+      ``linspace(0, 1 + eps32, 2 n_bins + 1)``), a voxel between two centres c_k < p <= c_k+1 gives weight
+      (c_k+1 - p) / (c_k+1 - c_k) to bin k and the rest to bin k + 1 (the triangular kernel, differentiable
+      through the weights); a voxel below c_0 or above c_(n-1) gives its whole weight 1 to the edge bin (as the
+      reference does: no weight is lost at p near 0 or 1, where most voxels lie). A bin is non-empty when its
+      total weight is >= ``empty_weight`` (the reference's 0.01). Two scatter-adds per sum: O(N) memory.
 
     Args:
         logits: (B, R, X, Y, Z) logits.
         target: (B, R, X, Y, Z) targets in {0, 1}.
         n_bins: equal-width bins on [0, 1].
         soft: soft (triangular-kernel) instead of hard binning.
+        empty_weight: the total weight below which a soft bin counts as empty.
+        ignore_empty_classes: ACE_{b,r} = 0 where the target of (b, r) is empty.
 
     Returns:
         scalar float32 tensor in [0, 1] (the mean of ACE_{b,r}).
     """
     p = torch.sigmoid(logits.float()).flatten(2)  # (B, R, N)
     y = target.float().flatten(2)
-    zeros = torch.zeros(*p.shape[:2], n_bins + 2, device=p.device, dtype=p.dtype)  # 1 spare bin each side
+    eps = torch.finfo(torch.float32).eps
+    zeros = torch.zeros(*p.shape[:2], n_bins, device=p.device, dtype=p.dtype)
     if soft:
-        # the triangular kernel puts weight on the two bins whose centres surround p: with
-        # u = p n - 1/2, b = floor(u), f = u - b: weight 1 - f in bin b and f in bin b + 1 (O(N) memory)
-        u = p * n_bins - 0.5
-        b = torch.floor(u.detach())
-        f = u - b
-        b = b.long() + 1  # shift by the spare bin
-        parts = ((b, 1 - f), (b + 1, f))
+        centres = torch.linspace(0.0, 1.0 + eps, 2 * n_bins + 1, device=p.device)[1::2].contiguous().to(p.dtype)  # (n_bins,)
+        j = torch.bucketize(p.detach(), centres, right=False)  # c_(j-1) < p <= c_j; 0 below c_0, n above c_(n-1)
+        lo, hi = (j - 1).clamp(0, n_bins - 1), j.clamp(0, n_bins - 1)
+        inner = (j > 0) & (j < n_bins)
+        c_lo, c_hi = centres[lo], centres[hi]
+        w_hi = torch.where(inner, (p - c_lo) / torch.where(inner, c_hi - c_lo, torch.ones_like(c_hi)), torch.ones_like(p))
+        parts = ((lo, 1 - w_hi), (hi, w_hi))  # at the edges lo == hi and the weights sum to 1 in one bin
         cnt = sum(zeros.scatter_add(2, i, w) for i, w in parts)
         sp = sum(zeros.scatter_add(2, i, w * p) for i, w in parts)
         sy = sum(zeros.scatter_add(2, i, w * y) for i, w in parts)
-        cnt, sp, sy = cnt[..., 1:-1], sp[..., 1:-1], sy[..., 1:-1]  # weight outside [0, 1] is dropped
-        nonempty = cnt > 1e-6
+        nonempty = cnt >= empty_weight
     else:
-        idx = (p.detach() * n_bins).long().clamp_(0, n_bins - 1) + 1
-        cnt = zeros.scatter_add(2, idx, torch.ones_like(p))[..., 1:-1]
-        sp, sy = zeros.scatter_add(2, idx, p)[..., 1:-1], zeros.scatter_add(2, idx, y)[..., 1:-1]
+        edges = torch.linspace(0.0, 1.0 + eps, n_bins + 1, device=p.device)[1:].to(p.dtype)
+        idx = torch.bucketize(p.detach(), edges, right=False).clamp_(0, n_bins - 1)
+        cnt = zeros.scatter_add(2, idx, torch.ones_like(p))
+        sp, sy = zeros.scatter_add(2, idx, p), zeros.scatter_add(2, idx, y)
         nonempty = cnt > 0
-    gap = (sp - sy).abs() / cnt.clamp(min=1e-6)
+    gap = (sp - sy).abs() / torch.where(nonempty, cnt, torch.ones_like(cnt))
     ace = (gap * nonempty).sum(-1) / nonempty.sum(-1).clamp(min=1)
+    if ignore_empty_classes:
+        ace = ace * (y.sum(-1) > 0)
     return ace.mean()
 
 

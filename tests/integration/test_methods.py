@@ -196,25 +196,65 @@ def test_ml1_ace_hard_equals_metric_ace():
 
 
 def test_ml1_ace_soft_equals_dense_triangular_kernel():
-    """The O(N) two-bin soft binning equals the dense definition w_ib = max(0, 1 - n |p_i - c_b|), value and gradient."""
+    """The O(N) two-bin soft binning equals the dense definition, value and gradient: w_ib = max(0, 1 - n |p_i -
+    c_b|) between the first and last bin centres, the whole weight in the edge bin outside them (the reference
+    implementation's edge rule), bins non-empty at total weight >= 0.01, empty-target regions count 0."""
     rng = np.random.default_rng(6)
     logits = torch.from_numpy(rng.normal(0, 3, (2, 3, 10, 10, 10)))
     logits[0, 0, 0, 0, :4] = torch.tensor([-50.0, 50.0, 0.0, 1e-9])  # p = 0, 1, 0.5 (a bin edge), ~0.5
     target = torch.from_numpy((rng.random((2, 3, 10, 10, 10)) < 0.2).astype(np.float32))
+    target[1, 2] = 0  # an empty region: its ACE is 0 but it still counts in the mean
 
     def dense(lg, n_bins=20):
         p, y = torch.sigmoid(lg.float()).flatten(2), target.flatten(2)
-        w = (1 - (p.unsqueeze(-1) - (torch.arange(n_bins) + 0.5) / n_bins).abs() * n_bins).clamp(min=0)
+        c = (torch.arange(n_bins) + 0.5) / n_bins
+        w = (1 - (p.unsqueeze(-1) - c).abs() * n_bins).clamp(min=0)
+        below, above = (p < c[0]).unsqueeze(-1), (p > c[-1]).unsqueeze(-1)
+        edge0 = torch.zeros(n_bins, dtype=torch.bool)
+        edge0[0] = True
+        w = torch.where(below, edge0.to(w.dtype), w)
+        w = torch.where(above, edge0.flip(0).to(w.dtype), w)
         cnt, sp, sy = w.sum(2), (w * p.unsqueeze(-1)).sum(2), (w * y.unsqueeze(-1)).sum(2)
-        ne = cnt > 1e-6
-        return (((sp - sy).abs() / cnt.clamp(min=1e-6) * ne).sum(-1) / ne.sum(-1).clamp(min=1)).mean()
+        ne = cnt >= 0.01
+        ace = ((sp - sy).abs() / cnt.clamp(min=1e-6) * ne).sum(-1) / ne.sum(-1).clamp(min=1)
+        return (ace * (y.sum(-1) > 0)).mean()
 
     a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
     la, lb = ml1_ace_loss(a, target, soft=True), dense(b)
     la.backward()
     lb.backward()
-    assert abs(float(la) - float(lb)) < 1e-6
-    assert torch.allclose(a.grad, b.grad, atol=1e-7)
+    assert abs(float(la.detach()) - float(lb.detach())) < 1e-6
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)
+    assert float(a.grad[1, 2].abs().sum()) == 0.0  # the empty region teaches nothing
+
+
+def _logit(p):
+    p = torch.as_tensor(p, dtype=torch.float64)
+    return torch.log(p / (1 - p)).float()
+
+
+def test_ml1_ace_matches_the_reference_rules_by_hand():
+    """Each point where the authors' reference (cai4cai/Average-Calibration-Losses) and our former loss differed,
+    hand-computed: (1) an empty target is ignored (5 FP voxels at p = 0.95 of 1000: 0, not 0.475); (2) a soft
+    bin with total weight < 0.01 is empty; (3) voxels outside the outer bin centres put their whole weight in
+    the edge bin; (4) hard bins are right-closed, (e_k, e_k+1]."""
+    lg = torch.full((1, 1, 10, 10, 10), -60.0)
+    lg.view(-1)[:5] = _logit(0.95)
+    empty = torch.zeros_like(lg)
+    for soft in (False, True):
+        assert float(ml1_ace_loss(lg, empty, soft=soft)) == 0.0
+    assert float(ml1_ace_loss(lg, empty, soft=False, ignore_empty_classes=False)) == pytest.approx(0.475, abs=1e-6)
+    # (2) A (y = 0) puts 0.005 of its weight into bin 4, C (y = 1) 0.004: bin 4 holds 0.009 < 0.01 and is empty
+    p_a, p_c = 0.175 + 0.005 / 20, 0.275 - 0.004 / 20
+    lg2, t2 = _logit([p_a, p_c]).view(1, 1, 2, 1, 1), torch.tensor([0.0, 1.0]).view(1, 1, 2, 1, 1)
+    assert float(ml1_ace_loss(lg2, t2, soft=True)) == pytest.approx((p_a + (1 - p_c)) / 2, abs=1e-5)
+    # (3) p = 0.01 (below c_0 = 0.025, y = 1) weighs 1 in bin 0 with p = 0.001 (y = 0): bin 0 gap
+    # |0.011 - 1| / 2 -> 0.4945; without the edge rule the weights were 0.7 and 0.52 (gap 0.5676)
+    lg3, t3 = _logit([0.01, 0.001]).view(1, 1, 2, 1, 1), torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1)
+    assert float(ml1_ace_loss(lg3, t3, soft=True)) == pytest.approx(abs(0.011 - 1) / 2, abs=1e-5)
+    # (4) p = 0.5 exactly lies in bin 9 = (0.45, 0.5], not bin 10: with p = 0.49 (y = 0) one bin, gap |0.99 - 1| / 2
+    lg4, t4 = _logit([0.5, 0.49]).view(1, 1, 2, 1, 1), torch.tensor([1.0, 0.0]).view(1, 1, 2, 1, 1)
+    assert float(ml1_ace_loss(lg4, t4, soft=False)) == pytest.approx(abs(0.99 - 1) / 2, abs=1e-6)
 
 
 def test_crps_and_volume_distribution_against_properscoring():
