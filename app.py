@@ -2,6 +2,7 @@
 then the selected page. Pages live in app_pages/ and stay thin (widgets + plots)."""
 import streamlit as st
 
+from dashboard import errors
 from dashboard.sidebar import DatabaseBusy, run_in_progress, sidebar
 
 st.set_page_config(page_title="Tumour QA: uncertainty & calibration", page_icon=":material/neurology:", layout="wide")
@@ -16,10 +17,13 @@ PAGES = [
     st.Page("app_pages/quality.py", title="Quality prediction", icon=":material/fact_check:", url_path="quality"),
     st.Page("app_pages/glossary.py", title="Glossary", icon=":material/menu_book:", url_path="glossary"),
 ]
+DEBUG = errors.configure()  # TUMOURQA_DEBUG=1 or `-- --debug`: tracebacks in the browser
 page = st.navigation(PAGES)
-selection = sidebar()
-st.session_state["_selection"] = selection
 try:
+    selection = sidebar()
+    st.session_state["_selection"] = selection
     page.run()
 except DatabaseBusy:  # a batch took the write lock between the sidebar's queries and the page's
     run_in_progress(st.session_state.get("db", "the database"))
+except Exception as exc:  # noqa: BLE001 - one message naming the log file instead of a traceback
+    errors.page_failed(exc, page.title, DEBUG)

@@ -30,4 +30,24 @@ st.download_button("Download (CSV)", csv_later(table), file_name=f"budget_{sel.r
 st.caption("AUC 0-5 %: area under the curve over budgets 0.1-5 % (from (0, 0)), divided by 5 %. FP vs TP: among "
            "predicted-tumour voxels; FN vs TN: among predicted-background voxels (paper 003).")
 
+st.subheader("Uncertainty-error overlap at one cohort threshold (paper 002)")
+ueo_summary, ueo_patients = views.cohort_ueo(sel, region, methods)
+if ueo_summary.empty:
+    st.info("No uncertainty bins for this selection.")
+else:
+    for rec in ueo_summary.to_dict("records"):
+        st.markdown(views.ueo_label(rec))
+    st.dataframe(ueo_summary, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in views.float_columns(ueo_summary)
+        if not c.startswith("t (")} | {c: st.column_config.NumberColumn(format="%.2f") for c in ("t (U-E)", "t (BnF)")},
+        key="ueo_cohort_table")
+    st.download_button("Download per-patient U-E (CSV)", csv_later(ueo_patients),
+                       file_name=f"ueo_{sel.run_id}_{region}.csv", mime="text/csv", key="dl_ueo")
+    st.caption(f"One threshold per model and method, chosen on these {len(sel.patients)} patients ({sel.mask}, "
+               "entropy): U-E (Dice of {entropy >= t} and the error voxels) at the t in 0.05, 0.10, ..., 0.95 with "
+               "the highest mean over patients, as paper 002 selects one threshold per method; BnF (share of patients "
+               "whose Dice rises when the uncertain predicted voxels are removed) at its own best t. The oracle "
+               "column gives each patient its own best t (the stored ueo_best): an optimistic upper bound, not a "
+               "result. Pooled: from the summed counts at the cohort t.")
+
 start_prefetch()  # per-group sums for the first move of the entropy filter, in the background

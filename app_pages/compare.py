@@ -1,7 +1,8 @@
 """Compare models, in five lazy tabs (only the open one is computed and drawn; the URL's ``view`` names it):
 Overview (Dice / AUROC / ECE side by side, summary table), Leaderboard (bootstrap intervals), Patients (a
 per-patient scatter whose box / lasso selection fills a patient table; a row opens the viewer), Paired test
-(Wilcoxon) and Distributions (per-patient boxes, temperatures)."""
+(Wilcoxon), Paired methods (two methods of one model, e.g. MC dropout vs deterministic or +ts vs none, same test)
+and Distributions (per-patient boxes, temperatures)."""
 import streamlit as st
 
 from dashboard import plots, views
@@ -20,7 +21,7 @@ SCATTER_METRICS = {
 PAIRED_METRICS = {"dice": "Dice", "ece": "ECE", "auroc_entropy": "AUROC entropy vs error", "brier": "Brier",
                   "hd95": "HD95 (mm)", "nsd": "NSD", "lesion_pq_dice": "lesion PQ (Dice)", "lesion_rq": "lesion RQ"}
 
-TABS = ["Overview", "Leaderboard", "Patients", "Paired test", "Distributions"]
+TABS = ["Overview", "Leaderboard", "Patients", "Paired test", "Paired methods", "Distributions"]
 
 st.title("Compare models")
 sel = require_selection(patients=False)
@@ -30,7 +31,8 @@ if not sel.patients:
     st.warning("No patient inside the entropy filter: widen the quantile range.")
     st.stop()
 keep_widget_state({"scatter_x": "dice", "scatter_y": "ece", "scatter_region": views.REGIONS[0], "paired_metric": "dice",
-                   "paired_a": None, "paired_b": None, "lb_methods": None})
+                   "paired_a": None, "paired_b": None, "lb_methods": None, "pm_model": None, "pm_a": None, "pm_b": None,
+                   "pm_plot_metric": "dice"})
 TAB_WIDGETS = page_tabs(TABS, key="compare_view")
 
 
@@ -181,6 +183,57 @@ def draw_paired():
                        "bootstrap of the mean difference (1000 replicates, the leaderboard's patient weights). Holm adjusts the three regions' p-values for testing three times.")
 
 
+def draw_paired_methods():
+    """paired per-patient differences of two methods of one model, every paired metric, per region."""
+    st.subheader("Paired comparison of two methods of one model (Wilcoxon signed-rank)")
+    c1, c2, c3 = st.columns(3)
+    models = sorted(sel.models)
+    if st.session_state.get("pm_model") not in models:
+        st.session_state.pop("pm_model", None)
+    model = c1.selectbox("Model", models, key="pm_model")
+    ran = views.ran_methods(sel, model)
+    if len(ran) < 2:
+        st.info(f"Needs two methods that {model} ran; it has {len(ran)}.")
+        return
+    if st.session_state.get("pm_a") not in ran:
+        st.session_state["pm_a"] = sel.method if sel.method in ran else ran[0]
+    a = c2.selectbox("Method A", ran, key="pm_a")
+    b_options = [m for m in ran if m != a]
+    if st.session_state.get("pm_b") not in b_options:
+        base = a.replace("+ts", "") if a.endswith("+ts") else "deterministic"
+        st.session_state["pm_b"] = base if base in b_options else b_options[0]
+    b = c3.selectbox("Method B", b_options, key="pm_b")
+    show, diffs = views.paired_methods_view(sel, list(SCATTER_METRICS), list(PAIRED_METRICS), model, a, b)
+    if not len(diffs):
+        st.info("No per-patient values of these methods.")
+        return
+    st.dataframe(show.assign(metric=show.metric.map(PAIRED_METRICS)), hide_index=True, column_config={
+        "metric": st.column_config.TextColumn("metric"),
+        "n": st.column_config.NumberColumn("pairs", help="patients with a value for both methods"),
+        "n_nan": st.column_config.NumberColumn("NaN skipped"),
+        "n_zero": st.column_config.NumberColumn("zero differences", help="dropped by the test (Wilcoxon's method)"),
+        "mean_diff": st.column_config.NumberColumn("mean A − B", format="%.4f"),
+        "diff_lo": st.column_config.NumberColumn("95 % CI low", format="%.4f"),
+        "diff_hi": st.column_config.NumberColumn("95 % CI high", format="%.4f"),
+        "median_diff": st.column_config.NumberColumn("median A − B", format="%.4f"),
+        "statistic": st.column_config.NumberColumn("W", format="%.1f"),
+        "p_value": st.column_config.NumberColumn("p", format="%.4g"),
+        "p_holm": st.column_config.NumberColumn("p (Holm, 3 regions)", format="%.4g")}, key="pm_table")
+    metrics = [m for m in PAIRED_METRICS if m in set(diffs.metric)]
+    if st.session_state.get("pm_plot_metric") not in metrics:
+        st.session_state["pm_plot_metric"] = metrics[0]
+    plot_metric = st.selectbox("Plot the differences of", metrics, format_func=PAIRED_METRICS.get, key="pm_plot_metric")
+    st.plotly_chart(plots.paired_differences(diffs[diffs.metric == plot_metric], PAIRED_METRICS[plot_metric], a, b),
+                    key="pm_plot")
+    st.download_button("Download paired differences (CSV)", csv_later(diffs.rename(columns={"a": a, "b": b})),
+                       file_name=f"paired_methods_{sel.run_id}_{model}_{a}_vs_{b}.csv", mime="text/csv", key="dl_pm")
+    st.caption(f"Model {model}, method A {a} vs method B {b}, voxel set {sel.mask} for calibration metrics, "
+               f"{len(sel.patients)} patients inside the filter, paired by patient. The model comparison's test: two-sided "
+               "Wilcoxon signed-rank on the per-patient differences (zero differences dropped), interval from the "
+               "Poisson patient bootstrap of the mean difference (1000 replicates); Holm over the three regions of "
+               "each metric. TS never changes a segmentation, so Dice differences of +ts vs its base are 0.")
+
+
 def draw_distributions():
     """per-patient Dice and ECE boxes; the fitted temperatures."""
     st.subheader("Per-patient distributions")
@@ -203,7 +256,8 @@ def draw_distributions():
                 "nll_after": st.column_config.NumberColumn("NLL after (nats)", format="%.4f")})
 
 
-for tab, draw in zip(TAB_WIDGETS, (draw_overview, draw_leaderboard, draw_patients, draw_paired, draw_distributions)):
+for tab, draw in zip(TAB_WIDGETS, (draw_overview, draw_leaderboard, draw_patients, draw_paired, draw_paired_methods,
+                                   draw_distributions)):
     if tab.open:  # the others are not computed
         with tab:
             draw()

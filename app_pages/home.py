@@ -11,6 +11,45 @@ sel = current_selection()
 if sel is None:
     st.stop()
 
+st.subheader("What this database says")
+f = views.home_findings(sel)
+st.caption(f"Method **{sel.method}** · voxel set **{sel.mask}** · {f['n_patients']} patients · 95 % patient-bootstrap "
+           "intervals in brackets; a best model whose interval overlaps the runner-up's is not clearly better.")
+if f["best_dice"].empty:
+    st.info("No leaderboard rows for this selection (no ground truth, or no ok evaluation of this method).")
+else:
+    lb_link = views.page_params(sel, view="Leaderboard")
+    for col, (key, label) in zip(st.columns(2), [("best_dice", "Best Dice"), ("best_ece", "Best calibration (lowest dataset ECE)")]):
+        with col.container(border=True):
+            st.markdown(f"**{label}**")
+            for r in f[key].itertuples():
+                vs = (f" · {'clearly ahead of' if r.separated else 'overlaps'} {r.runner_up} ({r.runner_value:.3f})"
+                      if r.runner_up else "")
+                st.markdown(f"**{r.region}**: {r.model} {r.value:.3f} [{r.lo:.3f}, {r.hi:.3f}]{vs}")
+            views.page_link("app_pages/compare.py", "Open the leaderboard", ":material/leaderboard:",
+                            lb_link)
+    c1, c2 = st.columns(2)
+    w = f["worst"]
+    with c1.container(border=True):
+        if w:
+            st.markdown(f"**Worst-calibrated region: {w['region']}** (mean dataset ECE {w['mean_ece']:.3f} over the "
+                        f"models; worst {w['model']} {w['value']:.3f} [{w['lo']:.3f}, {w['hi']:.3f}])")
+            views.page_link("app_pages/reliability.py", f"Reliability diagram of {w['region']}",
+                            ":material/stacked_line_chart:", views.page_params(sel, region=w["region"]))
+    with c2.container(border=True):
+        by = f["flagged_by_region"]
+        st.markdown(f"**{f['flagged']} patients flagged for review** by the quality model"
+                    + (" (" + ", ".join(f"{r} {n}" for r, n in by.items()) + ")" if by else ""))
+        if by:
+            top = max(by, key=by.get)
+            views.page_link("app_pages/quality.py", f"Flagged patients ({top})", ":material/fact_check:",
+                            views.page_params(sel, region=top))
+st.download_button("Download the study report (HTML)", lambda: views.report_html(sel),
+                   file_name=f"report_{sel.run_id}_{sel.method}.html", mime="text/html", icon=":material/download:",
+                   help="One self-contained HTML file (opens offline): provenance, model comparison with intervals, "
+                        "reliability diagrams, strata, paired tests, flagged patients. Same as `python -m core report`.")
+
+st.subheader("Run")
 run = views.run_row(sel)
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Patients evaluated", int(run.patients))

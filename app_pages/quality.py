@@ -12,7 +12,8 @@ if views.run_has_quality(sel) is False:
     st.info("No quality prediction in this run: it needs at least 10 patients with ground truth per model and "
             "method (the regressor is fitted and validated on them). Runs without ground truth have none.")
     st.stop()
-region = st.radio("Region", views.REGIONS, horizontal=True, key="quality_region")
+region = st.radio("Region", views.REGIONS, horizontal=True, key="quality_region",
+                  index=views.url_region())
 st.caption(f"Method **{sel.method}** · region **{region}** · predicted Dice = out-of-fold prediction of a ridge "
            "regression on per-patient uncertainty features (5-fold cross-validation), so no patient is scored by a "
            "regressor that saw its Dice. Uncertainty score: mean z-score of the region's entropy, MI, EPKL, "

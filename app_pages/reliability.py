@@ -8,7 +8,8 @@ from dashboard.tables import csv_later
 
 st.title("Reliability")
 sel = require_selection()
-region = st.radio("Region", views.REGIONS, horizontal=True, key="rel_region")
+region = st.radio("Region", views.REGIONS, horizontal=True, key="rel_region",
+                  index=views.url_region())
 st.caption(f"Method **{sel.method}** · region **{region}** · voxel set **{sel.mask}** · {len(sel.patients)} patients · "
            f"{views.N_CAL_BINS} equal-width bins of the region probability")
 

@@ -177,6 +177,23 @@ def cmd_compare(args) -> int:
     return 0 if all(d.same for d in diffs) else 1
 
 
+def cmd_report(args) -> int:
+    """Write the study report of one run: one self-contained HTML file (core/report.py)."""
+    from core import report
+
+    db = Path(args.db)
+    if not db.is_file():
+        print(f"no database at {db}", file=sys.stderr)
+        return 2
+    try:
+        out = report.write_report(db, args.out, run_id=args.run, method=args.method, mask=args.mask)
+    except ValueError as e:
+        print(f"report: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_train(args) -> int:
     """``python -m core train``: train a demo architecture (its hyperparameters, overridden by ``--epochs``,
     ``--lr``, ``--seed``) and write the checkpoint to ``--out``; exit status 0."""
@@ -257,6 +274,23 @@ def main(argv=None) -> int:
     c.add_argument("b", help="second database (e.g. after it)")
     c.add_argument("--rel-tol", type=float, default=1e-12, help="relative tolerance of float columns (default 1e-12)")
     c.set_defaults(fn=cmd_compare)
+    rp = sub.add_parser(
+        "report", help="write a study report of one run: one self-contained HTML file that opens offline",
+        description="Write the study report of one run as one self-contained HTML file (plotly.js inlined once, no "
+                    "network needed to open it): the run's provenance (runs row: created_at, cohort, code_version, "
+                    "device, config), the model comparison with 95 % patient-bootstrap intervals (Dice, AUROC, "
+                    "dataset ECE per model, method and region), the reliability diagram of each region, the "
+                    "entropy strata, the paired tests of the first two models (Dice and ECE, Wilcoxon + Holm) and "
+                    "the patients the quality model flags. The database is opened read-only.",
+        epilog="example: python -m core report --db data/results.duckdb --out report.html")
+    rp.add_argument("--db", required=True, help="the results database")
+    rp.add_argument("--run", help="run id (default: the newest run)")
+    rp.add_argument("--method", help="method of the diagrams, strata, paired tests and flags (default: mc_dropout "
+                                     "when the run has it, else its first method); the comparison shows every method")
+    rp.add_argument("--mask", choices=["brain", "roi"], default="brain", help="voxel set of the calibration numbers "
+                                                                             "(default brain)")
+    rp.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
+    rp.set_defaults(fn=cmd_report)
     t = sub.add_parser("train", help="train a demo architecture on a cohort's train split")
     t.add_argument("--model", choices=["SegResNet", "UNet-Res"], required=True)
     t.add_argument("--cohort", default=str(DEMO_COHORT))

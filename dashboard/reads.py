@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import store
+from core import report, store
 
 
 def _frozen(v):
@@ -68,4 +68,6 @@ patient_source = cached_read(store.patient_source)
 calibration_dense = cached_read(store.calibration_dense)
 summed_calibration_bins = cached_read(store.summed_calibration_bins)
 summed_uncertainty_bins = cached_read(store.summed_uncertainty_bins)
+cohort_threshold_ueo = cached_read(store.cohort_threshold_ueo)
 cohort_leaderboard = cached_read(store.cohort_leaderboard)
+study_report = cached_read(report.build_report)

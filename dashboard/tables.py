@@ -114,6 +114,30 @@ def paired(sel: Selection, metrics: list[str], metric: str, a: str, b: str) -> t
     return stats.paired_table(wide[wide.model.isin([a, b])], metric, a, b, cohort_ids=ids)
 
 
+def paired_methods(sel: Selection, metrics: list[str], compared: list[str], model: str, a: str,
+                   b: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired comparison of methods ``a`` and ``b`` of one model over the patients inside the filter, on every
+    metric of ``metrics`` (:func:`core.analysis.stats.paired_metrics`: the model comparison's test and
+    intervals, paired by patient, the cohort's Poisson bootstrap weights).
+
+    Args:
+        sel: the selection (run, mask, filter).
+        metrics: the cached per-patient table's columns (so that pages share one cached table).
+        compared: the compared metrics (among ``metrics``).
+        model: the model.
+        a, b: the two methods (e.g. ``mc_dropout`` vs ``deterministic``).
+
+    Returns:
+        (summary, diffs): one row per (metric, region) with the :func:`core.analysis.stats.paired_test` fields and
+        p_holm (over the regions of each metric); per-patient rows (metric, region, patient_id, a, b, diff = a - b).
+    """
+    everyone = patient_table(sel, metrics, subset=False)
+    ids = _cohort_ids((str(sel.db), sel.db.stat().st_mtime, sel.run_id, tuple(metrics), sel.mask, None), everyone)
+    wide = patient_table(sel, metrics)
+    wide = wide[(wide.model == model) & wide.method.isin([a, b])]
+    return stats.paired_metrics(wide, compared, a, b, by="method", cohort_ids=ids)
+
+
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*")
 
 

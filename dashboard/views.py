@@ -18,7 +18,7 @@ from core.metrics.calibration import N_CAL_BINS  # noqa: F401 - re-exported for 
 from core.store.schema import MASKS, REGIONS  # noqa: F401 - re-exported for the pages
 from dashboard import reads, tables
 from dashboard import viewer as V
-from dashboard.selection import STRAT_MEASURES, Selection, in_filter
+from dashboard.selection import STRAT_MEASURES, Selection, data_dir, in_filter
 from dashboard.subsets import patient_table, subset_bins, subset_summary
 
 KEYS = ["model", "method", "region"]
@@ -39,6 +39,105 @@ def cohort_patients(sel: Selection) -> pd.DataFrame:
 def model_cards(sel: Selection) -> list[tuple[str, str, dict]]:
     """(model, checkpoint, card dict) of every model of the run."""
     return [(m.model, m.checkpoint, json.loads(m.card)) for m in reads.run_models(sel.db, sel.run_id).itertuples()]
+
+
+def findings(lb: pd.DataFrame, flagged: pd.DataFrame, method: str) -> dict:
+    """What the database says, in numbers: the Home page's first view (pure pandas).
+
+    Args:
+        lb: leaderboard rows (:func:`dashboard.tables.leaderboard`: model, method, region, dice(_lo, _hi),
+            ece_dataset(_lo, _hi), n_patients).
+        flagged: per-patient quality rows with model, patient_id, region, flagged (any regions).
+        method: the method whose rows are ranked.
+
+    Returns:
+        dict with ``best_dice`` and ``best_ece``: one row per region (region, model, value, lo, hi, runner_up,
+        runner_value, separated: the best interval does not overlap the runner-up's), ``worst``: the region whose
+        mean dataset ECE over the models is the highest (region, mean_ece, model, value, lo, hi: its worst model)
+        or None, ``flagged``: distinct flagged patients, ``flagged_by_region``: region -> distinct flagged
+        patients, ``n_patients``: the most patients behind a leaderboard row.
+    """
+    rows = lb[lb.method == method] if len(lb) else lb
+    out = {"best_dice": pd.DataFrame(), "best_ece": pd.DataFrame(), "worst": None, "flagged": 0,
+           "flagged_by_region": {}, "n_patients": int(rows.n_patients.max()) if len(rows) else 0}
+
+    def best(metric: str, higher: bool) -> pd.DataFrame:
+        recs = []
+        for region in [r for r in REGIONS if r in set(rows.region)]:
+            g = rows[(rows.region == region) & rows[metric].notna()].sort_values(metric, ascending=not higher)
+            if g.empty:
+                continue
+            top = g.iloc[0]
+            rec = {"region": region, "model": top.model, "value": float(top[metric]), "lo": float(top[f"{metric}_lo"]),
+                   "hi": float(top[f"{metric}_hi"]), "runner_up": None, "runner_value": float("nan"),
+                   "separated": False}
+            if len(g) > 1:
+                ru = g.iloc[1]
+                rec.update(runner_up=ru.model, runner_value=float(ru[metric]),
+                           separated=bool(top[f"{metric}_lo"] > ru[f"{metric}_hi"]) if higher
+                           else bool(top[f"{metric}_hi"] < ru[f"{metric}_lo"]))
+            recs.append(rec)
+        return pd.DataFrame(recs)
+
+    if len(rows):
+        out["best_dice"] = best("dice", True)
+        out["best_ece"] = best("ece_dataset", False)
+        ece = rows.dropna(subset=["ece_dataset"])
+        if len(ece):
+            region = ece.groupby("region").ece_dataset.mean().idxmax()
+            w = ece[ece.region == region].sort_values("ece_dataset").iloc[-1]
+            out["worst"] = {"region": region, "mean_ece": float(ece[ece.region == region].ece_dataset.mean()),
+                            "model": w.model, "value": float(w.ece_dataset), "lo": float(w.ece_dataset_lo),
+                            "hi": float(w.ece_dataset_hi)}
+    if len(flagged):
+        f = flagged[flagged.flagged.astype(bool)]
+        out["flagged"] = int(f.patient_id.nunique())
+        out["flagged_by_region"] = {r: int(g.patient_id.nunique()) for r, g in f.groupby("region")}
+    return out
+
+
+def home_findings(sel: Selection) -> dict:
+    """:func:`findings` of the selection: the leaderboard of the sidebar's method over the filtered patients
+    (the Compare page's numbers) and the quality flags of that method (selected models, every region)."""
+    lb = tables.leaderboard(sel, [sel.method])
+    q = [reads.quality_patients(sel.db, sel.run_id, sel.method, r).assign(region=r) for r in REGIONS]
+    q = pd.concat(q, ignore_index=True)
+    return findings(lb, q[q.model.isin(sel.models)] if len(q) else q, sel.method)
+
+
+def page_params(sel: Selection, **extra) -> dict[str, str]:
+    """The sidebar's URL parameters of the selection plus a page's own (``view=``, ``region=``): the query of a
+    link that opens another page on the same view."""
+    return {"db": str(sel.db.relative_to(data_dir())) if sel.db.is_relative_to(data_dir()) else sel.db.name,
+            "run": sel.run_id, "models": ",".join(sel.models), "method": sel.method, "mask": sel.mask,
+            "strat": sel.strat_model, "measure": sel.strat_measure, "q": f"{sel.q_range[0]}-{sel.q_range[1]}",
+            **{k: str(v) for k, v in extra.items()}}
+
+
+def page_link(page: str, label: str, icon: str, query_params: dict[str, str]) -> None:
+    """``st.page_link`` to ``page`` (a path such as ``app_pages/compare.py``) with ``query_params``.
+
+    When the page runs on its own (``streamlit run app_pages/home.py``, or ``AppTest.from_file`` of one page), no
+    ``st.navigation`` knows the other pages and ``st.page_link`` raises; the link then falls back to a plain
+    markdown link to the page's URL path (``/compare?db=...``), which is the same address under ``app.py``.
+    """
+    from streamlit.errors import StreamlitPageNotFoundError
+
+    try:
+        st.page_link(page, label=label, icon=icon, query_params=query_params)
+    except StreamlitPageNotFoundError:
+        st.markdown(f"{icon} [{label}](/{Path(page).stem}?{urlencode(query_params)})")
+
+
+def url_region() -> int:
+    """Index in :data:`REGIONS` of the URL's ``?region=`` (a Home link), 0 when absent or unknown."""
+    r = st.query_params.get("region")
+    return REGIONS.index(r) if r in REGIONS else 0
+
+
+def report_html(sel: Selection) -> str:
+    """The study report of the selected run and method (:func:`core.report.build_report`, whole cohort)."""
+    return reads.study_report(sel.db, sel.run_id, sel.method, sel.mask)
 
 
 # --------------------------------------------------------------------------------------------- compare
@@ -159,6 +258,25 @@ def paired_view(sel: Selection, metrics: list[str], metric: str, a: str, b: str)
     """
     test, diffs = tables.paired(sel, metrics, metric, a, b)
     return (test[PAIRED_COLUMNS] if len(diffs) else test), diffs
+
+
+def ran_methods(sel: Selection, model: str) -> list[str]:
+    """Methods of the run with at least one ok evaluation of ``model`` (in the run's method order)."""
+    status = reads.evaluation_status(sel.db, sel.run_id)
+    ok = set(status[(status.model == model) & (status.ok > 0)].method)
+    return [m for m in sel.methods if m in ok]
+
+
+def paired_methods_view(sel: Selection, metrics: list[str], compared: list[str], model: str, a: str, b: str):
+    """(test table per metric and region, per-patient differences) of method ``a`` vs ``b`` of ``model``
+    (:func:`dashboard.tables.paired_methods`) on each metric of ``compared``; ``metrics``: the cached
+    per-patient table's columns.
+
+    Returns:
+        (rows with ``metric`` and the :data:`PAIRED_COLUMNS`, diffs with metric, region, patient_id, a, b, diff).
+    """
+    test, diffs = tables.paired_methods(sel, metrics, compared, model, a, b)
+    return (test[["metric"] + PAIRED_COLUMNS] if len(diffs) else test), diffs
 
 
 def metric_values(sel: Selection, metrics: list[str], metric: str) -> pd.DataFrame:
@@ -338,6 +456,44 @@ def budget(sel: Selection, region: str, methods: list[str], max_budget_pct: floa
     summed = summed[(summed.region == region) & summed.model.isin(sel.models)]
     budgets = [max_budget_pct / 100 * (i + 1) / 100 for i in range(100)]
     return summaries.budget_table(summed, budgets)
+
+
+def cohort_ueo(sel: Selection, region: str, methods: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """U-E overlap and BnF at one threshold per model and method, chosen on the filtered patients
+    (:func:`core.store.cohort_threshold_ueo`, paper 002), beside the per-patient oracle.
+
+    Args:
+        sel: the selection (mask, filter, models).
+        region: 'WT', 'TC' or 'ET'.
+        methods: the methods shown.
+
+    Returns:
+        (summary: model, method, patients, t (U-E), U-E mean at t, U-E pooled at t, oracle U-E mean, t (BnF), BnF
+        at t, BnF patients; per-patient rows: model, method, patient_id, ueo_at_t, ueo_oracle); empty frames
+        without uncertainty bins.
+    """
+    ids = None if len(sel.patients) == len(sel.all_patients) else sorted(sel.patients)
+    summary, patients = reads.cohort_threshold_ueo(sel.db, sel.run_id, ids, sel.mask, methods=sorted(methods),
+                                                   models=sorted(sel.models))
+    summary = summary[summary.region == region].drop(columns="region")
+    patients = patients[patients.region == region].drop(columns="region")
+    summary = summary.rename(columns={
+        "n_patients": "patients", "t_ueo": "t (U-E)", "ueo_mean_at_t": "U-E mean at cohort t",
+        "ueo_pooled_at_t": "U-E pooled at cohort t", "ueo_oracle_mean": "U-E mean, per-patient best t (oracle)",
+        "t_bnf": "t (BnF)", "bnf_at_t": "BnF at cohort t", "n_bnf": "BnF patients"})
+    return summary.reset_index(drop=True), patients.reset_index(drop=True)
+
+
+def ueo_label(rec: dict) -> str:
+    """One line of :func:`cohort_ueo`'s summary row: the cohort-threshold U-E and BnF, the oracle beside them."""
+    head = f"**{rec['model']} · {rec['method']}**"
+    if rec["t (U-E)"] != rec["t (U-E)"]:  # NaN: no patient with a value
+        return f"{head}: no patient with a U-E value"
+    bnf = (f"BnF at cohort threshold t={rec['t (BnF)']:.2f}: {rec['BnF at cohort t']:.3f}"
+           if rec["t (BnF)"] == rec["t (BnF)"] else "BnF undefined (nothing predicted)")
+    return (f"{head}: UEO at cohort threshold t={rec['t (U-E)']:.2f}: {rec['U-E mean at cohort t']:.3f} (mean of "
+            f"{rec['patients']} patients; per-patient oracle, each its own best t: "
+            f"{rec['U-E mean, per-patient best t (oracle)']:.3f}) · {bnf}")
 
 
 # --------------------------------------------------------------------------------------------- quality

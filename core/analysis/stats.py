@@ -341,11 +341,13 @@ def paired_test(a, b, B: int = DEFAULT_B, level: float = DEFAULT_LEVEL, seed: in
 
 
 def paired_table(wide: pd.DataFrame, metric: str, a: str, b: str, regions=("WT", "TC", "ET"), B: int = DEFAULT_B,
-                 seed: int = 0, cohort_ids=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Paired per-region comparison of models ``a`` and ``b`` on ``metric``.
+                 seed: int = 0, cohort_ids=None, by: str = "model") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Paired per-region comparison of ``a`` and ``b`` on ``metric``: two models of one method (``by="model"``)
+    or two methods of one model (``by="method"``, e.g. mc_dropout vs deterministic, deterministic+ts vs
+    deterministic).
 
-    wide: columns model, patient_id, region, <metric> (one method). Patients are paired by id; a patient
-    evaluated by one model only is skipped. Returns (summary, diffs): summary has one row per region with
+    wide: columns <by>, patient_id, region, <metric>, with the other key fixed (one method, or one model).
+    Patients are paired by id; a patient evaluated by one side only is skipped. Returns (summary, diffs): summary has one row per region with
     the fields of :func:`paired_test` plus p_holm (Holm-adjusted over the regions); diffs has region,
     patient_id, a, b, diff = a - b for the plot and the CSV. ``cohort_ids``: every patient of the cohort (a
     superset of wide's): the intervals are then the cohort's Poisson bootstrap (:func:`poisson_weights`, the
@@ -358,8 +360,8 @@ def paired_table(wide: pd.DataFrame, metric: str, a: str, b: str, regions=("WT",
     rows, diffs = [], []
     for region in regions:
         g = wide[wide.region == region]
-        pa = g[g.model == a].set_index("patient_id")[metric]
-        pb = g[g.model == b].set_index("patient_id")[metric]
+        pa = g[g[by] == a].set_index("patient_id")[metric]
+        pb = g[g[by] == b].set_index("patient_id")[metric]
         common = pa.index.intersection(pb.index).sort_values()
         va, vb = pa.loc[common].to_numpy(np.float64), pb.loc[common].to_numpy(np.float64)
         pw = None
@@ -373,3 +375,25 @@ def paired_table(wide: pd.DataFrame, metric: str, a: str, b: str, regions=("WT",
     summary = pd.DataFrame(rows)
     summary["p_holm"] = holm(summary.p_value.to_numpy())
     return summary, pd.concat(diffs, ignore_index=True)
+
+
+def paired_metrics(wide: pd.DataFrame, metrics, a: str, b: str, by: str = "method", regions=("WT", "TC", "ET"),
+                   B: int = DEFAULT_B, seed: int = 0, cohort_ids=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`paired_table` of several metrics: e.g. two methods of one model (``by="method"``: wide holds one
+    model's rows) on Dice, ECE, AUROC, ... at once.
+
+    Returns:
+        (summary, diffs) as :func:`paired_table` with a ``metric`` column first; p_holm adjusts each metric's
+        regions (as the single-metric table); a metric absent from ``wide`` is skipped.
+    """
+    tabs, diffs = [], []
+    for metric in [m for m in metrics if m in wide]:
+        t, d = paired_table(wide, metric, a, b, regions, B, seed, cohort_ids, by=by)
+        tabs.append(t.assign(metric=metric))
+        diffs.append(d.assign(metric=metric))
+    if not tabs:
+        return pd.DataFrame(columns=["metric", "region"]), pd.DataFrame(columns=["metric", "region", "patient_id"])
+    summary = pd.concat(tabs, ignore_index=True)
+    out = pd.concat(diffs, ignore_index=True)
+    return summary[["metric"] + [c for c in summary.columns if c != "metric"]], \
+        out[["metric"] + [c for c in out.columns if c != "metric"]]

@@ -9,7 +9,7 @@ shard is not part of it), disjoint patients. Merging copies, one transaction per
 * ``evaluations`` and every per-evaluation table (``metrics``, ``calibration_bins``, ``uncertainty_bins``,
   ``maps``): for each (run, model, method, patient) evaluation of the shard, OUT's rows of that key are
   replaced by the shard's (so merging again, or merging a rerun's shard, is idempotent);
-* ``temperatures``, ``run_plan``: copied when OUT has none for the (run, model); when it has, they are
+* ``temperatures``, ``run_plan``: copied when OUT has none for the (run, model[, method]); when it has, they are
   compared: a different temperature (relative difference > 1e-4) or precision / passes per call is
   reported as a conflict (the first one is kept; shards that fitted or chose differently are not identical
   to a single run, see the README's Slurm recipe);
@@ -73,7 +73,7 @@ def _merge_one(con, src, shard: Path, conflicts: list[str]) -> dict:
                     con.unregister("_f")
             con.unregister("_e")
         if "temperatures" in have:
-            _merge_checked(con, src, shard, "temperatures", ("run_id", "model", "region"), conflicts,
+            _merge_checked(con, src, shard, "temperatures", ("run_id", "model", "method", "region"), conflicts,
                            lambda a, b: _close(a["temperature"], b["temperature"]))
         if "run_plan" in have:
             _merge_checked(con, src, shard, "run_plan", ("run_id", "model"), conflicts,

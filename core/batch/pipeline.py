@@ -35,6 +35,7 @@ from core.batch.prefetch import OrderedWorker, Prefetcher
 from core.batch.config import RunConfig
 from core.batch.shards import shard_cases
 from core.inference.forward import default_device
+from core.inference.methods import parse_method
 from core.inference.modelset import load_model_set
 from core.inference.resample import plan as grid_plan, prediction_to_patient
 from core.inference.uncertainty import predict, unavailable_reason
@@ -144,6 +145,9 @@ def run(cfg: RunConfig) -> dict:
         config["label_set"] = cfg.label_set
     if cfg.precision != "auto":  # an explicit cfg.precision is part of the run; auto (the default) keeps older run ids
         config["precision"] = cfg.precision
+    if any(parse_method(meth).ts and parse_method(meth).name != "deterministic+ts"
+           for meth in [*methods, *(x for m in models for x in (m.methods or []))]):
+        config["ts"] = "method"  # +ts fitted on each method's own output (a run of the former rule keeps its id)
     run_id = make_run_id(config)
     suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
     log = _setup_log(db.parent / "logs" / f"{run_id}{suffix}.log")
@@ -176,7 +180,7 @@ def run(cfg: RunConfig) -> dict:
     plan = cfg.plan
     if plan is None:
         plan = prepare_models(models, pairs, db, run_id, cohort, splits, cfg.calibration_split, cfg.ts_fit_mask, cfg.precision,
-                              cfg.mc_batch, T, dev, log, echo, label_set=cfg.label_set)
+                              cfg.mc_batch, T, dev, log, echo, label_set=cfg.label_set, seed=cfg.seed)
     else:
         apply_plan(models, plan)
     if cfg.prepare_only:

@@ -5,8 +5,9 @@
 * ``snapshots``: earlier checkpoints of the primary's own training run; the checkpoint ensemble is
   ``snapshots + [primary]`` (method ``checkpoint_ensemble``, paper 003).
 * ``auxiliary``: an auxiliary error network (:mod:`core.training.auxiliary`, paper 002) trained for this model.
-* ``temperature``: (R,) float, one temperature per region fitted on the calibration split
-  (:mod:`core.inference.temperature`); set by the batch, used by every ``+ts`` method.
+* ``temperature``: ``{method: (R,) float}``, one temperature per region for each ``+ts`` method, fitted on the
+  calibration split on that method's own output (:mod:`core.inference.temperature`), set by the batch; an (R,)
+  array set by hand is used by every ``+ts`` method (:func:`core.inference.uncertainty.method_temperature`).
 * ``methods``: optional list of method names for this model only (default: the run's methods).
 * ``precision``: the forward passes' precision, ``fp32`` / ``bf16`` / ``fp16`` (autocast; set by the batch
   from ``--precision``, :mod:`core.inference.precision`).
@@ -42,7 +43,7 @@ class ModelSet:
     ensemble: list[LoadedModel] = field(default_factory=list)
     snapshots: list[LoadedModel] = field(default_factory=list)
     auxiliary: LoadedModel | None = None
-    temperature: np.ndarray | None = None
+    temperature: dict[str, np.ndarray] | np.ndarray | None = None  # +ts method -> (R,), see the module doc
     methods: list[str] | None = None  # this model's methods (None: the run's)
     precision: str = "fp32"  # forward-pass precision (core.precision): fp32, bf16 or fp16 (autocast)
 

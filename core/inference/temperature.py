@@ -1,17 +1,30 @@
-"""Temperature scaling (Guo et al. 2017; paper 003): one temperature per region and model.
+"""Temperature scaling (Guo et al. 2017; paper 003): one temperature per (model, method, region).
 
-Fit: on the calibration split, the primary network's deterministic logits z (no augmentation) and the
-ground-truth region masks y are gathered over each patient's voxel set: ``brain`` (default; all non-zero
-input voxels, as temperature scaling is usually fitted) or ``roi`` (:func:`core.metrics.roi_mask`). On the
-demo, ROI-fitted temperatures came out far larger (2.2-3.8 for UNet-Res) and raised the test split's ROI
-ECE of every region, while brain-fitted ones (1.6-1.8) lowered the WT and the region-mean ROI ECE (see the
-README). For each region r the temperature minimises the mean binary NLL
+What ``M+ts`` means: post-hoc temperature scaling of method M's output. Let p be M's mean probability of a
+voxel and region (one pass for ``deterministic``, the T samples of ``mc_dropout``, the members of ``ensemble``,
+the snapshots x flips of ``checkpoint_ensemble+tta``) and z = logit(p) = log(p / (1 - p)) (computed in log space
+from the passes, :meth:`core.inference.uncertainty.Prediction.logit`; z is the network's logit for one pass).
+Then ``M+ts`` gives p_ts = sigmoid(z / T_r), with T_r fitted for M itself.
+
+Fit: on the calibration split, M's z (no temperature) and the ground-truth region masks y are gathered over each
+patient's voxel set: ``brain`` (default; all non-zero input voxels, as temperature scaling is usually fitted) or
+``roi`` (:func:`core.metrics.roi_mask`). On the demo, ROI-fitted temperatures came out far larger (2.2-3.8 for
+UNet-Res) and raised the test split's ROI ECE of every region, while brain-fitted ones (1.6-1.8) lowered the WT
+and the region-mean ROI ECE (see the README). For each region r the temperature minimises the mean binary NLL
 
     T_r = argmin_T  mean_i [ softplus(z_i / T) - y_i z_i / T ]      (nats; T in [0.05, 20])
 
-found by a bounded scalar search on log T (scipy). Apply: p = sigmoid(z / T_r), pass by pass, before any
-averaging (``+ts`` methods). As T > 0, sigmoid(z / T) >= 0.5 exactly when z >= 0: the deterministic
-segmentation, hence its Dice, does not change.
+found by a bounded scalar search on log T (scipy). The batch fits one set per (model, +ts method) and stores
+it with the method's name (``temperatures.method``, :mod:`core.batch.plan`).
+
+Why the method's own output and not the primary's deterministic temperature applied to every pass (the former
+rule): averaging diverse members already softens their over-sharp outputs, so a temperature fitted on one
+member over-softens the mean. In ``tests/integration/test_method_temperatures.py`` (three diverse over-sharp
+members) the former rule raised the ensemble's ECE (0.043 -> 0.051) where the ensemble's own temperature lowered
+it (0.027).
+
+As T > 0, sigmoid(z / T) >= 0.5 exactly when z >= 0, i.e. when p >= 0.5: TS never changes a segmentation (of any
+method), hence its Dice.
 """
 from __future__ import annotations
 

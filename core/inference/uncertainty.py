@@ -14,9 +14,10 @@ Bases (names shared by the batch, the database and the app):
   auxiliary error network (:mod:`core.training.auxiliary`, paper 002) turned into a confidence.
 
 Modifiers: ``+tta`` runs every pass of the base on the 8 flips (``mc_dropout+tta``: sample t uses flip
-t mod 8); ``+ts`` divides every pass's logits by the model's fitted temperature per region
-(:mod:`core.inference.temperature`) before the sigmoid. ``auxiliary`` takes no modifier. Canonical order: base,
-``+tta``, ``+ts``.
+t mod 8); ``+ts`` is post-hoc temperature scaling of the base method's output with the temperature fitted
+for that method (:mod:`core.inference.temperature`): p_ts = sigmoid(logit(p) / T_r) with p the base's mean
+probability, so ``ensemble+ts`` scales the ensemble's mean, not its members; for one pass this is sigmoid(z / T_r).
+``auxiliary`` takes no modifier. Canonical order: base, ``+tta``, ``+ts``.
 
 Every pass i gives logits z_i and p_i = sigmoid(z_i) (R, X, Y, Z); with N passes:
 
@@ -27,6 +28,9 @@ Every pass i gives logits z_i and p_i = sigmoid(z_i) (R, X, Y, Z); with N passes
   bounded by 1); for Bernoulli outputs this equals the sample covariance of p_i and z_i (denominator
   N - 1) / ln 2, which is how it is computed, streaming; None when N = 1
 * ``sample_volumes``: (N, R) voxel counts of p_i >= 0.5 (the predicted-volume distribution)
+
+With ``+ts``, ``prob`` and ``entropy`` are those of p_ts; ``mi``, ``epkl`` and ``sample_volumes`` stay those of the
+base's passes (scaling the mean does not change how the passes disagree), MI capped at the scaled entropy.
 
 Passes of one network are batched through MONAI ``sliding_window_inference`` in chunks; the chunk size is
 ``mc_batch`` or, with ``"auto"``, chosen per network and input shape by timing a one-pass chunk against a
@@ -97,6 +101,8 @@ class Prediction:
         chunk: passes per forward call used.
         epkl: (R, X, Y, Z) float32 expected pairwise KL, bits (>= 0), or None (one pass).
         sample_volumes: (N, R) voxel counts of p_i >= 0.5.
+        logit: (R, X, Y, Z) float32 logit of the mean probability before any temperature, log(p / (1 - p))
+            computed in log space from the passes (exactly z for one pass); only with ``predict(return_logit=True)``.
     """
     prob: np.ndarray
     entropy: np.ndarray
@@ -106,15 +112,18 @@ class Prediction:
     chunk: int = 1
     epkl: np.ndarray | None = None
     sample_volumes: np.ndarray | None = None  # (N, R) voxel counts of p_i >= 0.5
+    logit: np.ndarray | None = None  # (R, X, Y, Z) logit of the mean probability before +ts (return_logit=True)
 
 
 class _Accumulator:
     """Streaming sums over passes: mean p, mean H(p_i), Welford co-moment of (p_i, z_i), volumes."""
 
-    def __init__(self):
+    def __init__(self, keep_logit: bool = False):
         self.n = 0
         self.psum = self.hsum = self.pmean = self.zmean = self.comoment = None
         self.volumes = []
+        self.keep_logit = keep_logit  # also log sum_i p_i and log sum_i (1 - p_i), for the logit of the mean
+        self.lp = self.lq = None
 
     def add(self, z: torch.Tensor) -> None:
         z = z.float()
@@ -122,6 +131,10 @@ class _Accumulator:
         h = binary_entropy(p)
         self.n += 1
         self.volumes.append((p >= 0.5).flatten(1).sum(1).cpu().numpy())
+        if self.keep_logit:
+            lp, lq = torch.nn.functional.logsigmoid(z), torch.nn.functional.logsigmoid(-z)
+            self.lp = lp if self.lp is None else torch.logaddexp(self.lp, lp)
+            self.lq = lq if self.lq is None else torch.logaddexp(self.lq, lq)
         if self.psum is None:
             self.psum, self.hsum, self.pmean, self.zmean = p.clone(), h, p.clone(), z.clone()
             self.z_first = z
@@ -134,16 +147,30 @@ class _Accumulator:
         self.zmean += (z - self.zmean) / self.n
         self.comoment += dp * (z - self.zmean)
 
-    def result(self) -> tuple:
+    def mean_logit(self) -> torch.Tensor:
+        """logit of the mean probability, log sum_i p_i - log sum_i (1 - p_i) (the 1/N cancels): finite where the
+        float32 mean itself rounds to 0 or 1; exactly z for one pass. Needs ``keep_logit``."""
+        return self.z_first if self.n == 1 else self.lp - self.lq
+
+    def result(self, temperature: torch.Tensor | None = None) -> tuple:
+        """(p, entropy, mi, epkl); with ``temperature`` ((R, 1, 1, 1), +ts) p and the entropy are those of
+        sigmoid(logit(p) / T), each voxel kept on its side of 0.5 (TS never changes a segmentation)."""
         p = (self.psum / self.n).clamp_(0, 1)
         if self.n == 1:
             # float32 rounds sigmoid(z) to exactly 0.5 for -6e-8 < z < 0; keep such voxels below 0.5 so the
             # segmentation is exactly z >= 0 whatever the temperature (TS never moves a deterministic voxel)
             p = torch.where(self.z_first < 0, torch.clamp(p, max=P_BELOW_HALF), p)
-        ent = binary_entropy(p)
+        raw_ent = binary_entropy(p)
+        ent = raw_ent
+        if temperature is not None:
+            pt = torch.sigmoid(self.mean_logit() / temperature)
+            p = torch.where(p >= 0.5, pt.clamp(min=0.5), pt.clamp(max=P_BELOW_HALF))
+            ent = binary_entropy(p)
         if self.n == 1:
             return p, ent, None, None
-        mi = (ent - self.hsum / self.n).clamp_(min=0.0)
+        mi = (raw_ent - self.hsum / self.n).clamp_(min=0.0)
+        if temperature is not None:
+            mi = torch.minimum(mi, ent)
         epkl = (self.comoment / (self.n - 1) / LN2).clamp_(min=0.0)
         return p, ent, mi, epkl
 
@@ -158,7 +185,7 @@ def _members(spec: MethodSpec, ms: ModelSet) -> list[LoadedModel]:
 
 def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, mc_batch="auto",
             overlap: float = 0.25, device: torch.device | str | None = None, seed: int | None = 0,
-            cache: dict | None = None) -> Prediction:
+            cache: dict | None = None, return_logit: bool = False) -> Prediction:
     """Run one method on one (C, X, Y, Z) image (channels in the model card's order).
 
     Args:
@@ -171,21 +198,22 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
         device: where to run (default: the model's device).
         seed: torch seed set before the MC-dropout passes (None: not set).
         cache: a dict kept for one patient to share deterministic passes between methods.
+        return_logit: also return the logit of the mean probability before any temperature
+            (:attr:`Prediction.logit`, what a +ts temperature is fitted on).
 
     Returns:
         the :class:`Prediction` (maps (R, X, Y, Z) on the model grid).
 
     Raises:
         ValueError: for an unknown method, one the model set cannot run (:func:`unavailable_reason`), or a
-            ``+ts`` method without fitted temperatures.
+            ``+ts`` method without a temperature fitted for it (:func:`method_temperature`).
     """
     ms = as_model_set(model)
     spec = parse_method(method)
     reason = unavailable_reason(spec.name, ms)
     if reason:
         raise ValueError(f"method {spec.name} unavailable: {reason}")
-    if spec.ts and ms.temperature is None:
-        raise ValueError(f"method {spec.name} needs the temperatures of {ms.name} (fitted on the calibration split)")
+    temperature = method_temperature(ms, spec.name) if spec.ts else None
     device = torch.device(device) if device is not None else next(ms.model.parameters()).device
     t0 = time.perf_counter()
     cache = {} if cache is None else cache
@@ -195,8 +223,8 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
     x = cache[xkey]
     temp = None
     if spec.ts:
-        temp = torch.as_tensor(np.asarray(ms.temperature, np.float32), device=device).view(-1, 1, 1, 1)
-    acc = _Accumulator()
+        temp = torch.as_tensor(np.asarray(temperature, np.float32), device=device).view(-1, 1, 1, 1)
+    acc = _Accumulator(keep_logit=spec.ts or return_logit)
     chunk = 1
     with torch.inference_mode():
         if spec.base == "auxiliary":
@@ -209,7 +237,7 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
             try:
                 for _, z in _run_views(ms.primary, x, views, mc_batch, overlap, stochastic=True,
                                        precision=ms.precision):
-                    acc.add(z / temp if temp is not None else z)
+                    acc.add(z)
             finally:
                 ms.model.eval()
             chunk = getattr(_run_views, "last_chunk", 1)
@@ -224,12 +252,28 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
                         cache[(id(lm.model), v)] = z
                     chunk = getattr(_run_views, "last_chunk", 1)
                 for v in views:
-                    z = cache[(id(lm.model), v)]
-                    acc.add(z / temp if temp is not None else z)
-    p, ent, mi, epkl = acc.result()
+                    acc.add(cache[(id(lm.model), v)])
+    p, ent, mi, epkl = acc.result(temp)
     np_ = (lambda t: None if t is None else t.float().cpu().numpy())
     return Prediction(np_(p), np_(ent), np_(mi), acc.n, time.perf_counter() - t0, chunk, np_(epkl),
-                      np.stack(acc.volumes))
+                      np.stack(acc.volumes), np_(acc.mean_logit()) if return_logit else None)
+
+
+def method_temperature(ms: ModelSet, method: str) -> np.ndarray:
+    """The (R,) temperatures a ``+ts`` method uses: those fitted for that method (``ms.temperature[method]``,
+    as the batch sets them, :mod:`core.batch.plan`), or ``ms.temperature`` itself when it is one (R,) array (set
+    by hand: used by every +ts method).
+
+    Raises:
+        ValueError: when none was fitted for ``method``.
+    """
+    t = ms.temperature
+    if isinstance(t, dict):
+        t = t.get(method)
+    if t is None:
+        raise ValueError(f"method {method} needs the temperatures of {ms.name} fitted for {method} "
+                         f"(on the calibration split)")
+    return np.asarray(t, np.float32)
 
 
 def _predict_auxiliary(ms: ModelSet, x: torch.Tensor, overlap: float, cache: dict, t0: float) -> Prediction:

@@ -65,6 +65,7 @@ from core.store.reads import (  # noqa: F401
     patient_metrics,
     summed_calibration_bins,
     summed_uncertainty_bins,
+    cohort_threshold_ueo,
     grouped_bins,
     cohort_summary,
     patient_calibration_bins,

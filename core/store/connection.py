@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from core.store.schema import SCHEMA
+from core.store.schema import LEGACY_TS_METHOD, SCHEMA, TEMPERATURE_COLUMNS
 
 
 class DatabaseBusy(RuntimeError):
@@ -44,11 +44,35 @@ def connect(path: str | Path, read_only: bool = False, retries: int = 20, wait_s
             con = duckdb.connect(str(path), read_only=read_only)
             if not read_only:
                 con.execute(SCHEMA)
+                migrate(con)
             return con
         except duckdb.IOException as e:  # lock held by another process
             last = e
             time.sleep(wait_s)
     raise DatabaseBusy(f"{path} is locked by another process (a batch is writing?): {last}")
+
+
+def migrate(con) -> None:
+    """Bring a writer's older tables to the current schema: a ``temperatures`` table without ``method`` (one
+    temperature set per model, fitted on its deterministic logits) is rebuilt with the column, its rows marked
+    :data:`core.store.schema.LEGACY_TS_METHOD` (what they were fitted for), in one transaction."""
+    cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'temperatures' AND table_schema = current_schema()").fetchall()]
+    if "method" in cols:
+        return
+    old = [c for c in TEMPERATURE_COLUMNS if c != "method"]
+    sel = ", ".join("?::VARCHAR AS method" if c == "method" else c for c in TEMPERATURE_COLUMNS)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"CREATE TEMP TABLE _old_temperatures AS SELECT {', '.join(old)} FROM temperatures")
+        con.execute("DROP TABLE temperatures")
+        con.execute(SCHEMA)  # the current temperatures table (the others exist: untouched)
+        con.execute(f"INSERT INTO temperatures SELECT {sel} FROM _old_temperatures", [LEGACY_TS_METHOD])
+        con.execute("DROP TABLE _old_temperatures")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
 
 
 # ---- shared read-only connections (the app's cached queries) ----------------------------------------------

@@ -9,10 +9,12 @@ import pandas as pd
 
 from core.analysis import stats
 from core.analysis import summaries
+from core.analysis import ueo
 from core.metrics.binning import dense_bins, sum_by_bin
 from core.metrics.calibration import N_CAL_BINS
 from core.store.connection import _TLS
 from core.store.freshness import list_arrays, table_names, valid
+from core.store.schema import LEGACY_TS_METHOD
 from core.store.schema import BRAIN_ONLY, CAL_LIST_COLS, LIST_MEASURES, MASKS, PRED_COLUMNS, PRED_ONLY, SUMMARY_METRICS, UNC_COUNT_COLS, WIDE_METRICS
 
 
@@ -40,18 +42,30 @@ def run_plan(con, run_id: str) -> pd.DataFrame:
                           FROM run_plan WHERE run_id = ? ORDER BY model""", [run_id]).df()
 
 
-def read_temperatures(con, run_id: str, model: str) -> dict[str, float | None]:
-    """Region -> stored temperature of one model (None: the fit was undefined); empty when none was fitted."""
-    rows = con.execute("SELECT region, temperature FROM temperatures WHERE run_id = ? AND model = ?",
-                       [run_id, model]).fetchall()
+def _temperature_method(con) -> str:
+    """The SQL of the temperatures' method: the column, or (a database not yet opened by a writer of this
+    version) the one method its rows were fitted for."""
+    cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                      "WHERE table_name = 'temperatures' AND table_schema = current_schema()").fetchall()}
+    return "method" if "method" in cols else f"'{LEGACY_TS_METHOD}'"
+
+
+def read_temperatures(con, run_id: str, model: str, method: str) -> dict[str, float | None]:
+    """Region -> stored temperature of one model's ``+ts`` method (None: the fit was undefined); empty when none
+    was fitted for that method."""
+    rows = con.execute(f"SELECT region, temperature FROM temperatures WHERE run_id = ? AND model = ? "
+                       f"AND {_temperature_method(con)} = ?", [run_id, model, method]).fetchall()
     return {r: t for r, t in rows}
 
 
 def run_temperatures(con, run_id: str) -> pd.DataFrame:
-    """The run's fitted temperatures: model, region, temperature (NaN: undefined fit), n_voxels, n_positive,
-    nll_before, nll_after (nats); sorted by model and region, empty when the run fitted none."""
-    return con.execute("""SELECT model, region, temperature, n_voxels, n_positive, nll_before, nll_after
-                          FROM temperatures WHERE run_id = ? ORDER BY model, region""", [run_id]).df()
+    """The run's fitted temperatures: model, method (the ``+ts`` method they were fitted for, on its own
+    output), region, temperature (NaN: undefined fit), n_voxels, n_positive, nll_before, nll_after (nats, mean over
+    the fitting voxels at T = 1 and at the fitted T); sorted by model, method and region, empty when the run
+    fitted none."""
+    return con.execute(f"""SELECT model, {_temperature_method(con)} AS method, region, temperature, n_voxels,
+                                  n_positive, nll_before, nll_after
+                           FROM temperatures WHERE run_id = ? ORDER BY model, method, region""", [run_id]).df()
 
 
 # ------------------------------------------------------------------------------------------- reads
@@ -275,6 +289,40 @@ def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = No
           AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
         GROUP BY ALL ORDER BY model, method, region, bin""",
                        [run_id, mask, measure, patient_ids, patient_ids, methods, methods]).df()
+
+
+def cohort_threshold_ueo(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
+                         methods: list[str] | None = None, models: list[str] | None = None,
+                         measure: str = "entropy") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """U-E overlap and BnF at one threshold per (model, method, region), chosen on the patients given
+    (:mod:`core.analysis.ueo`: the threshold of the highest mean per-patient U-E, and BnF's own), beside the
+    per-patient oracle (``ueo_best``).
+
+    The per-patient uncertainty bins are summed in SQL into the 20 intervals between the thresholds
+    t = 0.05, ..., 0.95 (bin edges), so the analysis gets (patients x 20) counts per combo.
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        patient_ids: the cohort the threshold is chosen on and averaged over (None: every patient of the run).
+        mask: the voxel set.
+        methods: only those methods (None: all).
+        models: only those models (None: all).
+        measure: the uncertainty of the bins (``entropy``).
+
+    Returns:
+        (summary, patients) of :func:`core.analysis.ueo.cohort_threshold_table`.
+    """
+    patient_ids, methods, models = _list(patient_ids), _list(methods), _list(models)
+    group = " + ".join(f"(bin >= {int(b)})::INTEGER" for b in ueo.threshold_bins())  # constants, not input
+    rows = con.execute(f"""
+        SELECT model, method, region, patient_id, {group} AS "group", {", ".join(f"sum(coalesce({c}, 0)) AS {c}" for c in ueo.COUNTS)}
+        FROM uncertainty_bins
+        WHERE run_id = ? AND mask = ? AND measure = ? AND {_IN_PATIENTS.format(col="patient_id")}
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], model))
+        GROUP BY ALL""", [run_id, mask, measure, patient_ids, patient_ids, methods, methods, models, models]).df()
+    return ueo.cohort_threshold_table(rows)
 
 
 def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids: list[int], mask: str = "brain",

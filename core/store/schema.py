@@ -32,8 +32,8 @@ CREATE TABLE IF NOT EXISTS uncertainty_bins (
 CREATE TABLE IF NOT EXISTS maps (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, kind VARCHAR, path VARCHAR);
 CREATE TABLE IF NOT EXISTS temperatures (
-    run_id VARCHAR, model VARCHAR, region VARCHAR, temperature DOUBLE, n_voxels BIGINT, n_positive BIGINT,
-    nll_before DOUBLE, nll_after DOUBLE, patients JSON, PRIMARY KEY (run_id, model, region));
+    run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR, temperature DOUBLE, n_voxels BIGINT,
+    n_positive BIGINT, nll_before DOUBLE, nll_after DOUBLE, patients JSON, PRIMARY KEY (run_id, model, method, region));
 CREATE TABLE IF NOT EXISTS quality (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR,
     dice DOUBLE, predicted_dice DOUBLE, uncertainty_score DOUBLE, flagged BOOLEAN);
@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS quality_summary (
     run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR, n_patients INTEGER, r2 DOUBLE,
     pearson_r DOUBLE, score_spearman DOUBLE, regressor VARCHAR, features JSON);
 """
+
+
+# a temperatures table of a database written before temperatures were fitted per method: rebuilt with the
+# method column, its rows (fitted on the primary's deterministic logits) marked as deterministic+ts's
+# (:func:`core.store.connection.migrate`)
+LEGACY_TS_METHOD = "deterministic+ts"
+
+
+TEMPERATURE_COLUMNS = ["run_id", "model", "method", "region", "temperature", "n_voxels", "n_positive", "nll_before",
+                       "nll_after", "patients"]
 
 
 RESULT_TABLES = ("metrics", "calibration_bins", "uncertainty_bins", "maps")

@@ -96,22 +96,24 @@ def write_patient(con, run_id: str, patient_id: str, results: list[dict], patien
                 con.unregister("_frame")
 
 
-def write_temperatures(con, run_id: str, model: str, regions, fits: list[dict], patients: list[str]) -> None:
-    """Replace the model's temperatures: one row per region, in one transaction.
+def write_temperatures(con, run_id: str, model: str, method: str, regions, fits: list[dict],
+                       patients: list[str]) -> None:
+    """Replace the temperatures of one model's ``+ts`` method: one row per region, in one transaction.
 
     Args:
         con: a writer connection.
         run_id: the run.
         model: the model.
+        method: the ``+ts`` method they were fitted for (on its own output, :mod:`core.inference.temperature`).
         regions: the region names, in the order of ``fits``.
         fits: :func:`core.inference.temperature.fit_region_temperatures` dicts (NaN stored as NULL).
         patients: the calibration patients used (stored sorted, as JSON).
     """
     with transaction(con):
-        con.execute("DELETE FROM temperatures WHERE run_id = ? AND model = ?", [run_id, model])
+        con.execute("DELETE FROM temperatures WHERE run_id = ? AND model = ? AND method = ?", [run_id, model, method])
         for reg, f in zip(regions, fits):
-            con.execute("INSERT INTO temperatures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [run_id, model, reg, _finite(f["temperature"]), f["n_voxels"], f["n_positive"],
+            con.execute("INSERT INTO temperatures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [run_id, model, method, reg, _finite(f["temperature"]), f["n_voxels"], f["n_positive"],
                          _finite(f["nll_before"]), _finite(f["nll_after"]), json.dumps(sorted(patients))])
 
 

@@ -135,7 +135,12 @@ def test_batch_runs_every_method_and_fits_temperatures(tiny_cohort, tiny_checkpo
         ("SegResNet", me) for me in ("deterministic", "deterministic+ts", "mc_dropout")}
     assert all(n == 4 for *_, n in ev)
     temps = store.run_temperatures(con, s["run_id"])
-    assert len(temps) == 6 and (temps.temperature.isna() | (temps.temperature > 0)).all()
+    # one row per (model, +ts method, region): each +ts method has the temperatures fitted on its own output
+    ts_pairs = {("UNet-Res", "deterministic+ts"), ("UNet-Res", "checkpoint_ensemble+tta+ts"), ("SegResNet", "deterministic+ts")}
+    assert sorted(zip(temps.model, temps.method, temps.region)) == sorted((m, me, r) for m, me in ts_pairs for r in M_REGIONS)
+    assert (temps.temperature.isna() | (temps.temperature > 0)).all()
+    own = temps[temps.model == "UNet-Res"].pivot(index="region", columns="method", values="temperature")
+    assert (own["checkpoint_ensemble+tta+ts"] - own["deterministic+ts"]).abs().max() > 1e-3
     fitted = temps.dropna(subset=["temperature"])  # NaN: the calibration ROI had one class only (then T = 1 is used)
     assert len(fitted) >= 2 and (fitted.nll_after <= fitted.nll_before + 1e-12).all()
     assert (temps.temperature.isna() == (temps.n_positive == 0)).all()

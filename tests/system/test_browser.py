@@ -193,3 +193,11 @@ def test_viewer_link_and_slice_slider(server, page):
     _no_exception(page, "viewer after moving the slice slider")
     assert abs(value() - before) == 5
     page.screenshot(path=str(SHOTS / "viewer_slice_moved.png"), full_page=True)
+
+
+def test_viewer_chrome_has_no_deploy_button(server, page):
+    """.streamlit/config.toml: toolbarMode = "viewer" (no Deploy button, no developer menu)."""
+    page.goto(server)
+    _settle(page, "Tumour segmentation QA")
+    assert page.locator("[data-testid='stAppDeployButton']").count() == 0
+    assert page.get_by_role("button", name="Deploy").count() == 0
