@@ -9,7 +9,7 @@ t = 0.05, 0.10, ..., 0.95 (:data:`core.metrics.uncertainty.UEO_THRESHOLDS`, edge
   (E: the patient's error voxels), the quantity the paper reports (a mean of subject-level values, not a pooled
   overlap, which large tumours would dominate); the pooled U-E at that t is given beside it;
 * ``t_bnf`` maximises BnF(t), the share of patients for whom removing the predicted voxels with u >= t raises
-  Dice (FPU TP > TPU (TP + FP + FN), :func:`core.metrics.uncertainty.fp_removal_benefit`); the paper selects the
+  Dice (BraTS empty rule; FPU TP > TPU (TP + FP + FN) otherwise, :func:`core.metrics.uncertainty.removal_raises_dice`); the paper selects the
   threshold per metric, so BnF has its own.
 
 Ties go to the lowest threshold. Patients with an undefined value (U-E: no error and no uncertain voxel; BnF:
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from core.metrics.binning import dense_bins
-from core.metrics.uncertainty import UEO_THRESHOLDS, threshold_bin
+from core.metrics.uncertainty import UEO_THRESHOLDS, removal_raises_dice, threshold_bin
 
 COUNTS = ("n_error", "n_correct", "n_fp", "n_fn", "n_tp")
 
@@ -101,8 +101,7 @@ def cohort_threshold(grouped: np.ndarray, thresholds=UEO_THRESHOLDS) -> dict:
     out.update(ueo_oracle=oracle, ueo_oracle_mean=float(np.nanmean(oracle)) if np.isfinite(oracle).any() else np.nan)
     tp, fp, fn = total[:, 4], total[:, 2], total[:, 3]
     fpu, tpu = above[..., 2], above[..., 4]
-    benefit = np.where((tp + fp)[:, None] > 0,
-                       (fpu * tp[:, None] > tpu * (tp + fp + fn)[:, None]).astype(np.float64), np.nan)
+    benefit = removal_raises_dice(tp[:, None], fp[:, None], fn[:, None], tpu, fpu)
     ok = np.isfinite(benefit[:, 0]) if len(benefit) else np.zeros(0, bool)
     n_bnf = int(ok.sum())
     bnf = benefit[ok].mean(0) if n_bnf else np.full(len(thresholds), np.nan)

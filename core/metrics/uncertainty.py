@@ -188,15 +188,33 @@ def ueo_curve(n_error, n_correct, thresholds=UEO_THRESHOLDS) -> np.ndarray:
     return np.array(out)
 
 
+def removal_raises_dice(tp, fp, fn, tpu, fpu) -> np.ndarray:
+    """1.0 where removing the uncertain predicted voxels (``tpu`` of the ``tp``, ``fpu`` of the ``fp``) raises Dice,
+    else 0.0; NaN where nothing is predicted (tp + fp = 0). Broadcasting arrays of voxel counts.
+
+    Both Dice values use the BraTS empty rule (1 when prediction and truth are both empty), so a region absent
+    from the truth (TP = FN = 0) whose false positives are all uncertain gains (0 -> 1). Otherwise this equals
+    paper 002's FPU TP > TPU (TP + FP + FN): Dice after > Dice before, since
+    2 (TP - TPU) / (S - TPU - FPU) > 2 TP / S with S = 2 TP + FP + FN. Exact: equal rationals give equal floats.
+    """
+    tp, fp, fn, tpu, fpu = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (tp, fp, fn, tpu, fpu)))
+
+    def _dice(a, b, c):
+        s = 2 * a + b + c
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(s > 0, 2 * a / np.where(s > 0, s, 1), 1.0)
+
+    gain = (_dice(tp - tpu, fp - fpu, fn + tpu) > _dice(tp, fp, fn)).astype(np.float64)
+    return np.where(tp + fp > 0, gain, np.nan)
+
+
 def fp_removal_benefit(n_fp, n_fn, n_tp, t: float) -> float:
-    """1.0 if removing the predicted voxels with u >= t raises Dice (paper 002: FPU TP > TPU (TP + FP + FN)), else 0.0.
-    NaN when nothing is predicted."""
+    """1.0 if removing the predicted voxels with u >= t raises Dice (paper 002, BraTS empty rule:
+    :func:`removal_raises_dice`), else 0.0. NaN when nothing is predicted. Inputs: (K,) uncertainty bins."""
     b = threshold_bin(t)
     tp, fp, fn = (float(np.sum(x)) for x in (n_tp, n_fp, n_fn))
-    if tp + fp == 0:
-        return math.nan
     fpu, tpu = float(np.sum(n_fp[b:])), float(np.sum(n_tp[b:]))
-    return 1.0 if fpu * tp > tpu * (tp + fp + fn) else 0.0
+    return float(removal_raises_dice(tp, fp, fn, tpu, fpu))
 
 
 def budget_curve(n_error, n_correct, budgets=BUDGETS):

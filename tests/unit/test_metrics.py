@@ -614,3 +614,36 @@ def test_bbox_slices_definition():
                         ((np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != ax))), m.shape[ax])
                          for ax in range(m.ndim)))
         assert M.bbox_slices(m, 2) == ref
+
+
+def test_bnf_empty_truth_edge_cases():
+    """Issue 20.9: TP = FN = 0 with 10 uncertain FP voxels: removing them leaves prediction and truth empty,
+    Dice 0 -> 1 under the BraTS empty rule, so BnF counts a gain; checked against Dice on the masks."""
+    from core.metrics.uncertainty import removal_raises_dice
+
+    def bins(u, err, pred):
+        return M.uncertainty_bins(np.asarray(u, np.float32), np.asarray(err, bool), np.asarray(pred, bool))
+
+    n = 100
+    truth = np.zeros(n, bool)
+    pred = np.zeros(n, bool)
+    pred[:10] = True
+    for u_fp, t, want in ((0.9, 0.5, 1.0), (0.3, 0.5, 0.0)):  # all FP uncertain / all FP certain
+        u = np.where(pred, u_fp, 0.01)
+        fp, fn, tp, tn = bins(u, pred != truth, pred)
+        assert M.fp_removal_benefit(fp, fn, tp, t) == want
+        keep = pred & ~(u >= t)
+        assert float(M.dice(keep, truth) > M.dice(pred, truth)) == want
+    u = np.where(np.arange(n) < 5, 0.9, 0.3)  # half of the FP uncertain: Dice stays 0
+    fp, fn, tp, tn = bins(u, pred != truth, pred)
+    assert M.fp_removal_benefit(fp, fn, tp, 0.5) == 0.0
+    # nothing predicted: NaN; all correct (TP only, all certain): no gain; vectorised form equals the scalar one
+    assert math.isnan(M.fp_removal_benefit(*bins(np.zeros(n), truth, truth)[:3], 0.5))
+    assert removal_raises_dice(0, 10, 0, 0, 10) == 1.0 and removal_raises_dice(5, 0, 0, 0, 0) == 0.0
+    rng = np.random.default_rng(0)
+    tp, fp, fn = rng.integers(0, 50, (3, 500))
+    tpu, fpu = rng.integers(0, tp + 1), rng.integers(0, fp + 1)
+    got = removal_raises_dice(tp, fp, fn, tpu, fpu)
+    ref = np.where(tp + fp > 0, (fpu * tp > tpu * (tp + fp + fn)).astype(float), np.nan)
+    nonempty = (tp + fn) > 0  # with truth present the paper's inequality holds exactly
+    assert np.array_equal(got[nonempty], ref[nonempty], equal_nan=True)
