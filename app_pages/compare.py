@@ -172,8 +172,8 @@ def draw_paired():
                 "diff_hi": st.column_config.NumberColumn("95 % CI high", format="%.4f"),
                 "median_diff": st.column_config.NumberColumn("median A − B", format="%.4f"),
                 "statistic": st.column_config.NumberColumn("W", format="%.1f"),
-                "p_value": st.column_config.NumberColumn("p", format="%.4g"),
-                "p_holm": st.column_config.NumberColumn("p (Holm, 3 regions)", format="%.4g")})
+                "p_value": st.column_config.TextColumn("p", help="two-sided Wilcoxon p; < 1e-300 where it underflows"),
+                "p_holm": st.column_config.TextColumn("p (Holm, 3 regions)")})
             st.plotly_chart(plots.paired_differences(diffs, PAIRED_METRICS[paired_metric], a, b), key="paired_plot")
             st.download_button("Download paired differences (CSV)", csv_later(diffs.rename(columns={"a": a, "b": b})),
                                file_name=f"paired_{sel.run_id}_{sel.method}_{paired_metric}_{a}_vs_{b}.csv", mime="text/csv",
@@ -217,8 +217,8 @@ def draw_paired_methods():
         "diff_hi": st.column_config.NumberColumn("95 % CI high", format="%.4f"),
         "median_diff": st.column_config.NumberColumn("median A − B", format="%.4f"),
         "statistic": st.column_config.NumberColumn("W", format="%.1f"),
-        "p_value": st.column_config.NumberColumn("p", format="%.4g"),
-        "p_holm": st.column_config.NumberColumn("p (Holm, 3 regions)", format="%.4g")}, key="pm_table")
+        "p_value": st.column_config.TextColumn("p", help="two-sided Wilcoxon p; < 1e-300 where it underflows"),
+        "p_holm": st.column_config.TextColumn("p (Holm, 3 regions)")}, key="pm_table")
     metrics = [m for m in PAIRED_METRICS if m in set(diffs.metric)]
     if st.session_state.get("pm_plot_metric") not in metrics:
         st.session_state["pm_plot_metric"] = metrics[0]
@@ -250,6 +250,8 @@ def draw_distributions():
     temps = views.temperatures(sel)
     if not temps.empty:
         with st.expander("Temperatures (+ts methods), fitted on the calibration split"):
+            st.caption(f"One temperature per model, method and region, fitted by NLL on the calibration split's "
+                       f"{views.temperature_fit_set(sel)}, on the logits of the method it serves.")
             st.dataframe(temps, hide_index=True, column_config={
                 "temperature": st.column_config.NumberColumn(format="%.3f"),
                 "nll_before": st.column_config.NumberColumn("NLL before (nats)", format="%.4f"),

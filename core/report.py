@@ -214,7 +214,7 @@ def build_report(con, run_id: str | None = None, method: str | None = None, mask
     paired = d["paired"]
     if len(paired):
         keep = [c for c in ["metric", "a", "b", "region", "n", "mean_diff", "diff_lo", "diff_hi"] if c in paired.columns]
-        paired = paired[keep + [c for c in paired.columns if c not in keep]]
+        paired = stats.format_p_columns(paired[keep + [c for c in paired.columns if c not in keep]])
     flagged = d["flagged"]
     esc = html.escape
     body = [f"<h1>Study report: run {esc(d['run_id'])}</h1>",

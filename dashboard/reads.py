@@ -53,6 +53,7 @@ def cached_read(fn):
 
 list_runs = cached_read(store.list_runs)
 run_models = cached_read(store.run_models)
+run_config = cached_read(store.run_config)
 run_methods = cached_read(store.run_methods)
 evaluation_status = cached_read(store.evaluation_status)
 failures = cached_read(store.failures)

@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from core.analysis import summaries
+from core.analysis.stats import format_p_columns
 from core.analysis.strata import strata
 from core.analysis.summaries import GAP_TOL, confidence_shares, reliability_arrays  # noqa: F401 - for the pages
 from core.metrics.calibration import N_CAL_BINS  # noqa: F401 - re-exported for the pages
@@ -253,11 +254,12 @@ def paired_view(sel: Selection, metrics: list[str], metric: str, a: str, b: str)
         a, b: the two models.
 
     Returns:
-        (test rows with the :data:`PAIRED_COLUMNS` (all columns when there is no pair), diffs with region,
+        (test rows with the :data:`PAIRED_COLUMNS`, p-values as text (``"< 1e-300"`` where they underflow,
+        :func:`core.analysis.stats.format_p`; all columns when there is no pair), diffs with region,
         patient_id, a, b, diff = a - b).
     """
     test, diffs = tables.paired(sel, metrics, metric, a, b)
-    return (test[PAIRED_COLUMNS] if len(diffs) else test), diffs
+    return (format_p_columns(test[PAIRED_COLUMNS]) if len(diffs) else test), diffs
 
 
 def ran_methods(sel: Selection, model: str) -> list[str]:
@@ -276,7 +278,7 @@ def paired_methods_view(sel: Selection, metrics: list[str], compared: list[str],
         (rows with ``metric`` and the :data:`PAIRED_COLUMNS`, diffs with metric, region, patient_id, a, b, diff).
     """
     test, diffs = tables.paired_methods(sel, metrics, compared, model, a, b)
-    return (test[["metric"] + PAIRED_COLUMNS] if len(diffs) else test), diffs
+    return (format_p_columns(test[["metric"] + PAIRED_COLUMNS]) if len(diffs) else test), diffs
 
 
 def metric_values(sel: Selection, metrics: list[str], metric: str) -> pd.DataFrame:
@@ -290,6 +292,12 @@ def metric_values(sel: Selection, metrics: list[str], metric: str) -> pd.DataFra
     wide = patient_table(sel, metrics, method=sel.method)
     wide = wide[wide.model.isin(sel.models)]
     return wide[["model", "patient_id", "region", metric]].rename(columns={metric: "value"})
+
+
+def temperature_fit_set(sel: Selection) -> str:
+    """Words for the voxels the run's temperatures were fitted on (its config's ``ts_fit_mask``)."""
+    mask = reads.run_config(sel.db, sel.run_id).get("ts_fit_mask", "brain")
+    return "brain voxels (any input channel non-zero)" if mask == "brain" else "ROI voxels (truth or prediction, dilated 3 voxels)"
 
 
 def temperatures(sel: Selection) -> pd.DataFrame:

@@ -293,6 +293,27 @@ def leaderboard(per_patient: pd.DataFrame, cal_bins: pd.DataFrame | dict | None 
     return leaderboard_from_parts(leaderboard_parts(per_patient, cal_bins, None, B, seed), None, level)
 
 
+P_FLOOR = 1e-300
+
+
+def format_p(p) -> str:
+    """A p-value as text: 3 significant digits, ``"< 1e-300"`` below :data:`P_FLOOR` (scipy's normal
+    approximation underflows to exactly 0 for large, one-sided samples: "0" would claim certainty), ``"-"`` for NaN
+    (fewer than 2 non-zero differences)."""
+    if p is None or not np.isfinite(p):
+        return "-"
+    return "< 1e-300" if p < P_FLOOR else f"{p:.3g}"
+
+
+def format_p_columns(df: pd.DataFrame, columns=("p_value", "p_holm")) -> pd.DataFrame:
+    """Copy of ``df`` with its p-value columns as :func:`format_p` text (for tables shown to a person)."""
+    out = df.copy()
+    for c in columns:
+        if c in out:
+            out[c] = [format_p(v) for v in out[c]]
+    return out
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (family-wise error) for an array of p-values; NaN stays NaN."""
     p = np.asarray(pvalues, np.float64)

@@ -22,7 +22,7 @@ from core.inference.forward import choose_chunk, deterministic_logits
 from core.inference.methods import FLIPS, MethodSpec, parse_method
 from core.inference.precision import auto_candidates
 from core.inference.precision_check import choose_precision
-from core.inference.temperature import fit_region_temperatures, gather_roi
+from core.inference.temperature import fit_region_temperatures, gather_fit_voxels
 from core.inference.uncertainty import predict
 from core.inference.resample import plan as grid_plan
 from core.io.cohort import CaseError, discover, labels_to_regions, load_case
@@ -274,7 +274,7 @@ def fit_temperatures(db, run_id, ms, methods, cohort, cal_ids, cal_split, log, e
         truth = labels_to_regions(case.seg, case.label_scheme)
         for meth in todo:
             z = grid.to_patient(method_logits(ms, meth, img, T=T, mc_batch=mc_batch, seed=seed, cache=cache))
-            zr, yr = gather_roi(z, truth, case.brain_mask, mask=fit_mask)
+            zr, yr = gather_fit_voxels(z, truth, case.brain_mask, mask=fit_mask)
             zs[meth].append(zr)
             ys[meth].append(yr)
         used.append(files.patient_id)

@@ -81,12 +81,12 @@ def fit_temperature(z: np.ndarray, y: np.ndarray) -> dict:
 FIT_MASKS = MASKS
 
 
-def gather_roi(logits: np.ndarray, truth: np.ndarray, brain: np.ndarray, radius: int | None = None,
-               mask: str = "roi"):
-    """One patient's fitting voxels per region.
+def gather_fit_voxels(logits: np.ndarray, truth: np.ndarray, brain: np.ndarray, radius: int | None = None,
+                      mask: str = "brain"):
+    """One patient's fitting voxels per region: the brain (default, the study config's ``ts_fit_mask``) or the ROI.
 
     Args:
-        logits: (R, X, Y, Z) deterministic logits.
+        logits: (R, X, Y, Z) logits of the method the temperature is fitted for (no temperature).
         truth: (R, X, Y, Z) bool ground-truth regions.
         brain: (X, Y, Z) bool brain mask (non-zero input voxels).
         radius: ROI dilation in voxels (default :data:`core.metrics.overlap.ROI_RADIUS_VOX`).
@@ -112,7 +112,7 @@ def fit_region_temperatures(zs: list[list[np.ndarray]], ys: list[list[np.ndarray
     """Per region: fit on the concatenation over patients.
 
     Args:
-        zs: ``zs[p][r]``: patient p's logits of region r (:func:`gather_roi`).
+        zs: ``zs[p][r]``: patient p's logits of region r (:func:`gather_fit_voxels`).
         ys: ``ys[p][r]``: the labels, likewise.
 
     Returns:

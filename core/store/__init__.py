@@ -53,6 +53,7 @@ from core.store.reads import (  # noqa: F401
     read_temperatures,
     run_temperatures,
     list_runs,
+    run_config,
     run_models,
     run_methods,
     evaluation_status,

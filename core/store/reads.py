@@ -81,6 +81,12 @@ def list_runs(con) -> pd.DataFrame:
         GROUP BY ALL ORDER BY r.created_at DESC""").df()
 
 
+def run_config(con, run_id: str) -> dict:
+    """The run's study configuration as written at its start (``runs.config`` JSON); ``{}`` for an unknown run."""
+    row = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    return json.loads(row[0]) if row and row[0] else {}
+
+
 def run_models(con, run_id: str) -> pd.DataFrame:
     """The run's models: model, checkpoint (path), card (JSON text); sorted by model."""
     return con.execute("SELECT model, checkpoint, card FROM models WHERE run_id = ? ORDER BY model", [run_id]).df()

@@ -63,3 +63,33 @@ def test_budget_page_cohort_threshold_ueo(data_env):
     tab = next(d.value for d in at.dataframe if "t (U-E)" in d.value.columns)
     assert np.isin(np.round(tab["t (U-E)"].dropna() * 20, 9) % 1, [0]).all()  # multiples of 0.05
     assert (tab["U-E mean, per-patient best t (oracle)"] >= tab["U-E mean at cohort t"] - 1e-12).all()
+
+
+def test_temperature_expander_names_the_fit_voxels(results_db, tmp_path, monkeypatch):
+    """The run's config says which voxels fitted the temperatures; the Distributions tab's expander says the same.
+
+    On a copy of the tiny database whose config is switched to ``roi`` and given one model's temperatures, so the
+    caption must follow the stored config, not a default."""
+    import json
+    import shutil
+    shutil.copy(results_db, tmp_path / "results.duckdb")
+    con = store.connect(tmp_path / "results.duckdb")
+    run = store.list_runs(con).run_id.iloc[0]
+    assert store.run_config(con, run).get("ts_fit_mask") == "brain"  # the default the batch wrote
+    assert store.run_config(con, "no-such-run") == {}
+    cfg = store.run_config(con, run) | {"ts_fit_mask": "roi"}
+    con.execute("UPDATE runs SET config = ? WHERE run_id = ?", [json.dumps(cfg), run])
+    model = con.execute("SELECT min(model) FROM models WHERE run_id = ?", [run]).fetchone()[0]
+    con.execute("DELETE FROM temperatures WHERE run_id = ?", [run])
+    for region in ("WT", "TC", "ET"):
+        con.execute("INSERT INTO temperatures VALUES (?, ?, 'deterministic+ts', ?, 1.5, 100, 10, 0.3, 0.2, '[]')",
+                    [run, model, region])
+    assert store.run_config(con, run)["ts_fit_mask"] == "roi"
+    con.close()
+    monkeypatch.setenv("TUMOURQA_DATA", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120)
+    at.session_state["compare_view"] = "Distributions"
+    _ok(at.run())
+    captions = [c.value for c in at.caption]
+    assert any("ROI voxels" in c for c in captions), captions
+    assert not any("brain voxels" in c for c in captions)

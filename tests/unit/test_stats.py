@@ -273,3 +273,19 @@ def test_paired_table_with_cohort_weights():
     assert (wt.diff_lo, wt.diff_hi) == (pytest.approx(lo, abs=1e-6), pytest.approx(hi, abs=1e-6))
     with pytest.raises(ValueError, match="not in cohort_ids"):
         S.paired_table(wide, "dice", "A", "B", cohort_ids=ids[:10])
+
+
+def test_p_values_that_underflow_show_as_below_1e_300():
+    """Issue 20.10: scipy's normal approximation returns exactly 0 for 5000 all-positive differences; the
+    tables show "< 1e-300", never "0"; NaN (fewer than 2 non-zero differences) shows "-"."""
+    import scipy.stats as sst
+
+    from core.analysis.stats import format_p, format_p_columns
+
+    d = np.arange(1, 5001, dtype=float)
+    assert sst.wilcoxon(d).pvalue == 0.0
+    assert format_p(0.0) == "< 1e-300" and format_p(5e-324) == "< 1e-300" and format_p(1e-300) == "1e-300"
+    assert format_p(0.012345) == "0.0123" and format_p(1.0) == "1" and format_p(float("nan")) == "-"
+    df = pd.DataFrame({"region": ["WT", "TC"], "p_value": [0.0, np.nan], "p_holm": [0.0, np.nan]})
+    assert format_p_columns(df).p_value.tolist() == ["< 1e-300", "-"]
+    assert df.p_value.iloc[0] == 0.0  # a copy: the stored numbers stay numbers
