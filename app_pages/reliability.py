@@ -36,8 +36,10 @@ with c1:
     st.plotly_chart(plots.histogram(wide, "ece", sel.colours, f"ECE per patient ({sel.mask})"), key="ece_hist")
 with c2:
     tab = views.confidence_shares(wide)
-    st.markdown("**Share of patients by the sign of the calibration gap** (mean p - mean y; tolerance "
-                f"{views.GAP_TOL}): over-confident = more tumour probability than observed")
+    st.markdown("**Share of patients over- / under-confident**: per confidence bin, confidence vs accuracy of the "
+                "predicted label (paper 002, Fig. 1); over-confidence = sum_k n_k/N max(0, conf_k - acc_k), "
+                "under-confidence the other sign, their sum the ECE. Within tolerance: both <= "
+                f"{views.GAP_TOL}; else the larger names the patient.")
     st.dataframe(tab, key="gap_share")
 st.subheader("Worst-calibrated patients")
 st.dataframe(views.worst_calibrated(wide), hide_index=True,
@@ -49,6 +51,10 @@ with st.expander("Definitions"):
         "- **ECE** = sum_k n_k/N |acc_k - conf_k| over 20 equal-width bins of the region probability p "
         "(bin k holds k/20 <= p < (k+1)/20; p = 1 in the last bin).\n"
         "- **ACE** = mean of |acc_k - conf_k| over the non-empty bins; **MCE** = their maximum.\n"
+        "- **Over- / under-confidence**: in each bin, confidence and accuracy of the predicted label (p >= 0.5: "
+        "tumour, confidence p; below: background, confidence 1 - p); over = sum_k n_k/N max(0, confidence_k - "
+        "accuracy_k), under = sum_k n_k/N max(0, accuracy_k - confidence_k); over + under = ECE.\n"
+        "- **cal_gap** = mean p - mean y: over- (> 0) or under- (< 0) *segmentation* in probability, not confidence.\n"
         "- **Brier** = mean (p - y)^2; **NLL** = mean -ln(probability of the true label).\n"
         "- **Dataset** curves sum the patients' bins (pooled voxels); the band is the 10-90 % range of the "
         "patients' own accuracy per bin.\n"

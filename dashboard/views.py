@@ -335,7 +335,7 @@ def reliability_curves(sel: Selection, region: str) -> tuple[dict, dict, dict]:
     return curves, bands, hists
 
 
-CALIBRATION_METRICS = ["ece", "ace", "mce", "cal_gap", "brier", "nll", "dice"]
+CALIBRATION_METRICS = ["ece", "ace", "mce", "overconfidence", "underconfidence", "cal_gap", "brier", "nll", "dice"]
 
 
 def calibration_patients(sel: Selection, region: str) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from core.metrics.uncertainty import N_UNC_BINS, auroc_from_bins, budget_auc, bu
 
 
 
-GAP_TOL = 0.005  # |mean p - mean y| below this: calibrated within tolerance
+GAP_TOL = 0.005  # over- and under-confidence (fractions of the voxels' confidence) both below this: within tolerance
 
 
 def reliability(bins: pd.DataFrame, n_bins: int = N_CAL_BINS):
@@ -51,10 +51,27 @@ def _reliability(acc: np.ndarray, conf: np.ndarray, n: np.ndarray, n_bins: int):
     return curve, band, reliability_histogram(acc, n_bins)
 
 
+CONFIDENCE_KINDS = ["over-confident", "under-confident", "within tolerance", "no voxels"]
+
+
+def confidence_kind(over, under, tol: float = GAP_TOL) -> np.ndarray:
+    """Each patient's kind from its ``overconfidence`` and ``underconfidence`` (:func:`core.metrics.
+    binned_calibration`: confidence vs accuracy per bin, in the predicted label's space, paper 002 Fig. 1):
+    "within tolerance" when both are <= tol, else "over-confident" when over > under, else "under-confident";
+    "no voxels" where either is NaN (an empty voxel set, or a database written before these metrics)."""
+    over, under = np.asarray(over, np.float64), np.asarray(under, np.float64)
+    missing = ~(np.isfinite(over) & np.isfinite(under))
+    within = (over <= tol) & (under <= tol)
+    return np.select([missing, within, over > under], ["no voxels", "within tolerance", "over-confident"],
+                     "under-confident")
+
+
 def confidence_shares(wide: pd.DataFrame, tol: float = GAP_TOL) -> pd.DataFrame:
-    """Share of patients per model that are over-confident (cal_gap > tol), under-confident (< -tol) or within."""
-    kind = np.select([wide.cal_gap > tol, wide.cal_gap < -tol], ["over-confident", "under-confident"], "within tolerance")
+    """Share of patients per model (rows) in each :func:`confidence_kind` (columns, in ``CONFIDENCE_KINDS`` order,
+    the kinds no patient has left out); ``wide`` has model, overconfidence, underconfidence per patient."""
+    kind = confidence_kind(wide.overconfidence, wide.underconfidence, tol)
     tab = wide.assign(kind=kind).groupby(["model", "kind"]).size().unstack(fill_value=0)
+    tab = tab[[k for k in CONFIDENCE_KINDS if k in tab.columns]]
     return tab.div(tab.sum(axis=1), axis=0).round(3)
 
 

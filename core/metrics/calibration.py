@@ -14,6 +14,8 @@ from core.metrics.binning import dense_bins
 
 
 N_CAL_BINS = 20
+# the per-patient calibration metrics of one voxel set stored from the bins (:func:`binned_calibration`)
+CAL_METRICS = ("ece", "ace", "mce", "cal_gap", "overconfidence", "underconfidence")
 
 
 NLL_EPS = float(np.finfo(np.float64).eps)  # p clipped to [eps, 1 - eps] for NLL only (as scikit-learn log_loss)
@@ -74,7 +76,12 @@ def binned_calibration(n, sum_prob, sum_true) -> dict[str, np.ndarray]:
         dict of (...) float64 arrays: ``ece`` = sum_k n_k/N |acc_k - conf_k| (:func:`ece_from_gap_sums`);
         ``ace`` = mean over non-empty bins of |acc_k - conf_k|; ``mce`` = their maximum; ``cal_gap`` =
         sum_k n_k/N (conf_k - acc_k) = mean p - mean y (> 0: probabilities too high for the observed
-        frequency). NaN where the voxel set is empty (N = 0).
+        frequency; this is over-*segmentation*, not over-confidence); ``overconfidence`` /
+        ``underconfidence`` = sum_k n_k/N max(0, +-(confidence_k - accuracy_k)) in the space of the predicted
+        label (paper 002, Fig. 1): a bin with p >= 0.5 predicts tumour, its confidence is conf_k and its accuracy
+        acc_k; a bin below 0.5 predicts background, its confidence is 1 - conf_k and its accuracy 1 - acc_k. So
+        ``overconfidence + underconfidence == ece``, and 0.1 / 0.9 predicted where the true rates are 0.3 / 0.7 is
+        over-confident by 0.2 with ``cal_gap`` 0. NaN where the voxel set is empty (N = 0).
     """
     n = np.asarray(n, np.float64)
     sum_prob, sum_true = np.asarray(sum_prob, np.float64), np.asarray(sum_true, np.float64)
@@ -84,18 +91,25 @@ def binned_calibration(n, sum_prob, sum_true) -> dict[str, np.ndarray]:
     gap = np.where(ne, np.abs(sum_true / safe - sum_prob / safe), 0.0)  # |acc_k - conf_k| per non-empty bin
     k = ne.sum(axis=-1)
     empty = N == 0
+    K = n.shape[-1]
+    # +1 where the bin predicts tumour (its centre >= 0.5), -1 where it predicts background
+    side = np.where((np.arange(K) + 0.5) / K >= 0.5, 1.0, -1.0)
+    signed = side * (sum_prob - sum_true)  # n_k (confidence_k - accuracy_k)
+    safe_n = np.where(empty, 1.0, N)
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
             "ece": ece_from_gap_sums(sum_prob - sum_true, N),
             "ace": np.where(empty, np.nan, gap.sum(axis=-1) / np.maximum(k, 1)),
             "mce": np.where(empty, np.nan, np.where(ne, gap, -np.inf).max(axis=-1, initial=-np.inf)),
-            "cal_gap": np.where(empty, np.nan, (sum_prob.sum(axis=-1) - sum_true.sum(axis=-1)) / np.where(empty, 1.0, N)),
+            "cal_gap": np.where(empty, np.nan, (sum_prob.sum(axis=-1) - sum_true.sum(axis=-1)) / safe_n),
+            "overconfidence": np.where(empty, np.nan, np.maximum(signed, 0.0).sum(axis=-1) / safe_n),
+            "underconfidence": np.where(empty, np.nan, np.maximum(-signed, 0.0).sum(axis=-1) / safe_n),
         }
 
 
 def calibration_from_bins(n, sum_prob, sum_true) -> dict:
     """:func:`binned_calibration` of one set of bins (1-D arrays of length K) as Python floats: ece, ace, mce,
-    cal_gap (NaN for an empty voxel set)."""
+    cal_gap, overconfidence, underconfidence (NaN for an empty voxel set)."""
     return {k: float(v) for k, v in binned_calibration(n, sum_prob, sum_true).items()}
 
 

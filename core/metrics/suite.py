@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.metrics.calibration import NLL_EPS, N_CAL_BINS, _calibration_bins_idx, _negative_sums, brier, calibration_bin_index, calibration_from_bins, nll
+from core.metrics.calibration import CAL_METRICS, NLL_EPS, N_CAL_BINS, _calibration_bins_idx, _negative_sums, brier, calibration_bin_index, calibration_from_bins, nll
 from core.metrics.distribution import soft_label_metrics, volume_distribution
 from core.metrics.lesions import lesion_metrics
 from core.metrics.overlap import NSD_TOLERANCE_MM, nest_regions, nsd_from_edges, ROI_RADIUS_VOX, _edges, _hd_from_edges, _positions_in_brain, _roi_box, bbox_slices, dice
@@ -53,7 +53,7 @@ def _mask_rows(name: str, mname: str, stats: dict, rows: list, cal_rows: list, u
         return
     n, sum_prob, sum_true = stats["cal"]
     cal = calibration_from_bins(n, sum_prob, sum_true)
-    for k in ("ece", "ace", "mce", "cal_gap"):
+    for k in CAL_METRICS:
         rows.append((name, mname, k, cal[k]))
     rows.append((name, mname, "brier", stats["brier"]))
     rows.append((name, mname, "nll", stats["nll"]))

@@ -90,6 +90,7 @@ SUMMARY_METRICS = ["dice", "ece", "auroc_entropy", "mean_entropy"]
 
 
 WIDE_METRICS = ["dice", "hd95", "volume_gt_ml", "volume_pred_ml", "volume_error_ml", "ece", "ace", "mce", "cal_gap",
+                "overconfidence", "underconfidence",
                 "brier", "nll", "auroc_entropy", "auroc_mi", "auroc_fp_tp", "auroc_fn_tn", "mean_entropy", "mean_mi",
                 "mean_epkl", "uncertain_fraction", "ueo_best", "budget_capture_auc", "budget_ueo_auc", "capture_at_5pct",
                 "nsd", *LESION_METRICS]

@@ -1,5 +1,7 @@
 """AppTest: every page and widget path, on the tiny results database and with no database at all."""
 import math
+
+import numpy as np
 import pytest
 from pathlib import Path
 
@@ -207,6 +209,12 @@ def test_reliability_page(data_env):
     _ok(at)
     worst = at.dataframe[-1].value
     assert len(worst) > 0 and (worst.ece.diff().dropna() <= 1e-12).all()  # sorted, worst first
+    # over + under confidence is the ECE (stored per patient), and the shares table counts kinds from them
+    ok = worst.dropna(subset=["ece"])
+    assert np.allclose(ok.overconfidence + ok.underconfidence, ok.ece, atol=1e-9)
+    shares = next(d.value for d in at.dataframe if "within tolerance" in d.value.columns
+                  or "over-confident" in d.value.columns)
+    assert np.allclose(shares.sum(axis=1), 1.0, atol=2e-3)
 
 
 def test_strata_page(data_env):

@@ -320,7 +320,7 @@ def _direct_suite(prob, ent, mi, truth, brain, epkl=None, threshold=0.5):
             out[(name, mname, "uncertain_fraction")] = validation._mean(e >= M.UNCERTAIN_T)
             n, sp, st = M.calibration_bins(p, t)
             c = M.calibration_from_bins(n, sp, st)
-            for k in ("ece", "ace", "mce", "cal_gap"):
+            for k in ("ece", "ace", "mce", "cal_gap", "overconfidence", "underconfidence"):
                 out[(name, mname, k)] = c[k]
             out[(name, mname, "brier")] = M.brier(p, t)
             out[(name, mname, "nll")] = M.nll(p, t)
@@ -647,3 +647,37 @@ def test_bnf_empty_truth_edge_cases():
     ref = np.where(tp + fp > 0, (fpu * tp > tpu * (tp + fp + fn)).astype(float), np.nan)
     nonempty = (tp + fn) > 0  # with truth present the paper's inequality holds exactly
     assert np.array_equal(got[nonempty], ref[nonempty], equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_over_and_under_confidence_brute_force(seed):
+    """Over- / under-confidence from the bins equal a per-voxel computation in the predicted label's space:
+    confidence max(p, 1 - p), correct = (p >= 0.5) == y, per equal-width bin of p; they sum to the ECE.
+    Includes p = 0, 0.5 and 1 exactly."""
+    from core.metrics.calibration import N_CAL_BINS, binned_calibration, calibration_bins
+    rng = np.random.default_rng(seed)
+    p = np.r_[rng.beta(0.4, 0.4, 5000), [0.0, 1.0, 0.5, 0.5]]
+    y = (rng.random(p.size) < np.clip(p + rng.normal(0, 0.2, p.size), 0, 1)).astype(np.float64)
+    c = binned_calibration(*calibration_bins(p, y))
+    k = np.minimum((p * N_CAL_BINS).astype(int), N_CAL_BINS - 1)
+    conf = np.maximum(p, 1 - p)
+    correct = ((p >= 0.5) == (y > 0.5)).astype(np.float64)
+    over = under = 0.0
+    for b in np.unique(k):
+        m = k == b
+        d = conf[m].mean() - correct[m].mean()
+        over += m.sum() / p.size * max(d, 0.0)
+        under += m.sum() / p.size * max(-d, 0.0)
+    assert c["overconfidence"] == pytest.approx(over, abs=1e-12)
+    assert c["underconfidence"] == pytest.approx(under, abs=1e-12)
+    assert c["overconfidence"] + c["underconfidence"] == pytest.approx(c["ece"], abs=1e-12)
+
+
+def test_over_and_under_confidence_edge_cases():
+    from core.metrics.calibration import binned_calibration, calibration_bins
+    empty = binned_calibration(*calibration_bins(np.zeros(0), np.zeros(0)))
+    assert np.isnan(empty["overconfidence"]) and np.isnan(empty["underconfidence"])
+    right = binned_calibration(*calibration_bins(np.r_[0.0, 1.0, 1.0], np.r_[0.0, 1.0, 1.0]))  # saturated, all correct
+    assert right["overconfidence"] == 0.0 and right["underconfidence"] == 0.0
+    wrong = binned_calibration(*calibration_bins(np.r_[0.0, 1.0], np.r_[1.0, 0.0]))  # saturated, all wrong
+    assert wrong["overconfidence"] == 1.0 and wrong["underconfidence"] == 0.0

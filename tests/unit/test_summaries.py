@@ -32,10 +32,33 @@ def test_reliability_curve_is_pooled_curve():
 
 
 def test_confidence_shares():
-    wide = pd.DataFrame({"model": ["A"] * 4 + ["B"] * 2, "cal_gap": [0.1, -0.1, 0.001, 0.2, 0.0, -0.3]})
+    wide = pd.DataFrame({"model": ["A"] * 4 + ["B"] * 3,
+                         "overconfidence": [0.1, 0.0, 0.001, 0.2, 0.0, 0.01, np.nan],
+                         "underconfidence": [0.0, 0.1, 0.004, 0.3, 0.0, 0.002, np.nan]})
     t = summaries.confidence_shares(wide)
-    assert t.loc["A", "over-confident"] == 0.5 and t.loc["A", "under-confident"] == 0.25
-    assert t.loc["B", "within tolerance"] == 0.5
+    assert t.loc["A", "over-confident"] == 0.25 and t.loc["A", "under-confident"] == 0.5
+    assert t.loc["A", "within tolerance"] == 0.25
+    assert t.loc["B", "within tolerance"] == pytest.approx(0.333) and t.loc["B", "over-confident"] == pytest.approx(0.333)
+    assert t.loc["B", "no voxels"] == pytest.approx(0.333)
+    assert list(t.columns) == [k for k in summaries.CONFIDENCE_KINDS if k in t.columns]
+
+
+def test_confidence_kind_of_the_audit_example():
+    """Issue 20 item 3: p = 0.1 where the true rate is 0.3 and p = 0.9 where it is 0.7 (ECE 0.2) is over-confident,
+    though mean p - mean y is 0; the mirror (0.3 / 0.7 where the rates are 0.1 / 0.9) is under-confident."""
+    from core.metrics.calibration import binned_calibration, calibration_bins
+    y = np.r_[np.ones(30), np.zeros(70), np.ones(70), np.zeros(30)]
+    over = binned_calibration(*calibration_bins(np.r_[np.full(100, 0.1), np.full(100, 0.9)], y))
+    assert over["cal_gap"] == pytest.approx(0.0, abs=1e-12) and over["ece"] == pytest.approx(0.2)
+    assert over["overconfidence"] == pytest.approx(0.2) and over["underconfidence"] == pytest.approx(0.0, abs=1e-12)
+    y2 = np.r_[np.ones(10), np.zeros(90), np.ones(90), np.zeros(10)]
+    under = binned_calibration(*calibration_bins(np.r_[np.full(100, 0.3), np.full(100, 0.7)], y2))
+    assert under["underconfidence"] == pytest.approx(0.2) and under["overconfidence"] == pytest.approx(0.0, abs=1e-12)
+    kinds = summaries.confidence_kind([over["overconfidence"], under["overconfidence"]],
+                                      [over["underconfidence"], under["underconfidence"]])
+    assert list(kinds) == ["over-confident", "under-confident"]
+    # the former rule (sign of cal_gap) called the first "within tolerance"
+    assert abs(over["cal_gap"]) < summaries.GAP_TOL
 
 
 def test_strata_equal_sizes_and_order():
