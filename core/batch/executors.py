@@ -12,8 +12,9 @@
    prediction over all patients, cleans stale maps, and deletes the shard files (unless ``keep_shards``).
 
 The merged database has the rows a single-process run writes (timings and timestamps aside): the same
-run id, the same plan in every shard, MC-dropout masks seeded per patient and drawn in the plan's chunk
-layout, so no result depends on which shard or process a patient went to.
+run id, the same plan in every shard, MC-dropout masks seeded per (run seed, model, patient) and keyed by sample,
+layer and position, not by the chunk layout (:mod:`core.inference.mc_masks`), so no result depends on which shard
+or process a patient went to.
 
 Local workers are separate interpreters (``python -m core.batch.executors <job>.json``; see :func:`_run_local`).
 Devices: local worker i gets the GPU ``cuda:i mod k`` when there are k GPUs, else the CPU with

@@ -35,6 +35,7 @@ from core.batch.prefetch import OrderedWorker, Prefetcher
 from core.batch.config import RunConfig
 from core.batch.shards import shard_cases
 from core.inference.forward import default_device
+from core.inference.mc_masks import patient_seed
 from core.inference.methods import parse_method
 from core.inference.modelset import load_model_set
 from core.inference.resample import plan as grid_plan, prediction_to_patient
@@ -329,7 +330,8 @@ def _infer_patient(ctx: _Context, pid: str, lp: _Loaded, pending) -> list[dict]:
                     ctx.log.info("%s %s: patient grid %s (RAS %s mm) -> model grid %s (%s mm) and back", pid, lm.name,
                                  grid.patient_shape, grid.ras_spacing, grid.model_shape, grid.model_spacing)
                 cache[("x", id(image))] = x.to(ctx.device, non_blocking=True)
-            pred = predict(lm, image, meth, T=ctx.T, mc_batch=ctx.chunks.get(lm.name, 1), seed=ctx.seed, cache=cache)
+            pred = predict(lm, image, meth, T=ctx.T, mc_batch=ctx.chunks.get(lm.name, 1),
+                           seed=patient_seed(ctx.seed, lm.name, pid), cache=cache)
             evals.append({"model": lm.name, "method": meth, "pred": pred, "grid": grid,
                           "seconds": time.perf_counter() - t0})
         except Exception as e:  # noqa: BLE001 - recorded as this evaluation's failure

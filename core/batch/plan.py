@@ -19,6 +19,7 @@ import torch
 from core import store
 from core.batch.prefetch import Prefetcher
 from core.inference.forward import choose_chunk, deterministic_logits
+from core.inference.mc_masks import patient_seed
 from core.inference.methods import FLIPS, MethodSpec, parse_method
 from core.inference.precision import auto_candidates
 from core.inference.precision_check import choose_precision
@@ -273,7 +274,8 @@ def fit_temperatures(db, run_id, ms, methods, cohort, cal_ids, cal_split, log, e
         img, cache = grid.to_model(case.image), {}
         truth = labels_to_regions(case.seg, case.label_scheme)
         for meth in todo:
-            z = grid.to_patient(method_logits(ms, meth, img, T=T, mc_batch=mc_batch, seed=seed, cache=cache))
+            z = grid.to_patient(method_logits(ms, meth, img, T=T, mc_batch=mc_batch,
+                                             seed=patient_seed(seed, ms.name, files.patient_id), cache=cache))
             zr, yr = gather_fit_voxels(z, truth, case.brain_mask, mask=fit_mask)
             zs[meth].append(zr)
             ys[meth].append(yr)

@@ -10,7 +10,7 @@ from monai.inferers import sliding_window_inference
 
 from core.inference.modelset import as_model_set
 from core.inference.precision import autocast
-from core.io.architectures import dropout_modules, preprocess
+from core.io.architectures import dropout_modules, network_stride, preprocess
 from core.io.checkpoints import LoadedModel
 
 
@@ -53,46 +53,105 @@ def default_device() -> torch.device:
 _CHUNK_CACHE: dict = {}
 
 
+def aligned_grid(size, roi, overlap: float, stride: int) -> tuple[list[int], list[float]]:
+    """A sliding-window grid whose window starts are multiples of the network's stride.
+
+    On every axis longer than the window, the scan step is the largest multiple of ``stride`` that is at most
+    roi * (1 - overlap) (at least ``stride``), and the volume is padded at its end (with zeros, the normalised
+    background) so that the last window starts on that step too. Every window then sees the same feature grid at
+    every depth of the network: overlapping windows compute the same features at the same place, and a fixed
+    MC-dropout mask (:mod:`core.inference.mc_masks`) means the same units in both. Axes no longer than the
+    window keep MONAI's single centred window.
+
+    Args:
+        size: the volume's spatial shape (voxels).
+        roi: the window's spatial shape.
+        overlap: the requested overlap fraction.
+        stride: :func:`core.io.architectures.network_stride`.
+
+    Returns:
+        (pad at the end per axis, overlap per axis for MONAI ``sliding_window_inference``, which gives the step
+        int(roi * (1 - overlap))).
+    """
+    pad, overlaps = [], []
+    for n, r in zip(size, roi):
+        if n <= r or stride <= 1:
+            pad.append(0)
+            overlaps.append(float(overlap))
+            continue
+        step = int(r * (1 - overlap)) // stride * stride
+        step = min(max(step, stride), r)
+        steps = -(-(n - r) // step)
+        pad.append(r + steps * step - n)
+        overlaps.append(1.0 - (step + 0.5) / r)  # MONAI's int(r * (1 - o)) is then exactly step
+    return pad, overlaps
+
+
 def _forward(lm: LoadedModel, x: torch.Tensor, views: list[tuple], overlap: float,
-             precision: str = "fp32") -> torch.Tensor:
+             precision: str = "fp32", masks=None, seeds: list[int] | None = None) -> torch.Tensor:
     """Logits (n, R, X, Y, Z) of one network on the flipped views of a (1, C, X, Y, Z) input, flipped back.
 
     ``precision``: the network runs under autocast to bf16 / fp16 (:mod:`core.inference.precision`); MONAI's blending
-    buffers keep the input's dtype (fp32), so the returned logits are fp32 whatever the precision."""
+    buffers keep the input's dtype (fp32), so the returned logits are fp32 whatever the precision.
+    ``masks`` (a :class:`core.inference.mc_masks.FixedMasks` entered on this network) and ``seeds`` (one sample seed
+    per view): MC-dropout samples, each one network over all its windows (MONAI passes each window's batch row
+    and position to the predictor, ``with_coord=True``)."""
     xb = torch.cat([torch.flip(x, v) if v else x for v in views]) if len(views) > 1 or views[0] else x
+    roi = tuple(lm.card["roi_size"])
+    size = tuple(xb.shape[2:])
+    pad, overlaps = aligned_grid(size, roi, overlap, network_stride(lm.card))
+    if any(pad):
+        xb = torch.nn.functional.pad(xb, [v for p in reversed(pad) for v in (0, p)])
+    if masks is None:
+        predictor, coord = lm.model, False
+    else:
+        def predictor(win, coords):
+            masks.rows = [(seeds[c[0].start], tuple(int(s.start) for s in c[2:]), roi) for c in coords]
+            return lm.model(win)
+        coord = True
     with autocast(x.device, precision):
-        out = sliding_window_inference(xb, tuple(lm.card["roi_size"]), sw_batch_size=len(views),
-                                       predictor=lm.model, overlap=overlap, mode="gaussian")
+        out = sliding_window_inference(xb, roi, sw_batch_size=len(views), predictor=predictor, overlap=overlaps,
+                                       mode="gaussian", with_coord=coord)
+    if any(pad):
+        out = out[(slice(None), slice(None)) + tuple(slice(0, n) for n in size)]
     if any(views):
         out = torch.stack([torch.flip(o, [d - 1 for d in v]) if v else o for o, v in zip(out, views)])
     return out
 
 
 def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, overlap: float, stochastic: bool,
-               precision: str = "fp32"):
-    """Yield (view, logits (R, X, Y, Z)) for every view, in chunks (auto-sized, halved on out-of-memory)."""
+               precision: str = "fp32", masks=None, seeds: list[int] | None = None):
+    """Yield (view, logits (R, X, Y, Z)) for every view, in chunks (auto-sized, halved on out-of-memory).
+
+    ``masks`` / ``seeds`` (one per view): fixed-mask MC-dropout samples (:func:`_forward`); view i is sample i
+    whatever the chunk layout."""
     key = (id(lm.model), tuple(x.shape), str(x.device), precision)
     todo = list(views)
+    ids = list(range(len(views)))
+
+    def fwd(lo, hi):
+        sd = None if masks is None else [seeds[i] for i in ids[lo:hi]]
+        return _forward(lm, x, todo[lo:hi], overlap, precision, masks, sd)
     if mc_batch == "auto":
         chunk = _CHUNK_CACHE.get(key)
         if chunk is None and len(todo) > 1:
             # time a 1-pass chunk against a k-pass chunk; both are real passes of this prediction
             k = min(len(todo) - 1, 8)
             t = time.perf_counter()
-            out = _forward(lm, x, todo[:1], overlap, precision)
+            out = fwd(0, 1)
             t1 = time.perf_counter() - t
             yield todo[0], out[0]
             t = time.perf_counter()
             try:
-                out = _forward(lm, x, todo[1:1 + k], overlap, precision)
+                out = fwd(1, 1 + k)
                 tk = (time.perf_counter() - t) / k
                 chunk = k if tk < t1 else 1
                 for v, o in zip(todo[1:1 + k], out):
                     yield v, o
-                todo = todo[1 + k:]
+                todo, ids = todo[1 + k:], ids[1 + k:]
             except torch.OutOfMemoryError:
                 chunk = 1
-                todo = todo[1:]
+                todo, ids = todo[1:], ids[1:]
             _CHUNK_CACHE[key] = chunk
         chunk = chunk or 1
     else:
@@ -100,7 +159,7 @@ def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, o
     while todo:
         n = min(chunk, len(todo))
         try:
-            out = _forward(lm, x, todo[:n], overlap, precision)
+            out = fwd(0, n)
         except torch.OutOfMemoryError:
             if n == 1:
                 raise
@@ -109,7 +168,7 @@ def _run_views(lm: LoadedModel, x: torch.Tensor, views: list[tuple], mc_batch, o
             continue
         for v, o in zip(todo[:n], out):
             yield v, o
-        todo = todo[n:]
+        todo, ids = todo[n:], ids[n:]
     _run_views.last_chunk = chunk if views else 1
 
 

@@ -5,7 +5,9 @@ A method name is a base, optionally followed by modifiers, e.g. ``checkpoint_ens
 Bases (names shared by the batch, the database and the app):
 
 * ``deterministic``: one pass of the primary network, eval mode.
-* ``mc_dropout``: T passes with only the dropout layers in train mode (norm layers stay in eval mode).
+* ``mc_dropout``: T passes with dropout active and norm layers in eval mode; each pass is one network: its
+  dropout masks are fixed for every sliding window and keyed by (seed, sample, layer, position), so they do not
+  depend on the chunk layout (:mod:`core.inference.mc_masks`).
 * ``tta``: test-time augmentation: the 8 combinations of flips along the three spatial axes; each output is
   flipped back before averaging (same as ``deterministic+tta``).
 * ``ensemble``: deep ensemble, the primary plus its independently trained members (:mod:`core.inference.modelset`).
@@ -47,7 +49,8 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from core.inference.forward import LN2, _forward, _run_views, binary_entropy, set_mc_dropout
+from core.inference.forward import LN2, _forward, _run_views, binary_entropy
+from core.inference.mc_masks import FixedMasks, sample_seed
 from core.inference.methods import FLIPS, MethodSpec, parse_method
 from core.inference.modelset import ModelSet, as_model_set
 from core.inference.precision import autocast
@@ -196,7 +199,9 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
         mc_batch: passes per forward call, or ``"auto"`` (timed on the first call, halved on out-of-memory).
         overlap: sliding-window overlap.
         device: where to run (default: the model's device).
-        seed: torch seed set before the MC-dropout passes (None: not set).
+        seed: seed of the MC-dropout masks (sample t uses :func:`core.inference.mc_masks.sample_seed` (seed, t));
+            the batch passes one per (run seed, model, patient) (:func:`core.inference.mc_masks.patient_seed`).
+            None: a random one.
         cache: a dict kept for one patient to share deterministic passes between methods.
         return_logit: also return the logit of the mean probability before any temperature
             (:attr:`Prediction.logit`, what a +ts temperature is fitted on).
@@ -230,16 +235,15 @@ def predict(model, image: np.ndarray, method: str = "mc_dropout", T: int = 10, m
         if spec.base == "auxiliary":
             return _predict_auxiliary(ms, x, overlap, cache, t0)
         if spec.base == "mc_dropout":
-            if seed is not None:
-                torch.manual_seed(seed)
+            if seed is None:
+                seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
+            torch.manual_seed(seed)  # only dropout types without fixed masks (mc_masks) draw from torch
             views = [FLIPS[t % len(FLIPS)] if spec.tta else () for t in range(T)]
-            set_mc_dropout(ms.model)
-            try:
+            seeds = [sample_seed(seed, t) for t in range(T)]
+            with FixedMasks(ms.model) as masks:
                 for _, z in _run_views(ms.primary, x, views, mc_batch, overlap, stochastic=True,
-                                       precision=ms.precision):
+                                       precision=ms.precision, masks=masks, seeds=seeds):
                     acc.add(z)
-            finally:
-                ms.model.eval()
             chunk = getattr(_run_views, "last_chunk", 1)
         else:
             views = list(FLIPS) if spec.tta else [()]

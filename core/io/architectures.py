@@ -86,6 +86,20 @@ def build_model(card: dict) -> torch.nn.Module:
     return ARCHITECTURES[card["arch"]](**args)
 
 
+def network_stride(card: dict) -> int:
+    """The network's total down-sampling factor per axis (its coarsest feature grid, in input voxels): UNet the
+    product of its strides, SegResNet 2 ** (len(blocks_down) - 1); 1 for anything else."""
+    args = card.get("arch_args", {})
+    if card.get("arch") == "unet_res":
+        out = 1
+        for s in args.get("strides", ()):
+            out *= int(s) if not isinstance(s, (list, tuple)) else max(int(v) for v in s)
+        return out
+    if card.get("arch") == "segresnet":
+        return 2 ** (len(args.get("blocks_down", (1, 2, 2, 4))) - 1)
+    return 1
+
+
 class _OneDNNConv3d(torch.nn.Conv3d):
     """``nn.Conv3d`` that calls oneDNN (``aten::mkldnn_convolution``) directly for CPU float32 inference.
 
