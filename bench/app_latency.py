@@ -56,7 +56,7 @@ METRIC_MASKS = (
                       "soft_ace", "soft_brier", "soft_ece", "soft_mce", "soft_nll", "ueo_best", "ueo_best_threshold",
                       "ueo_t50", "uncertain_fraction") for k in ("brain", "roi")]
     + [(m, k) for m in ("mean_entropy", "mean_epkl", "mean_mi") for k in ("brain", "roi", "pred", "boundary")]
-    + [(m, "brain") for m in ("dice", "hd95", "interrater_dice", "rater_dice_mean", "vol_crps_ml", "vol_in_90",
+    + [(m, "brain") for m in ("dice", "hd95", "interrater_dice", "rater_dice_mean", "vol_crps_ml", "vol_fcrps_ml", "vol_in_pi",
                               "vol_q05_ml", "vol_q95_ml", "vol_sample_mean_ml", "vol_sample_sd_ml", "volume_error_ml",
                               "volume_gt_ml", "volume_pred_ml")]
     + [("mean_confidence", "pred")]

@@ -7,7 +7,8 @@ summed bins ``W @ bins``: exactly what summing the chosen patients' bins in SQL 
 (:func:`mean_ci`, :func:`dataset_ece_ci`, the paired test) use the multinomial bootstrap (row sums P); the
 leaderboard uses the Poisson bootstrap (independent Poisson(1) counts per patient, seeded by patient id), whose
 replicate sums add up over patient groups, so a subgroup's intervals need no new pass over its patients.
-Intervals are percentile intervals (2.5 % and 97.5 % of the B replicates by default), seeded, so a page
+Intervals of means are percentile intervals (2.5 % and 97.5 % of the B replicates by default); the dataset ECE's
+is bias-corrected and reaches 0 where the ECE is within noise of 0 (:func:`ece_interval`); all seeded, so a page
 shows the same numbers on every rerun.
 
 Pure numpy / scipy; imports nothing of the project except :mod:`core.metrics` for the definitions.
@@ -110,9 +111,57 @@ def poisson_mean_ci(values, positions, weights: np.ndarray, level: float = DEFAU
     return {"estimate": float(v[finite].mean()), "lo": lo, "hi": hi, **out}
 
 
+def ece_interval(D: np.ndarray, N: np.ndarray, rep_D: np.ndarray, rep_N: np.ndarray,
+                 level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap interval of the dataset ECE that covers, vectorised over C rows.
+
+    The plain percentile interval of the replicates' ECE is biased upward: ECE = sum_k |g_k| (g_k the pooled
+    gap of bin k, sum_p (sum_prob - sum_true)_pk / N) and every replicate adds noise inside the absolute values, so
+    when the patients' gaps cancel the whole interval lies above the estimate (audit: 40 patients, pooled ECE
+    0.0008, interval [0.0041, 0.0084]; coverage 0 of a true ECE of 0 in simulation). Here, with the replicates'
+    ECE* and b = mean(ECE*) - ECE (the bootstrap bias):
+
+    * hi = max(q_{1-a/2}(ECE*) - b, ECE);
+    * lo = max(0, min(q_{a/2}(ECE*) - b, ECE - q_{1-a/2}(Delta*))), Delta*_b = sum_k |g*_bk - g_k| >= |ECE*_b - ECE|
+      (triangle inequality): the lower end reaches 0 whenever ECE is within the replicates' noise of 0.
+
+    Simulated coverage of the population ECE at 95 % (40 patients, 20 bins, 400 cohorts; population ECE 0, 0.003,
+    0.005, 0.0072, 0.02, 0.05): 0.98 to 1.00, where the percentile interval gave 0.00, 0.76, 0.95, 0.76, 0.96,
+    0.96 (``tests/unit/test_ece_interval.py``). The interval always contains the estimate.
+
+    Args:
+        D: (C, K) sum over patients of sum_prob - sum_true per bin; N: (C,) voxels.
+        rep_D: (B, C, K) the same per bootstrap replicate (weighted by the draws); rep_N: (B, C).
+        level: the interval's level.
+
+    Returns:
+        (lo, hi), each (C,); NaN where N = 0 or no replicate drew a voxel.
+    """
+    D, N = np.asarray(D, np.float64), np.asarray(N, np.float64)
+    rep_D, rep_N = np.asarray(rep_D, np.float64), np.asarray(rep_N, np.float64)
+    a = (1.0 - level) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        g = np.where(N[:, None] > 0, D / np.where(N > 0, N, 1.0)[:, None], np.nan)  # (C, K)
+        g_rep = np.where(rep_N[..., None] > 0, rep_D / np.where(rep_N > 0, rep_N, 1.0)[..., None], np.nan)
+    est = np.abs(g).sum(-1)
+    reps = np.abs(g_rep).sum(-1)  # (B, C)
+    reps[~(rep_N > 0)] = np.nan
+    delta = np.abs(g_rep - g[None]).sum(-1)
+    delta[~(rep_N > 0)] = np.nan
+    lo, hi = np.full(est.shape, np.nan), np.full(est.shape, np.nan)
+    ok = (N > 0) & np.isfinite(reps).any(0)
+    if ok.any():
+        q_lo, q_hi = np.nanquantile(reps[:, ok], [a, 1.0 - a], axis=0)
+        bias = np.nanmean(reps[:, ok], axis=0) - est[ok]
+        d_hi = np.nanquantile(delta[:, ok], 1.0 - a, axis=0)
+        hi[ok] = np.maximum(q_hi - bias, est[ok])
+        lo[ok] = np.maximum(0.0, np.minimum(q_lo - bias, est[ok] - d_hi))
+    return lo, hi
+
+
 def dataset_ece_ci(n: np.ndarray, sum_prob: np.ndarray, sum_true: np.ndarray, B: int = DEFAULT_B,
                    level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
-    """Dataset-level ECE (from bins summed over patients) with a patient-bootstrap interval.
+    """Dataset-level ECE (from bins summed over patients) with a patient-bootstrap interval (:func:`ece_interval`).
 
     n, sum_prob, sum_true: (P, K) per-patient calibration bins (voxel counts, sums of p, sums of labels).
     Returns dict(estimate, lo, hi, n) where n = P patients.
@@ -123,9 +172,9 @@ def dataset_ece_ci(n: np.ndarray, sum_prob: np.ndarray, sum_true: np.ndarray, B:
         return {"estimate": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
     est = float(ece_from_gap_sums(sp.sum(0) - st.sum(0), n.sum()))
     W = bootstrap_counts(P, B, seed).astype(np.float64)
-    reps = ece_from_gap_sums(W @ sp - W @ st, (W @ n).sum(-1))
-    lo, hi = _interval(reps, level)
-    return {"estimate": est, "lo": lo, "hi": hi, "n": P}
+    d = sp - st
+    lo, hi = ece_interval(d.sum(0)[None], np.array([n.sum()]), (W @ d)[:, None], (W @ n).sum(-1)[:, None], level)
+    return {"estimate": est, "lo": float(lo[0]), "hi": float(hi[0]), "n": P}
 
 
 def poisson_weights(patient_ids, B: int = DEFAULT_B, seed: int = 0) -> np.ndarray:
@@ -263,8 +312,8 @@ def leaderboard_from_parts(parts: dict, keep=None, level: float = DEFAULT_LEVEL)
             e = parts["ece"]
             N = e["N"][k].sum(0)
             out["ece_dataset"] = ece_from_gap_sums(e["D"][k].sum(0), N)
-            lo_hi = intervals(ece_from_gap_sums(e["rep_D"][k].sum(0), e["rep_N"][k].sum(0)))
-            out["ece_dataset_lo"], out["ece_dataset_hi"] = lo_hi[:, 0], lo_hi[:, 1]
+            out["ece_dataset_lo"], out["ece_dataset_hi"] = ece_interval(e["D"][k].sum(0), N, e["rep_D"][k].sum(0),
+                                                                        e["rep_N"][k].sum(0), level)
     return out
 
 

@@ -65,6 +65,8 @@ from core.metrics.uncertainty import (  # noqa: F401
 )
 from core.metrics.distribution import (  # noqa: F401
     crps_ensemble,
+    crps_fair,
+    prediction_interval_ranks,
     volume_distribution,
     soft_label_metrics,
 )

@@ -76,7 +76,8 @@ CAL_LIST_COLS = ["n", "sum_prob", "sum_true"]
 
 # metrics the batch stores for one voxel set only, whatever the page's mask
 BRAIN_ONLY = {"dice", "hd95", "volume_gt_ml", "volume_pred_ml", "volume_error_ml", "interrater_dice", "rater_dice_mean",
-              "vol_sample_mean_ml", "vol_sample_sd_ml", "vol_q05_ml", "vol_q95_ml", "vol_in_90", "vol_crps_ml",
+              "vol_sample_mean_ml", "vol_sample_sd_ml", "vol_q05_ml", "vol_q95_ml", "vol_pi_lo_ml", "vol_pi_hi_ml",
+              "vol_pi_nominal", "vol_in_pi", "vol_crps_ml", "vol_fcrps_ml",
               "nsd", *LESION_METRICS}
 
 

@@ -266,8 +266,10 @@ def test_crps_and_volume_distribution_against_properscoring():
             assert abs(M.crps_ensemble(x, obs) - float(properscoring.crps_ensemble(obs, x))) < 1e-9
     d = M.volume_distribution(np.array([10.0, 12, 14, 16, 18]), gt_ml=11.0)
     assert d["vol_q05_ml"] == pytest.approx(10.4) and d["vol_q95_ml"] == pytest.approx(17.6)
-    assert d["vol_in_90"] == 1.0 and d["vol_sample_mean_ml"] == 14.0
-    assert M.volume_distribution(np.array([10.0, 12]), gt_ml=30.0)["vol_in_90"] == 0.0
+    assert d["vol_sample_mean_ml"] == 14.0
+    assert d["vol_pi_lo_ml"] == 10.0 and d["vol_pi_hi_ml"] == 18.0 and d["vol_pi_nominal"] == pytest.approx(4 / 6)
+    assert d["vol_in_pi"] == 1.0
+    assert M.volume_distribution(np.array([10.0, 12]), gt_ml=30.0)["vol_in_pi"] == 0.0
     assert "vol_crps_ml" not in M.volume_distribution(np.array([1.0]))
 
 
