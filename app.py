@@ -14,6 +14,7 @@ PAGES = [
     st.Page("app_pages/strata.py", title="Patient strata", icon=":material/filter_alt:", url_path="strata"),
     st.Page("app_pages/budget.py", title="Review budget", icon=":material/rule:", url_path="budget"),
     st.Page("app_pages/viewer.py", title="Patient viewer", icon=":material/visibility:", url_path="viewer"),
+    st.Page("app_pages/review.py", title="Review worklist", icon=":material/checklist:", url_path="review"),
     st.Page("app_pages/quality.py", title="Quality prediction", icon=":material/fact_check:", url_path="quality"),
     st.Page("app_pages/glossary.py", title="Glossary", icon=":material/menu_book:", url_path="glossary"),
 ]

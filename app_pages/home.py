@@ -1,7 +1,7 @@
 """Home: what is in the database (cohort, runs, models, evaluations, failures)."""
 import streamlit as st
 
-from dashboard import reads, views
+from dashboard import reads, review, views
 from dashboard.sidebar import current_selection
 
 st.title("Tumour segmentation QA: uncertainty and calibration")
@@ -86,3 +86,10 @@ if not fails.empty:
 
 with st.expander("Database tables"):
     st.dataframe(reads.table_counts(sel.db), hide_index=True)
+
+st.subheader("Review progress")
+_prog = review.progress(review.review_path(sel.db), sel.run_id, {m: len(sel.all_patients) for m in sel.all_models})
+st.dataframe(_prog, hide_index=True, key="review_progress",
+             column_config={"accepted_share": st.column_config.NumberColumn(format="%.2f")})
+st.caption("Reviewed: patients whose latest decision on the Review worklist page is not 'to review' (reviews.sqlite "
+           "beside the database); accepted share of those reviewed.")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard import reads, views
+from dashboard import reads, review, views
 from dashboard import viewer as V
 from dashboard.sidebar import require_selection
 
@@ -91,3 +91,17 @@ st.subheader("NIfTI maps")
 for model, kind, p in views.map_downloads(maps, shown):
     st.download_button(f"{model} · {kind} ({p.name})", lambda p=p: p.read_bytes(), file_name=p.name,
                        mime="application/gzip", key=f"dl_{model}_{kind}")
+
+st.subheader(f"Review decision ({left})")
+_store = review.review_path(sel.db)
+with st.form("viewer_review_form"):
+    _status = st.selectbox("Status", list(review.STATUSES), key="viewer_review_status")
+    _note = st.text_area("Note", max_chars=review.MAX_NOTE, key="viewer_review_note")
+    _who = st.text_input("Reviewer", max_chars=review.MAX_REVIEWER, key="viewer_review_reviewer")
+    if st.form_submit_button("Save decision"):
+        try:
+            review.save_review(_store, sel.run_id, left, pid, _status, _note, _who)
+            st.success(f"Saved: {pid} ({left}) is now '{_status}'.")
+        except ValueError as exc:
+            st.error(str(exc))
+st.dataframe(review.history(_store, sel.run_id, left, pid), hide_index=True, key="viewer_review_history")

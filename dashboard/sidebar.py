@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import reads
+from dashboard import reads, review
 from dashboard.selection import STRAT_MEASURES, Selection, available_dbs, data_dir, resolve_db
 
 from core import store
@@ -136,6 +136,13 @@ def _sidebar() -> Selection | None:
     all_patients = values.patient_id.tolist()
     gids = quantile_groups(values) if len(values) else np.zeros(0, np.int64)
     patients = values.patient_id[groups_kept(gids, q_range)].tolist() if len(values) else []
+    _init("review_filter", list(review.STATUSES))
+    chosen = sb.multiselect("Review status", list(review.STATUSES), key="review_filter",
+                            help=f"Keep patients whose latest review decision for {strat_model} (the model above) "
+                                 "has one of these statuses (never reviewed: 'to review')")
+    if set(chosen) != set(review.STATUSES):
+        st_of = review.statuses(db, run_id, strat_model)
+        patients = [p for p in patients if st_of.get(p, "to review") in chosen]
     sb.caption(f"{len(patients)} of {len(all_patients)} patients in the filter")
     shared = {"db": db_name, "run": run_id, "models": ",".join(models), "method": method, "mask": mask,
               "strat": strat_model, "measure": strat_measure, "q": f"{q_range[0]}-{q_range[1]}"}

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PAGES = ["app_pages/home.py", "app_pages/compare.py", "app_pages/reliability.py", "app_pages/strata.py",
          "app_pages/budget.py", "app_pages/viewer.py", "app_pages/quality.py",
-         "app_pages/glossary.py"]
+         "app_pages/review.py", "app_pages/glossary.py"]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 PAGES = [("", "Tumour segmentation QA"), ("compare", "Compare models"), ("reliability", "Reliability"),
          ("strata", "Patient strata"), ("budget", "Review budget"),
          ("viewer", "Patient viewer"), ("quality", "Quality prediction"),
-         ("glossary", "Glossary")]
+         ("review", "Review worklist"), ("glossary", "Glossary")]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian chromium is not installed (scripts/test.sh installs it when run as root)")
