@@ -102,6 +102,7 @@ class Selection:
     measure_values: pd.DataFrame | None = None  # patient_id, value of the stratification measure
     group_pids: tuple = ()  # every patient with a stratification value, and its quantile group (quantile_groups)
     group_ids: tuple = ()
+    review_filtered: bool = False  # the sidebar's review-status filter dropped patients: subsets go by patient id
 
     @property
     def groups_key(self) -> str:
@@ -131,6 +132,8 @@ def in_filter(sel: "Selection", patient_ids) -> np.ndarray:
     ids = np.asarray(patient_ids, dtype=object)
     if len(sel.patients) == len(sel.all_patients):
         return np.ones(len(ids), bool)
+    if sel.review_filtered:  # not a union of quantile groups: by id
+        return pd.Index(list(sel.patients)).get_indexer(ids) >= 0
     index, gids = _group_index(sel.groups_key, sel.group_pids, sel.group_ids)
     pos = index.get_indexer(ids)
     return groups_kept(np.where(pos >= 0, gids[np.maximum(pos, 0)] if len(gids) else -2, -2), sel.q_range)

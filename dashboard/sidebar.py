@@ -140,9 +140,12 @@ def _sidebar() -> Selection | None:
     chosen = sb.multiselect("Review status", list(review.STATUSES), key="review_filter",
                             help=f"Keep patients whose latest review decision for {strat_model} (the model above) "
                                  "has one of these statuses (never reviewed: 'to review')")
+    review_filtered = False
     if set(chosen) != set(review.STATUSES):
         st_of = review.statuses(db, run_id, strat_model)
-        patients = [p for p in patients if st_of.get(p, "to review") in chosen]
+        kept = [p for p in patients if st_of.get(p, "to review") in chosen]
+        review_filtered = len(kept) != len(patients)
+        patients = kept
     sb.caption(f"{len(patients)} of {len(all_patients)} patients in the filter")
     shared = {"db": db_name, "run": run_id, "models": ",".join(models), "method": method, "mask": mask,
               "strat": strat_model, "measure": strat_measure, "q": f"{q_range[0]}-{q_range[1]}"}
@@ -150,7 +153,8 @@ def _sidebar() -> Selection | None:
         if st.query_params.get(k) != v:
             st.query_params[k] = v
     return Selection(db, run_id, models, all_models, method, methods, mask, strat_model, strat_measure,
-                     tuple(q_range), patients, all_patients, values, tuple(all_patients), tuple(int(g) for g in gids))
+                     tuple(q_range), patients, all_patients, values, tuple(all_patients), tuple(int(g) for g in gids),
+                     review_filtered)
 
 
 def current_selection() -> Selection | None:

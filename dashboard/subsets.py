@@ -56,6 +56,12 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
     args = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
             None if methods is None else tuple(sorted(methods)), None if columns is None else tuple(columns),
             sel.groups_key, sel.group_pids, sel.group_ids)
+    if sel.review_filtered:  # the review-status filter: the SQL sums of exactly these patients
+        meths = None if methods is None else sorted(methods)
+        if kind == "calibration":
+            return reads.summed_calibration_bins(sel.db, sel.run_id, sorted(sel.patients), mask, methods=meths)
+        return reads.summed_uncertainty_bins(sel.db, sel.run_id, sorted(sel.patients), mask, measure, methods=meths,
+                                             columns=None if columns is None else list(columns))
     if tuple(sel.q_range) == (0, 100):  # everyone: the cohort totals (written by the batch, see core.derived)
         meths = None if methods is None else sorted(methods)
         if kind == "calibration":
@@ -98,6 +104,8 @@ def _row_groups(key: tuple, groups_key: str, _df: pd.DataFrame, _pids: tuple, _g
 
 def _rows_kept(sel: Selection, key: tuple, df: pd.DataFrame) -> np.ndarray:
     """(R,) bool: the rows of the cached table ``df`` (cache key ``key``) whose patient is inside the filter."""
+    if sel.review_filtered:  # the review-status filter is not a union of quantile groups: by id
+        return df.patient_id.isin(set(sel.patients)).to_numpy()
     return groups_kept(_row_groups(key, sel.groups_key, df, sel.group_pids, sel.group_ids), sel.q_range)
 
 

@@ -6,6 +6,7 @@ filter adds up groups instead of resampling patients.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from urllib.parse import quote
@@ -77,6 +78,14 @@ def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) ->
         return stats.leaderboard(everyone)
     args = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)), tuple(sorted(sel.models)),
             sel.groups_key, int(B), everyone, sel.group_pids, sel.group_ids)
+    if sel.review_filtered:  # the review-status filter: two groups, inside (0) and outside (1), by patient id
+        inside = set(sel.patients)
+        pids = tuple(sorted(set(everyone.patient_id)))
+        gids = tuple(0 if p in inside else 1 for p in pids)
+        gkey = hashlib.blake2b(repr(gids).encode() + repr(pids).encode(), digest_size=8).hexdigest()
+        parts = _leaderboard_parts(str(sel.db), sel.db.stat().st_mtime, sel.run_id, sel.mask, tuple(sorted(methods)),
+                                   tuple(sorted(sel.models)), "review-" + gkey, int(B), everyone, pids, gids)
+        return stats.leaderboard_from_parts(parts, np.asarray(parts["groups"]) == 0)
     if tuple(sel.q_range) == (0, 100):
         stored = reads.cohort_leaderboard(sel.db, sel.run_id, sel.mask, sorted(methods), sorted(sel.models), B=int(B))
         if stored is not None:

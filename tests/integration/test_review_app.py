@@ -111,5 +111,13 @@ def test_sidebar_review_status_filter(env):
     review.save_review(review.review_path(env), run, model, pid, "needs correction", "", "dr a")
     _ok(at.sidebar.multiselect(key="review_filter").set_value(["needs correction"]).run())
     assert any("1 of 4 patients in the filter" in c.value for c in at.sidebar.caption)
+    # the Overview's cohort metrics (pooled bins) follow the review filter, not the whole quantile range
+    over = at.dataframe[0].value
+    assert (over.n_patients == 1).all()
+    lb = _ok(AppTest.from_file(str(ROOT / "app_pages/compare.py"), default_timeout=120))
+    lb.session_state["compare_view"] = "Leaderboard"
+    lb.session_state["review_filter"] = ["needs correction"]
+    _ok(lb.run())
+    assert (lb.dataframe[0].value.patients == 1).all()
     _ok(at.sidebar.multiselect(key="review_filter").set_value(["to review"]).run())
     assert any("3 of 4 patients in the filter" in c.value for c in at.sidebar.caption)
