@@ -70,17 +70,8 @@ st.download_button("Download worklist (CSV)", csv_later(rows), file_name=f"revie
                    mime="text/csv", key="review_csv")
 
 st.subheader("Record a decision")
-with st.form("review_form"):
-    pid = st.selectbox("Patient", rows.patient_id.tolist() or list(sel.patients), key="review_patient")
-    status = st.selectbox("Status", list(review.STATUSES), key="review_status")
-    note = st.text_area("Note", max_chars=review.MAX_NOTE, key="review_note")
-    reviewer = st.text_input("Reviewer", max_chars=review.MAX_REVIEWER, key="review_reviewer")
-    if st.form_submit_button("Save"):
-        try:
-            review.save_review(store_path, sel.run_id, model, pid, status, note, reviewer)
-            st.success(f"Saved: {pid} is now '{status}'. The table shows it from the next rerun.")
-        except ValueError as exc:
-            st.error(str(exc))
+pid = review.decision_form("review_form", "review", store_path, sel.run_id, model, None,
+                           patients=rows.patient_id.tolist() or list(sel.patients))
 if pid:
     st.subheader("History")
     st.dataframe(review.history(store_path, sel.run_id, model, pid), hide_index=True, key="review_history")

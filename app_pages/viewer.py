@@ -94,14 +94,5 @@ for model, kind, p in views.map_downloads(maps, shown):
 
 st.subheader(f"Review decision ({left})")
 _store = review.review_path(sel.db)
-with st.form("viewer_review_form"):
-    _status = st.selectbox("Status", list(review.STATUSES), key="viewer_review_status")
-    _note = st.text_area("Note", max_chars=review.MAX_NOTE, key="viewer_review_note")
-    _who = st.text_input("Reviewer", max_chars=review.MAX_REVIEWER, key="viewer_review_reviewer")
-    if st.form_submit_button("Save decision"):
-        try:
-            review.save_review(_store, sel.run_id, left, pid, _status, _note, _who)
-            st.success(f"Saved: {pid} ({left}) is now '{_status}'.")
-        except ValueError as exc:
-            st.error(str(exc))
+review.decision_form("viewer_review_form", "viewer_review", _store, sel.run_id, left, pid, submit="Save decision")
 st.dataframe(review.history(_store, sel.run_id, left, pid), hide_index=True, key="viewer_review_history")

@@ -24,3 +24,27 @@ def statuses(db: Path, run_id: str, model: str) -> dict[str, str]:
     version = (os.stat(p).st_mtime_ns, os.stat(wal).st_mtime_ns if wal.exists() else 0,
                wal.stat().st_size if wal.exists() else 0)
     return _statuses(str(p), version, run_id, model)
+
+
+def decision_form(form_key: str, prefix: str, store: Path, run_id: str, model: str, patient: str | None,
+                  patients: list[str] | None = None, submit: str = "Save") -> str | None:
+    """The review-decision form (status, note, reviewer) of one model; saves through :func:`save_review` and shows
+    the store's error for bad input. ``patients``: offer a patient choice inside the form (key ``<prefix>_patient``),
+    else ``patient`` is the one decided on. Widget keys ``<prefix>_status`` / ``_note`` / ``_reviewer``.
+
+    Returns:
+        the patient the form is about (None when there is none).
+    """
+    with st.form(form_key):
+        if patients is not None:
+            patient = st.selectbox("Patient", patients, key=f"{prefix}_patient")
+        status = st.selectbox("Status", list(STATUSES), key=f"{prefix}_status")
+        note = st.text_area("Note", max_chars=MAX_NOTE, key=f"{prefix}_note")
+        reviewer = st.text_input("Reviewer", max_chars=MAX_REVIEWER, key=f"{prefix}_reviewer")
+        if st.form_submit_button(submit):
+            try:
+                save_review(store, run_id, model, patient, status, note, reviewer)
+                st.success(f"Saved: {patient} ({model}) is now '{status}'. Tables show it from the next rerun.")
+            except ValueError as exc:
+                st.error(str(exc))
+    return patient
