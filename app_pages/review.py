@@ -12,7 +12,9 @@ from dashboard import review
 
 PRIORITIES = ["most uncertain (mean WT entropy, predicted region)",
               "lowest predicted quality (quality model's predicted WT Dice)", "lowest Dice (WT)",
-              "largest disagreement with another model (|Δ WT Dice|)"]
+              "largest disagreement with another model (|Δ WT Dice|)",
+              "review budget ranking (share of the cohort's most uncertain voxels)"]
+BUDGETS = {"0.5 %": 0.005, "1 %": 0.01, "2 %": 0.02, "5 %": 0.05}
 
 st.title("Review worklist")
 sel = require_selection()
@@ -36,6 +38,15 @@ qual = reads.quality_patients(sel.db, sel.run_id, sel.method, "WT")
 qual = qual[qual.model == model].set_index("patient_id")
 rows["predicted_dice_WT"] = rows.patient_id.map(qual.predicted_dice) if len(qual) else float("nan")
 rows["flagged"] = rows.patient_id.map(qual.flagged) if len(qual) else None
+les = reads.patient_metrics(sel.db, sel.run_id, list(sel.patients), metrics=["lesion_tp", "lesion_fp", "lesion_fn"])
+les = les[(les.method == sel.method) & (les.model == model) & (les["mask"] == "brain")]
+if len(les):  # lesion counts (BraTS lesion-wise matching): predicted = TP + FP, missed = FN
+    lw = les.pivot_table(index="patient_id", columns=["metric", "region"], values="value")
+    for reg in ("WT", "ET"):
+        if ("lesion_tp", reg) in lw and ("lesion_fp", reg) in lw:
+            rows[f"lesions_pred_{reg}"] = rows.patient_id.map(lw[("lesion_tp", reg)] + lw[("lesion_fp", reg)])
+        if ("lesion_fn", reg) in lw:
+            rows[f"lesions_missed_{reg}"] = rows.patient_id.map(lw[("lesion_fn", reg)])
 if priority == PRIORITIES[0]:
     rows = rows.sort_values(["entropy_WT_pred", "patient_id"], ascending=[False, True])
 elif priority == PRIORITIES[1]:
@@ -45,6 +56,16 @@ elif priority == PRIORITIES[1]:
     rows = rows.sort_values(["predicted_dice_WT", "patient_id"], ascending=[True, True], na_position="last")
 elif priority == PRIORITIES[2]:
     rows = rows.sort_values(["dice_WT", "patient_id"], ascending=[True, True])
+elif priority == PRIORITIES[4]:
+    b_label = st.selectbox("Review budget (share of the filter's brain voxels)", list(BUDGETS), index=1,
+                           key="review_budget")
+    rank, info = reads.review_budget_ranking(sel.db, sel.run_id, model, sel.method, "WT", BUDGETS[b_label],
+                                             list(sel.patients))
+    st.caption(f"Cohort threshold: WT entropy ≥ {info['threshold']:.3g} (the most uncertain {b_label} of "
+               f"{info['budget_voxels'] / BUDGETS[b_label]:,.0f} brain voxels = {info['budget_voxels']:,.0f} voxels). "
+               "`review_share`: the patient's part of that budget; `capture`: the share of its WT errors inside it.")
+    rows = rows.merge(rank[["patient_id", "review_share", "cumulative_share", "capture"]], on="patient_id", how="left")
+    rows = rows.sort_values(["review_share", "patient_id"], ascending=[False, True], na_position="last")
 else:
     others = [x for x in sel.models if x != model]
     if not others:
@@ -59,19 +80,34 @@ statuses = st.multiselect("Show statuses", list(review.STATUSES), default=list(r
                           key="review_statuses")
 rows = rows[rows.status.isin(statuses)].reset_index(drop=True)
 base = "./viewer?" + urlencode({"db": str(st.query_params.get("db", "")), "run": sel.run_id, "method": sel.method,
-                                "mask": sel.mask})
+                                "mask": sel.mask, "focus": "uncertainty"})
 rows["open"] = tables.viewer_links(base, rows.patient_id, rows.patient_id.map(lambda _: model))
 st.caption(f"Model **{model}** · method **{sel.method}** · {len(rows)} patients · ordered by {priority}. "
            "Disagreement is the absolute difference of the two models' stored WT Dice (brain), not the Dice "
            "between their label maps. Reviews are stored in `reviews.sqlite` beside the database.")
 st.dataframe(rows, hide_index=True, key="review_table",
-             column_config={"open": st.column_config.LinkColumn("viewer", display_text="viewer ↗")})
+             column_config={"open": st.column_config.LinkColumn(
+                 "viewer", display_text="viewer ↗", help="opens the viewer at this model's most uncertain slice")})
 st.download_button("Download worklist (CSV)", csv_later(rows), file_name=f"review_{sel.run_id}_{model}.csv",
                    mime="text/csv", key="review_csv")
-
 st.subheader("Record a decision")
 pid = review.decision_form("review_form", "review", store_path, sel.run_id, model, None,
                            patients=rows.patient_id.tolist() or list(sel.patients))
 if pid:
     st.subheader("History")
     st.dataframe(review.history(store_path, sel.run_id, model, pid), hide_index=True, key="review_history")
+
+st.subheader("Export for correction")
+n_fix = int((rows.status == "needs correction").sum())
+if st.button(f"Prepare the label maps of the {n_fix} 'needs correction' patients (NIfTI, zip)", key="review_export",
+             disabled=n_fix == 0):
+    try:
+        data, n = review.export_zip(sel.db, sel.run_id, model, sel.method, rows.patient_id.tolist())
+        st.download_button(f"Download {n} patients' segmentations to correct (zip)", data,
+                           file_name=f"needs_correction_{sel.run_id}_{model}.zip", mime="application/zip",
+                           key="review_zip")
+    except ValueError as exc:
+        st.error(str(exc))
+st.caption("The zip holds one folder per patient (BraTS naming: `<id>_seg.nii.gz` = this model's label map of "
+           f"{sel.method}, and the patient's images) and `worklist.csv`; same as `python -m core export-reviews`.")
+

@@ -57,8 +57,14 @@ def jump(kind: str):
 
 
 if st.session_state.get("_viewer_for") != (pid, axis) or st.session_state.get("viewer_slice", 0) >= n_slices:
-    st.session_state["_viewer_for"] = (pid, axis)  # a new patient or plane opens on its most-tumour slice
-    jump("tumour")
+    # a new patient or plane opens on its most-tumour slice, or on what the link's ?focus= asks for
+    # (the Review worklist links with focus=uncertainty: the left model's most uncertain slice)
+    st.session_state["_viewer_for"] = (pid, axis)
+    focus = st.query_params.get("focus", "tumour")
+    if focus not in ("tumour", "uncertainty", "error") or (
+            focus != "tumour" and views.map_volume(maps, left, "entropy" if focus == "uncertainty" else "error") is None):
+        focus = "tumour"
+    jump(focus)
 b1, b2, b3 = st.columns(3)
 b1.button("Slice with most tumour", on_click=jump, args=("tumour",), key="jump_tumour")
 b2.button(f"Most uncertainty ({left})", on_click=jump, args=("uncertainty",), key="jump_unc",

@@ -15,6 +15,7 @@ from core.batch.pipeline import run_batch
 from core.inference.methods import DEMO_METHODS
 from core.inference.modelset import demo_model_spec, load_model_set
 from core.io.architectures import DEMO_MODELS, demo_weight_files
+from core.store.review import STATUSES as REVIEW_STATUSES
 from core.io.label_sets import LABEL_SETS
 from core.metrics.overlap import NSD_TOLERANCE_MM
 from core.io.demo_cohort import DemoSpec, build_demo_cohort
@@ -194,6 +195,40 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export_reviews(args) -> int:
+    """``python -m core export-reviews``: the label maps of the patients with the given review statuses as a
+    folder a segmentation editor opens (core/store/review_export.py), optionally zipped; exit status 2 on bad input."""
+    from core.store import list_runs
+    from core.store.connection import connect
+    from core.store.review_export import export_reviews, zip_bytes
+
+    db = Path(args.db)
+    if not db.is_file():
+        print(f"no database at {db}", file=sys.stderr)
+        return 2
+    run_id = args.run
+    if run_id is None:
+        con = connect(db, read_only=True)
+        try:
+            runs = list_runs(con)
+        finally:
+            con.close()
+        if runs.empty:
+            print(f"{db} has no run", file=sys.stderr)
+            return 2
+        run_id = runs.sort_values("created_at").run_id.iloc[-1]
+    try:
+        table = export_reviews(db, run_id, args.model, args.out, method=args.method, statuses=args.status)
+    except ValueError as e:
+        print(f"export-reviews: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {len(table)} patients of {args.model} ({', '.join(args.status)}) to {args.out}")
+    if args.zip:
+        Path(args.zip).write_bytes(zip_bytes(args.out))
+        print(f"wrote {args.zip}")
+    return 0
+
+
 def cmd_train(args) -> int:
     """``python -m core train``: train a demo architecture (its hyperparameters, overridden by ``--epochs``,
     ``--lr``, ``--seed``) and write the checkpoint to ``--out``; exit status 0."""
@@ -291,6 +326,17 @@ def main(argv=None) -> int:
                                                                              "(default brain)")
     rp.add_argument("--out", default="report.html", help="the HTML file to write (default report.html)")
     rp.set_defaults(fn=cmd_report)
+    ex = sub.add_parser("export-reviews", help="export the label maps of reviewed patients (default: 'needs "
+                                               "correction') as a NIfTI folder for a segmentation editor")
+    ex.add_argument("--db", required=True, help="the results database (reviews.sqlite beside it)")
+    ex.add_argument("--run", help="run id (default: the newest run)")
+    ex.add_argument("--model", required=True)
+    ex.add_argument("--method", help="whose label map (default: deterministic when it has maps)")
+    ex.add_argument("--status", nargs="+", default=["needs correction"], choices=list(REVIEW_STATUSES),
+                    help="latest review statuses to export (default: 'needs correction')")
+    ex.add_argument("--out", required=True, help="the folder to write")
+    ex.add_argument("--zip", help="also write the folder as this zip file")
+    ex.set_defaults(fn=cmd_export_reviews)
     t = sub.add_parser("train", help="train a demo architecture on a cohort's train split")
     t.add_argument("--model", choices=["SegResNet", "UNet-Res"], required=True)
     t.add_argument("--cohort", default=str(DEMO_COHORT))

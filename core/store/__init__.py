@@ -77,6 +77,7 @@ from core.store.reads import (  # noqa: F401
     metric_wide,
     patient_maps,
     patient_source,
+    review_budget_ranking,
 )
 from core.store.quality import (  # noqa: F401
     update_quality,

@@ -684,3 +684,53 @@ def patient_source(con, run_id: str, patient_id: str) -> str | None:
     row = con.execute("""SELECT p.source FROM patients p JOIN runs r ON p.cohort = r.cohort
                          WHERE r.run_id = ? AND p.patient_id = ?""", [run_id, patient_id]).fetchone()
     return row[0] if row else None
+
+
+def review_budget_ranking(con, run_id: str, model: str, method: str, region: str = "WT", budget: float = 0.01,
+                          patient_ids: list[str] | None = None, mask: str = "brain",
+                          measure: str = "entropy") -> tuple[pd.DataFrame, dict]:
+    """Patients of one (model, method, region) ranked by their share of a cohort review budget
+    (:mod:`core.analysis.review_budget`): the pooled uncertainty histogram of ``patient_ids`` gives the cohort
+    threshold, one per-patient SQL sum each patient's voxels above it.
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        model: the model.
+        method: the method.
+        region: WT, TC or ET.
+        budget: the share of the cohort's voxels (of ``mask``) reviewed, in (0, 1].
+        patient_ids: the cohort (None: every patient of the run).
+        mask: the voxel set.
+        measure: the uncertainty of the bins (``entropy``, ``mi``, ``epkl``).
+
+    Returns:
+        (ranking :data:`core.analysis.review_budget.RANK_COLUMNS`, info {cut_bin, cut_fraction, budget_voxels,
+        threshold: the uncertainty at the cut bin's lower edge}).
+    """
+    from core.analysis.review_budget import budget_cut, rank_patients
+    from core.metrics.uncertainty import UNC_EDGES
+
+    patient_ids = _list(patient_ids)
+    where = f"""run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ? AND measure = ?
+                AND {_IN_PATIENTS.format(col="patient_id")}"""
+    params = [run_id, model, method, region, mask, measure, patient_ids, patient_ids]
+    pooled = con.execute(f"""SELECT bin, sum(coalesce(n_error, 0) + coalesce(n_correct, 0)) AS n
+                             FROM uncertainty_bins WHERE {where} GROUP BY bin""", params).fetchnumpy()
+    counts = np.zeros(len(UNC_EDGES) - 1, np.float64)
+    if len(pooled["bin"]):
+        np.add.at(counts, np.asarray(pooled["bin"], np.int64), np.asarray(pooled["n"], np.float64))
+    cut, frac = budget_cut(counts, budget)
+    per = con.execute(f"""
+        SELECT patient_id,
+               sum(CASE WHEN bin > ? THEN coalesce(n_error, 0) + coalesce(n_correct, 0) ELSE 0 END) AS n_above,
+               sum(CASE WHEN bin > ? THEN n_error ELSE 0 END) AS e_above,
+               sum(CASE WHEN bin = ? THEN coalesce(n_error, 0) + coalesce(n_correct, 0) ELSE 0 END) AS n_cut,
+               sum(CASE WHEN bin = ? THEN n_error ELSE 0 END) AS e_cut,
+               sum(coalesce(n_error, 0) + coalesce(n_correct, 0)) AS n_total,
+               sum(n_error) AS e_total
+        FROM uncertainty_bins WHERE {where} GROUP BY patient_id""", [cut, cut, cut, cut] + params).df()
+    budget_voxels = budget * counts.sum()
+    info = {"cut_bin": cut, "cut_fraction": frac, "budget_voxels": budget_voxels,
+            "threshold": float(UNC_EDGES[cut])}
+    return rank_patients(per, frac, budget_voxels), info
