@@ -197,28 +197,15 @@ def cmd_report(args) -> int:
 
 def cmd_export_reviews(args) -> int:
     """``python -m core export-reviews``: the label maps of the patients with the given review statuses as a
-    folder a segmentation editor opens (core/store/review_export.py), optionally zipped; exit status 2 on bad input."""
-    from core.store import list_runs
-    from core.store.connection import connect
-    from core.store.review_export import export_reviews, zip_bytes
+    folder a segmentation editor opens (core/io/review_export.py), optionally zipped; exit status 2 on bad input."""
+    from core.io.review_export import export_reviews, zip_bytes
 
     db = Path(args.db)
     if not db.is_file():
         print(f"no database at {db}", file=sys.stderr)
         return 2
-    run_id = args.run
-    if run_id is None:
-        con = connect(db, read_only=True)
-        try:
-            runs = list_runs(con)
-        finally:
-            con.close()
-        if runs.empty:
-            print(f"{db} has no run", file=sys.stderr)
-            return 2
-        run_id = runs.sort_values("created_at").run_id.iloc[-1]
     try:
-        table = export_reviews(db, run_id, args.model, args.out, method=args.method, statuses=args.status)
+        table = export_reviews(db, args.run, args.model, args.out, method=args.method, statuses=args.status)
     except ValueError as e:
         print(f"export-reviews: {e}", file=sys.stderr)
         return 2

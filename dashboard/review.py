@@ -52,10 +52,10 @@ def decision_form(form_key: str, prefix: str, store: Path, run_id: str, model: s
 
 def export_zip(db: Path, run_id: str, model: str, method: str, patient_ids: list[str]) -> tuple[bytes, int]:
     """(zip archive, number of patients) of the ``needs correction`` patients of one model among ``patient_ids``:
-    :func:`core.store.review_export.export_reviews` into a temporary folder, packed by ``zip_bytes``."""
+    :func:`core.io.review_export.export_reviews` into a temporary folder, packed by ``zip_bytes``."""
     import tempfile
 
-    from core.store.review_export import export_reviews, zip_bytes
+    from core.io.review_export import export_reviews, zip_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         table = export_reviews(db, run_id, model, Path(tmp) / "export", method=method, patient_ids=patient_ids)

@@ -190,7 +190,7 @@ def test_export_folder_zip_and_cli(env, tmp_path):
     import nibabel as nib
 
     from core.cli import main
-    from core.store.review_export import export_reviews
+    from core.io.review_export import export_reviews
 
     con = duckdb.connect(str(env), read_only=True)
     run, model = con.execute("SELECT run_id, model FROM evaluations ORDER BY model LIMIT 1").fetchone()

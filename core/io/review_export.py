@@ -14,7 +14,8 @@
 
 The files are byte copies of the batch's NIfTI files (same affine and header as the images). The patient's ground
 truth is not exported (the ``_seg`` file is the model's). :func:`zip_bytes` packs such a folder for a browser
-download. Reads only: the results database read-only, the review store (:mod:`core.store.review`) by query.
+download. In core.io (not core.store) because it reads the patient folders as the cohort reader does.
+Reads only: the results database read-only, the review store (:mod:`core.store.review`) by query.
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.io.cohort import detect_case
+from core.store import list_runs
 from core.store.connection import connect
 from core.store.review import current_status, review_path, with_status
 
-_NOT_IMAGES = ("seg", "rater", "label", "mask")
 WORKLIST_COLUMNS = ["patient_id", "model", "method", "status", "note", "reviewer", "saved_at", "seg", "images"]
 _README = """Segmentations to correct, exported from the tumour QA dashboard.
 Run {run_id}, model {model}, method {method}, statuses: {statuses}.
@@ -39,13 +41,11 @@ segmentation. worklist.csv lists the patients with the reviewers' notes.
 
 
 def source_images(source) -> list[Path]:
-    """The image files of a patient folder: every ``*.nii`` / ``*.nii.gz`` whose name does not hold ``seg``,
-    ``rater``, ``label`` or ``mask`` (BraTS 2021 ``_t1/_t1ce/_t2/_flair``, BraTS 2023+ ``-t1n/-t1c/-t2w/-t2f``);
-    [] when the folder is gone."""
+    """The modality images of a patient folder as the batch reads them (:func:`core.io.cohort.detect_case`: BraTS
+    2021 ``_t1/_t1ce/_t2/_flair``, BraTS 2023+ ``-t1n/-t1c/-t2w/-t2f``); [] when the folder is gone."""
     if not source or not Path(str(source)).is_dir():
         return []
-    return sorted(f for f in Path(str(source)).iterdir() if f.is_file() and f.name.endswith((".nii", ".nii.gz"))
-                  and not any(w in f.name.lower() for w in _NOT_IMAGES))
+    return sorted(detect_case(Path(str(source))).images.values())
 
 
 def _pred_maps(con, run_id: str, model: str, method: str | None) -> tuple[str, pd.DataFrame]:
@@ -66,13 +66,13 @@ def _pred_maps(con, run_id: str, model: str, method: str | None) -> tuple[str, p
     return method, df
 
 
-def export_reviews(db: str | Path, run_id: str, model: str, out_dir: str | Path, method: str | None = None,
+def export_reviews(db: str | Path, run_id: str | None, model: str, out_dir: str | Path, method: str | None = None,
                    statuses=("needs correction",), patient_ids=None) -> pd.DataFrame:
     """Write the export folder (module docstring) of the patients whose latest status is in ``statuses``.
 
     Args:
         db: the results database (its review store is ``reviews.sqlite`` beside it).
-        run_id: the run.
+        run_id: the run (None: the newest).
         model: the model whose decisions and label maps are exported.
         out_dir: the folder to write (created; existing patient folders in it are replaced).
         method: the method whose label map is exported (default: ``deterministic`` if it has maps, else the first).
@@ -91,15 +91,20 @@ def export_reviews(db: str | Path, run_id: str, model: str, out_dir: str | Path,
     if not db.is_file():
         raise ValueError(f"no results database at {db}")
     statuses = tuple(statuses)
+    con = connect(db, read_only=True)
+    try:
+        if run_id is None:
+            runs = list_runs(con)  # newest first
+            if runs.empty:
+                raise ValueError(f"{db} has no run")
+            run_id = runs.run_id.iloc[0]
+        method, maps = _pred_maps(con, run_id, model, method)
+    finally:
+        con.close()
     cur = current_status(review_path(db), run_id, model)
     cur = cur[cur.status.isin(statuses)]
     if patient_ids is not None:
         cur = cur[cur.patient_id.isin(set(patient_ids))]
-    con = connect(db, read_only=True)
-    try:
-        method, maps = _pred_maps(con, run_id, model, method)
-    finally:
-        con.close()
     if maps.empty:
         raise ValueError(f"run {run_id!r} has no label maps of {model} / {method}")
     maps = maps.set_index("patient_id")
