@@ -45,7 +45,7 @@ def random_crop(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop, p_
 def fit(net: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], loss_fn: Callable, *, epochs: int,
         batch_size: int, crop, lr: float, rng: np.random.Generator, p_tumour: float = 0.7,
         intensity_aug: bool = True, on_epoch_end: Callable[[int, list[float], int], None] | None = None,
-        bar=None) -> tuple[list[float], int]:
+        bar=None, channels_last: bool = True) -> tuple[list[float], int]:
     """Train ``net`` in place (AdamW, weight decay 1e-5, cosine learning-rate decay over all steps).
 
     Args:
@@ -61,10 +61,17 @@ def fit(net: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], loss_fn
         intensity_aug: random per-channel scale and shift of the crop (segmentation, not error networks).
         on_epoch_end: called as ``on_epoch_end(epoch, losses, steps_per_epoch)`` with the 1-based epoch.
         bar: an optional tqdm bar, advanced per step with the mean of the last 20 losses.
+        channels_last: train in ``torch.channels_last_3d`` memory format (the network's weights and every batch),
+            which sends PyTorch's CPU 3D convolutions and their gradients to oneDNN: a SegResNet (init_filters 16)
+            step on two (2, 4, 48, 48, 48) crops takes 0.57 s instead of 0.67 s, on the whole 56 x 64 x 56 demo
+            volume 1.0 s instead of 1.4 s (2 threads). The weights' values do not depend on it beyond float32
+            summation order; checkpoints are saved contiguous.
 
     Returns:
         (the loss of every step, steps per epoch).
     """
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    net.to(memory_format=fmt)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-5)
     steps = max(1, len(data) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
@@ -82,7 +89,7 @@ def fit(net: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], loss_fn
                     x = x * rng.uniform(0.9, 1.1, (x.shape[0], 1, 1, 1)) + rng.uniform(-0.1, 0.1, (x.shape[0], 1, 1, 1))
                 xs.append(np.ascontiguousarray(x, dtype=np.float32))
                 ys.append(np.ascontiguousarray(y))
-            xb, yb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+            xb, yb = torch.from_numpy(np.stack(xs)).to(memory_format=fmt), torch.from_numpy(np.stack(ys))
             loss = loss_fn(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,4 +101,5 @@ def fit(net: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], loss_fn
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, losses, steps)
+    net.to(memory_format=torch.contiguous_format)
     return losses, steps

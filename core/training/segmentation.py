@@ -128,7 +128,7 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
                 batch_size: int = 2, crop=(48, 48, 48), lr: float = 3e-3, seed: int = 0, p_tumour: float = 0.7,
                 spacing_mm=(3.0, 3.0, 3.0), roi_size=(56, 64, 56), channels=("t1", "t1ce", "t2", "flair"),
                 subset_fraction: float = 1.0, snapshot_epochs=(), calibration_loss: str | None = None,
-                calibration_weight: float = 1.0, progress: bool = True, log=print) -> Path:
+                calibration_weight: float = 1.0, dice_batch: bool = False, progress: bool = True, log=print) -> Path:
     """Train one model and write its checkpoint (with model card) to ``out_path``.
 
     One epoch = one pass of ``len(train_ids)`` crops. The loss is Dice + BCE on the region logits, plus
@@ -155,6 +155,8 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
             written (:func:`snapshot_path`; not for the last epoch, whose checkpoint is ``out_path``).
         calibration_loss: None, ``"hard"`` or ``"soft"`` (mL1-ACE added with ``calibration_weight``).
         calibration_weight: the weight of the mL1-ACE term.
+        dice_batch: Dice over the whole batch per region (``DiceLoss(batch=True)``) instead of per crop: a crop
+            without enhancing tumour then does not push the ET output to zero everywhere on its own.
         progress: show a progress bar.
         log: where the final message goes.
 
@@ -176,7 +178,7 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
         k = max(2, int(round(subset_fraction * len(train_ids))))
         train_ids = sorted(np.random.default_rng(seed + 10_000).choice(train_ids, k, replace=False).tolist())
     data = load_training_data(cohort_dir, train_ids, channels)
-    loss_name = "DiceLoss(sigmoid) + BCEWithLogits"
+    loss_name = f"DiceLoss(sigmoid{', batch' if dice_batch else ''}) + BCEWithLogits"
     if calibration_loss:
         loss_name += f" + {calibration_weight:g} x mL1-ACE({calibration_loss})"
     card = make_card(name, arch, arch_args, spacing_mm=spacing_mm, roi_size=roi_size, channels=channels,
@@ -188,7 +190,7 @@ def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, 
     model.train()
     from monai.losses import DiceLoss
 
-    dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=dice_batch)
     bce = torch.nn.BCEWithLogitsLoss()
 
     def loss_fn(logits, yb):
