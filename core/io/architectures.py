@@ -20,22 +20,21 @@ ARCHITECTURES = {
 # Recipe (issue 21, the UNet-Res models): train on the whole 56 x 64 x 56 demo volume (the one window they are
 # evaluated on, so no crop/inference mismatch) with the Dice term taken over the batch (``dice_batch``). Against
 # 48^3 crops with per-crop Dice, same epochs and seed, UNet-Res's test Dice (per region, p >= 0.5) went
-# 0.800 / 0.695 / 0.578 -> 0.829 / 0.793 / 0.688 (WT / TC / ET). SEGRESNET_BUNDLE_ARGS is the architecture of MONAI's
-# ``brats_mri_segmentation`` bundle (init_filters 16), which the demo SegResNet is to move to.
+# 0.800 / 0.695 / 0.578 -> 0.829 / 0.793 / 0.688 (WT / TC / ET). The demo SegResNet is to move to the architecture of
+# MONAI's ``brats_mri_segmentation`` bundle (the same arguments with init_filters 16).
 _UNET_RES_ARGS = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "channels": [16, 32, 64, 128],
                   "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.1}
-SEGRESNET_BUNDLE_ARGS = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 16,
-                         "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2}
-DEMO_VOLUME = [56, 64, 56]
+DEMO_VOLUME = (56, 64, 56)  # the demo cohort's grid (core.io.demo_cohort.DEMO_SHAPE): the sliding-window size and crop
 _RECIPE = {"crop": DEMO_VOLUME, "dice_batch": True}
 
 
 DEMO_MODELS = {
     "SegResNet": {
         # still the first demo's model (init_filters 8, 48^3 crops, per-crop Dice): its retrain with the bundle
-        # architecture (SEGRESNET_BUNDLE_ARGS) and the recipe above is issue 21's open part (docs/methods.md)
+        # architecture and the recipe above is issue 21's open part (docs/methods.md)
         "arch": "segresnet",
-        "arch_args": {**SEGRESNET_BUNDLE_ARGS, "init_filters": 8},
+        "arch_args": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 8,
+                      "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2},
         "train": {"epochs": 60, "lr": 1e-2, "seed": 1},
         # no snapshots: its 15-minute training run was not repeated to save them (checkpoint ensembles: UNet-Res)
         "ensemble": [{"seed": 2, "subset_fraction": 0.8, "epochs": 40}, {"seed": 3, "subset_fraction": 0.8, "epochs": 40}],
@@ -72,7 +71,7 @@ def demo_weight_files(name: str) -> dict:
     }
 
 
-def make_card(name: str, arch: str, arch_args: dict, spacing_mm=(3.0, 3.0, 3.0), roi_size=(56, 64, 56),
+def make_card(name: str, arch: str, arch_args: dict, spacing_mm=(3.0, 3.0, 3.0), roi_size=DEMO_VOLUME,
               channels=("t1", "t1ce", "t2", "flair"), training: dict | None = None) -> dict:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")

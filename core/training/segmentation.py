@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.io.architectures import build_model, make_card, preprocess
+from core.io.architectures import DEMO_VOLUME, build_model, make_card, preprocess
 from core.io.checkpoints import save_checkpoint
 from core.io.cohort import discover, labels_to_regions, load_case, read_splits
 from core.training.loop import fit
@@ -126,7 +126,7 @@ def snapshot_path(out_path, epoch: int) -> Path:
 
 def train_model(name: str, arch: str, arch_args: dict, cohort_dir, out_path, *, train_ids=None, epochs: int = 40,
                 batch_size: int = 2, crop=(48, 48, 48), lr: float = 3e-3, seed: int = 0, p_tumour: float = 0.7,
-                spacing_mm=(3.0, 3.0, 3.0), roi_size=(56, 64, 56), channels=("t1", "t1ce", "t2", "flair"),
+                spacing_mm=(3.0, 3.0, 3.0), roi_size=DEMO_VOLUME, channels=("t1", "t1ce", "t2", "flair"),
                 subset_fraction: float = 1.0, snapshot_epochs=(), calibration_loss: str | None = None,
                 calibration_weight: float = 1.0, dice_batch: bool = False, progress: bool = True, log=print) -> Path:
     """Train one model and write its checkpoint (with model card) to ``out_path``.

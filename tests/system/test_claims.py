@@ -44,16 +44,14 @@ def demo_cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory, demo_cohort):
     from core.batch.pipeline import run_batch
+    from core.inference.modelset import load_model_set
+    from core.inference.uncertainty import unavailable_reason
     from core.io.demo_cohort import DemoSpec
 
     root = tmp_path_factory.mktemp("claims")
-    cohort = demo_cohort
     specs = [demo_model_spec(m, SHIPPED_WEIGHTS) for m in MODELS]
-    summary = run_batch(cohort, root / "results.duckdb", specs, methods=list(DEMO_METHODS),
+    summary = run_batch(demo_cohort, root / "results.duckdb", specs, methods=list(DEMO_METHODS),
                         T=10, split="test", progress=False, echo=lambda *_: None)
-    from core.inference.modelset import load_model_set
-    from core.inference.uncertainty import unavailable_reason
-
     runnable = sum(unavailable_reason(m, load_model_set(s)) is None for s in specs for m in DEMO_METHODS)
     assert summary["failed"] == 0 and summary["ok"] == runnable * DemoSpec().n_test, summary
     con = store.connect(root / "results.duckdb", read_only=True)
@@ -99,10 +97,9 @@ def test_typical_cases_reach_confident_probabilities(demo_cohort, model):
     from core.inference.modelset import load_model_set
     from core.io.cohort import discover, load_case
 
-    cohort = demo_cohort
-    kinds = {p["patient_id"]: p["kind"] for p in json.loads((cohort / "demo_manifest.json").read_text())["patients"]}
+    kinds = {p["patient_id"]: p["kind"] for p in json.loads((demo_cohort / "demo_manifest.json").read_text())["patients"]}
     ms = load_model_set(demo_model_spec(model, SHIPPED_WEIGHTS))
-    typical = [f for f in discover(cohort, split="test") if kinds[f.patient_id] == "typical"]
+    typical = [f for f in discover(demo_cohort, split="test") if kinds[f.patient_id] == "typical"]
     assert len(typical) >= 5
     for f in typical:
         z = deterministic_logits(ms, load_case(f, ms.card["channels"]).image)
