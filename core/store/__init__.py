@@ -5,6 +5,9 @@ Every query takes parameters (``?``); identifiers come only from :mod:`core.stor
 from core.store.schema import (  # noqa: F401
     SCHEMA,
     RESULT_TABLES,
+    STORED_TABLES,
+    UNCERTAINTY_VIEW,
+    uncertainty_hist_insert,
     COLUMNS,
     KEY,
     CAL_LIST_COLS,

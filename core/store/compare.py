@@ -83,6 +83,15 @@ def _close(x, y, rel_tol: float) -> tuple[bool, float]:
     return x == y, 0.0 if x == y else math.inf
 
 
+def _compared_names(con) -> set[str]:
+    """The tables compared: every table, with ``uncertainty_hist`` (lists whose order is a storage detail)
+    compared through its view ``uncertainty_bins`` (one row per bin, sorted like any table)."""
+    names = table_names(con)
+    if "uncertainty_hist" in names:
+        names = (names - {"uncertainty_hist"}) | {"uncertainty_bins"}
+    return names
+
+
 def compare_databases(a: str | Path, b: str | Path, rel_tol: float = 1e-12, map_runs: bool = True,
                       tables: list[str] | None = None, skip_columns: set[str] | None = None) -> list[TableDiff]:
     """Compare two results databases table by table.
@@ -108,7 +117,7 @@ def compare_databases(a: str | Path, b: str | Path, rel_tol: float = 1e-12, map_
         # absolute paths below the database's folder (maps, cohort) or beside it (the project's weights/)
         roots = [[(str(Path(p).resolve().parent), "<db>"), (str(Path(p).resolve().parent.parent), "<db>/..")]
                  for p in (a, b)]
-        names = [table_names(c) for c in cons]
+        names = [_compared_names(c) for c in cons]
         out = []
         for t in sorted(tables or (names[0] | names[1])):
             if t not in names[0] or t not in names[1]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from core.store.schema import LEGACY_TS_METHOD, SCHEMA, TEMPERATURE_COLUMNS
+from core.store.schema import LEGACY_TS_METHOD, SCHEMA, TEMPERATURE_COLUMNS, UNCERTAINTY_VIEW, uncertainty_hist_insert
 
 
 class DatabaseBusy(RuntimeError):
@@ -53,9 +53,15 @@ def connect(path: str | Path, read_only: bool = False, retries: int = 20, wait_s
 
 
 def migrate(con) -> None:
-    """Bring a writer's older tables to the current schema: a ``temperatures`` table without ``method`` (one
-    temperature set per model, fitted on its deterministic logits) is rebuilt with the column, its rows marked
-    :data:`core.store.schema.LEGACY_TS_METHOD` (what they were fitted for), in one transaction."""
+    """Bring a writer's older tables to the current schema, each in one transaction:
+
+    * a ``temperatures`` table without ``method`` (one temperature set per model, fitted on its deterministic
+      logits) is rebuilt with the column, its rows marked :data:`core.store.schema.LEGACY_TS_METHOD` (what they
+      were fitted for);
+    * an ``uncertainty_bins`` table (one row per bin, before ``uncertainty_hist``) is moved into
+      ``uncertainty_hist`` and replaced by the view of that name (:data:`core.store.schema.UNCERTAINTY_VIEW`).
+    """
+    _migrate_uncertainty_bins(con)
     cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                       "WHERE table_name = 'temperatures' AND table_schema = current_schema()").fetchall()]
     if "method" in cols:
@@ -69,6 +75,25 @@ def migrate(con) -> None:
         con.execute(SCHEMA)  # the current temperatures table (the others exist: untouched)
         con.execute(f"INSERT INTO temperatures SELECT {sel} FROM _old_temperatures", [LEGACY_TS_METHOD])
         con.execute("DROP TABLE _old_temperatures")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _migrate_uncertainty_bins(con) -> None:
+    kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'uncertainty_bins' "
+                       "AND table_schema = current_schema()").fetchone()
+    if kind is None or kind[0] != "BASE TABLE":
+        return
+    bad = con.execute("SELECT count(*) FROM uncertainty_bins WHERE n_error IS DISTINCT FROM n_fp + n_fn").fetchone()[0]
+    if bad:
+        raise ValueError(f"cannot migrate uncertainty_bins: {bad} rows have n_error != n_fp + n_fn")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(uncertainty_hist_insert("uncertainty_bins"))
+        con.execute("DROP TABLE uncertainty_bins")
+        con.execute(UNCERTAINTY_VIEW)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

@@ -139,9 +139,13 @@ def table_counts(con) -> pd.DataFrame:
              "temperatures", "run_plan", "quality", "quality_summary"]
     # a database written by an older version may lack the newer tables: count those that exist
     existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    existing |= {"uncertainty_bins"} if "uncertainty_hist" in existing else set()  # the view: its bins counted below
     names = [n for n in names if n in existing]
     # table names come from the fixed list above, never from user input
-    return pd.DataFrame({"table": names, "rows": [con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names]})
+    count = {n: f"SELECT count(*) FROM {n}" for n in names}
+    if "uncertainty_hist" in existing:
+        count["uncertainty_bins"] = "SELECT coalesce(sum(len(bins)), 0) FROM uncertainty_hist"
+    return pd.DataFrame({"table": names, "rows": [int(con.execute(count[n]).fetchone()[0]) for n in names]})
 
 
 def _use_derived(con, run_id: str, mask: str | None = None, metrics: list[str] | None = None) -> bool:

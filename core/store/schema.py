@@ -8,7 +8,7 @@ from core.metrics.suite import PatientEvaluation
 from core.analysis.stats import LEADERBOARD_COLUMNS
 
 
-SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, created_at TIMESTAMP, cohort VARCHAR, config JSON,
     code_version VARCHAR, device VARCHAR);
@@ -26,9 +26,9 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE TABLE IF NOT EXISTS calibration_bins (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR,
     bin INTEGER, n BIGINT, sum_prob DOUBLE, sum_true DOUBLE);
-CREATE TABLE IF NOT EXISTS uncertainty_bins (
+CREATE TABLE IF NOT EXISTS uncertainty_hist (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR,
-    measure VARCHAR, bin INTEGER, n_error BIGINT, n_correct BIGINT, n_fp BIGINT, n_fn BIGINT, n_tp BIGINT);
+    measure VARCHAR, bins INTEGER[], n_correct BIGINT[], n_fp BIGINT[], n_fn BIGINT[], n_tp BIGINT[]);
 CREATE TABLE IF NOT EXISTS maps (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, kind VARCHAR, path VARCHAR);
 CREATE TABLE IF NOT EXISTS temperatures (
@@ -46,6 +46,23 @@ CREATE TABLE IF NOT EXISTS quality_summary (
     pearson_r DOUBLE, score_spearman DOUBLE, regressor VARCHAR, features JSON);
 """
 
+# The uncertainty histograms are stored one row per histogram (``uncertainty_hist``: the non-empty bins of one
+# (evaluation, region, mask, measure) as parallel lists) and read through the view ``uncertainty_bins``, one row
+# per non-empty bin as the batch computes them: n_error is not stored (it is n_fp + n_fn, checked at write time).
+# One row per histogram stores the seven key columns once instead of once per bin, and the lists of consecutive
+# histograms alternate ascending / descending bin order (:func:`uncertainty_hist_insert`), so that the
+# bin column's deltas stay small for DuckDB's delta bit-packing; readers must not rely on the view's row order.
+UNCERTAINTY_VIEW = """
+CREATE VIEW IF NOT EXISTS uncertainty_bins AS
+SELECT run_id, model, method, patient_id, region, mask, measure, bin, n_fp + n_fn AS n_error, n_correct, n_fp,
+       n_fn, n_tp
+FROM (SELECT run_id, model, method, patient_id, region, mask, measure, unnest(bins) AS bin,
+             unnest(n_correct) AS n_correct, unnest(n_fp) AS n_fp, unnest(n_fn) AS n_fn, unnest(n_tp) AS n_tp
+      FROM uncertainty_hist);
+"""
+
+SCHEMA = _TABLES + UNCERTAINTY_VIEW  # every table, then the view
+
 
 # a temperatures table of a database written before temperatures were fitted per method: rebuilt with the
 # method column, its rows (fitted on the primary's deterministic logits) marked as deterministic+ts's
@@ -57,7 +74,32 @@ TEMPERATURE_COLUMNS = ["run_id", "model", "method", "region", "temperature", "n_
                        "nll_after", "patients"]
 
 
-RESULT_TABLES = ("metrics", "calibration_bins", "uncertainty_bins", "maps")
+RESULT_TABLES = ("metrics", "calibration_bins", "uncertainty_bins", "maps")  # what the suite returns per evaluation
+STORED_TABLES = {"uncertainty_bins": "uncertainty_hist"}  # the table each one is stored in, where the name differs
+UNC_LIST_COLS = ["n_correct", "n_fp", "n_fn", "n_tp"]  # uncertainty_hist's count lists (bins: the bin list)
+UNC_KEY = ["run_id", "model", "method", "patient_id", "region", "mask", "measure"]
+
+
+def uncertainty_hist_insert(source: str) -> str:
+    """SQL inserting the rows of ``source`` (a table or view with ``uncertainty_bins``' columns: one row per
+    non-empty bin) into ``uncertainty_hist``, one row per histogram, in key order; the lists of every other
+    histogram of an evaluation (by region, mask, measure) run in descending bin order (see :data:`UNCERTAINTY_VIEW`):
+    the stored lists depend only on the evaluation's own bins, not on what else is written with it.
+
+    Args:
+        source: an identifier of the caller's own (a registered frame, a temporary or legacy table), never input.
+
+    Returns:
+        the INSERT statement (no parameters).
+    """
+    key = ", ".join(UNC_KEY)
+    order = "ORDER BY CASE WHEN _odd THEN bin ELSE -bin END"
+    lists = ", ".join([f"list(bin::INTEGER {order})"] + [f"list({c}::BIGINT {order})" for c in UNC_LIST_COLS])
+    return f"""INSERT INTO uncertainty_hist
+               SELECT {key}, {lists}
+               FROM (SELECT *, dense_rank() OVER (PARTITION BY run_id, model, method, patient_id
+                                                  ORDER BY region, mask, measure) % 2 = 1 AS _odd FROM {source})
+               GROUP BY {key} ORDER BY {key}"""
 
 
 COLUMNS = {  # the per-evaluation tables' own columns (after the evaluation key), as the metric suite returns them

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from core.store.connection import transaction
-from core.store.schema import COLUMNS, KEY, RESULT_TABLES
+from core.store.schema import COLUMNS, KEY, RESULT_TABLES, STORED_TABLES, uncertainty_hist_insert
 
 
 # ------------------------------------------------------------------------------------------ writes
@@ -83,7 +83,8 @@ def write_patient(con, run_id: str, patient_id: str, results: list[dict], patien
         for r in results:
             params = [run_id, r["model"], r["method"], patient_id]
             for t in ("evaluations",) + RESULT_TABLES:
-                con.execute(f"DELETE FROM {t} WHERE run_id = ? AND model = ? AND method = ? AND patient_id = ?", params)
+                con.execute(f"DELETE FROM {STORED_TABLES.get(t, t)} "
+                            "WHERE run_id = ? AND model = ? AND method = ? AND patient_id = ?", params)
         for ev in evals:
             con.execute("INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, now())", ev)
         for t, dfs in frames.items():
@@ -91,8 +92,15 @@ def write_patient(con, run_id: str, patient_id: str, results: list[dict], patien
                 df = pd.concat(dfs, ignore_index=True)
                 if t == "metrics":
                     df["value"] = df["value"].astype("float64").where(np.isfinite(df["value"].astype("float64")))
+                if t == "uncertainty_bins":  # stored without n_error: it must be n_fp + n_fn (schema.UNCERTAINTY_VIEW)
+                    bad = df["n_error"].to_numpy() != df["n_fp"].to_numpy() + df["n_fn"].to_numpy()
+                    if bad.any():
+                        r = df[bad].iloc[0]
+                        raise ValueError(f"patient {patient_id}: uncertainty bin {r['bin']} of {r['model']} / "
+                                         f"{r['method']} / {r['region']} has n_error != n_fp + n_fn")
                 con.register("_frame", df)
-                con.execute(f"INSERT INTO {t} SELECT * FROM _frame")
+                con.execute(uncertainty_hist_insert("_frame") if t == "uncertainty_bins"
+                            else f"INSERT INTO {t} SELECT * FROM _frame")
                 con.unregister("_frame")
 
 
