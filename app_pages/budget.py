@@ -2,7 +2,7 @@
 uncertain voxels, from the patients' summed uncertainty bins."""
 import streamlit as st
 
-from dashboard import plots, views
+from dashboard import memo, plots, views
 from dashboard.prefetch import start_prefetch
 from dashboard.sidebar import require_selection
 from dashboard.tables import csv_later
@@ -23,7 +23,8 @@ if table.empty:
     st.info("No uncertainty bins for this selection (a run without ground truth has none).")
     st.stop()
 for col, label in (("captured", "share of all errors captured"), ("ueo", "uncertainty-error overlap (Dice)")):
-    st.plotly_chart(plots.budget_curves(curves, col, label, sel.colours), key=f"budget_{col}")
+    st.plotly_chart(memo.get(sel, ("budget_curves", region, tuple(methods), max_budget, col), lambda: plots.budget_curves(
+        curves, col, label, sel.colours)), key=f"budget_{col}")
 st.dataframe(table, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
                                                     for c in views.float_columns(table)})
 st.download_button("Download (CSV)", csv_later(table), file_name=f"budget_{sel.run_id}_{region}.csv", mime="text/csv")

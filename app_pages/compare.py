@@ -5,7 +5,7 @@ per-patient scatter whose box / lasso selection fills a patient table; a row ope
 and Distributions (per-patient boxes, temperatures)."""
 import streamlit as st
 
-from dashboard import plots, views
+from dashboard import memo, plots, views
 from dashboard.prefetch import start_prefetch
 from dashboard.sidebar import keep_widget_state, page_tabs, require_selection
 from dashboard.tables import csv_later, leaderboard, leaderboard_display
@@ -50,11 +50,12 @@ def summaries(methods: list[str]):
 def draw_overview():
     """Dice / AUROC / ECE side by side per region, and the summary table."""
     _, summary = summaries([sel.method])
-    with_ci = views.with_intervals(summary, leaderboard(sel, [sel.method]))
-    st.plotly_chart(plots.side_by_side(with_ci, sel.colours), key="side_by_side")
+    fig = memo.get(sel, ("side_by_side",), lambda: plots.side_by_side(
+        views.with_intervals(summary, leaderboard(sel, [sel.method])), sel.colours))
+    st.plotly_chart(fig, key="side_by_side")
     st.caption("Error bars: 95 % patient-bootstrap intervals (1000 resamples of the patients) of mean Dice and of "
                "dataset ECE; pooled AUROC is shown without an interval.")
-    table = views.overview_table(summary)
+    table = memo.get(sel, ("overview_table",), lambda: views.overview_table(summary))
     fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in views.float_columns(table)}
     st.dataframe(table, hide_index=True, column_config={
         **fmt,
@@ -86,7 +87,7 @@ def draw_leaderboard():
     if lb.empty:
         st.info("No per-patient metrics for this selection.")
     else:
-        disp = leaderboard_display(lb, summary_all)
+        disp = memo.get(sel, ("leaderboard_display", lb_methods), lambda: leaderboard_display(lb, summary_all))
         st.dataframe(disp, hide_index=True, column_config={
             "AUROC pooled": st.column_config.NumberColumn(format="%.3f"),
             "patients": st.column_config.NumberColumn(help="patients behind each number (inside the entropy filter)"),
@@ -112,11 +113,12 @@ def draw_patients():
     if points.empty:
         st.info("No patient has both metrics for this region (e.g. HD95 is undefined when a region is empty).")
     else:
-        fig = plots.patient_scatter(points, x_metric, y_metric, SCATTER_METRICS[x_metric], SCATTER_METRICS[y_metric],
-                                    sel.colours)
+        fig = memo.get(sel, ("patient_scatter", s_region, x_metric, y_metric), lambda: plots.patient_scatter(
+            points, x_metric, y_metric, SCATTER_METRICS[x_metric], SCATTER_METRICS[y_metric], sel.colours))
         event = st.plotly_chart(fig, key="patient_scatter", on_select="rerun", selection_mode=("box", "lasso"))
         keys = plots.selected_keys(event.selection if event else None, [t.name for t in fig.data])
-        ptable = views.scatter_table(sel, points, keys, list(SCATTER_METRICS), y_metric)
+        ptable = memo.get(sel, ("scatter_table", s_region, x_metric, y_metric, keys), lambda: views.scatter_table(
+            sel, points, keys, list(SCATTER_METRICS), y_metric))
         if keys:
             st.caption(f"{len(ptable)} selected point(s). Double-click the chart to clear the selection.")
         else:
@@ -174,7 +176,8 @@ def draw_paired():
                 "statistic": st.column_config.NumberColumn("W", format="%.1f"),
                 "p_value": st.column_config.TextColumn("p", help="two-sided Wilcoxon p; < 1e-300 where it underflows"),
                 "p_holm": st.column_config.TextColumn("p (Holm, 3 regions)")})
-            st.plotly_chart(plots.paired_differences(diffs, PAIRED_METRICS[paired_metric], a, b), key="paired_plot")
+            st.plotly_chart(memo.get(sel, ("paired_plot", paired_metric, a, b), lambda: plots.paired_differences(
+                diffs, PAIRED_METRICS[paired_metric], a, b)), key="paired_plot")
             st.download_button("Download paired differences (CSV)", csv_later(diffs.rename(columns={"a": a, "b": b})),
                                file_name=f"paired_{sel.run_id}_{sel.method}_{paired_metric}_{a}_vs_{b}.csv", mime="text/csv",
                                key="dl_paired")
@@ -223,8 +226,8 @@ def draw_paired_methods():
     if st.session_state.get("pm_plot_metric") not in metrics:
         st.session_state["pm_plot_metric"] = metrics[0]
     plot_metric = st.selectbox("Plot the differences of", metrics, format_func=PAIRED_METRICS.get, key="pm_plot_metric")
-    st.plotly_chart(plots.paired_differences(diffs[diffs.metric == plot_metric], PAIRED_METRICS[plot_metric], a, b),
-                    key="pm_plot")
+    st.plotly_chart(memo.get(sel, ("pm_plot", model, a, b, plot_metric), lambda: plots.paired_differences(
+        diffs[diffs.metric == plot_metric], PAIRED_METRICS[plot_metric], a, b)), key="pm_plot")
     st.download_button("Download paired differences (CSV)", csv_later(diffs.rename(columns={"a": a, "b": b})),
                        file_name=f"paired_methods_{sel.run_id}_{model}_{a}_vs_{b}.csv", mime="text/csv", key="dl_pm")
     st.caption(f"Model {model}, method A {a} vs method B {b}, voxel set {sel.mask} for calibration metrics, "
@@ -240,12 +243,12 @@ def draw_distributions():
     c1, c2 = st.columns(2)
     with c1:
         st.markdown("**Dice per patient**")
-        st.plotly_chart(plots.per_patient_box(views.metric_values(sel, list(SCATTER_METRICS), "dice"), "Dice",
-                                              sel.colours, [0, 1.02]), key="dice_box")
+        st.plotly_chart(memo.get(sel, ("dice_box",), lambda: plots.per_patient_box(
+            views.metric_values(sel, list(SCATTER_METRICS), "dice"), "Dice", sel.colours, [0, 1.02])), key="dice_box")
     with c2:
         st.markdown(f"**ECE per patient ({sel.mask})**")
-        st.plotly_chart(plots.per_patient_box(views.metric_values(sel, list(SCATTER_METRICS), "ece"), "ECE",
-                                              sel.colours), key="ece_box")
+        st.plotly_chart(memo.get(sel, ("ece_box",), lambda: plots.per_patient_box(
+            views.metric_values(sel, list(SCATTER_METRICS), "ece"), "ECE", sel.colours)), key="ece_box")
 
     temps = views.temperatures(sel)
     if not temps.empty:

@@ -2,7 +2,7 @@
 reliability histogram (paper 004), per-patient ECE, over/under-confident shares (paper 002), worst patients."""
 import streamlit as st
 
-from dashboard import plots, views
+from dashboard import memo, plots, views
 from dashboard.sidebar import require_selection
 from dashboard.tables import csv_later
 
@@ -18,24 +18,26 @@ if not curves:
     st.info("No calibration bins for this selection (a run without ground truth has none).")
     st.stop()
 
-st.plotly_chart(plots.reliability_diagram(curves, bands, sel.colours,
-                                          f"Reliability diagram, {region}, {sel.mask} (dataset curve over patients' 10-90 % band)"),
-                key="reliability")
+st.plotly_chart(memo.get(sel, ("reliability", region), lambda: plots.reliability_diagram(
+    curves, bands, sel.colours, f"Reliability diagram, {region}, {sel.mask} (dataset curve over patients' 10-90 % band)")),
+    key="reliability")
 st.subheader("Dataset reliability histograms")
 st.caption("Per confidence bin (column), the distribution of the patients' accuracy in that bin; columns sum to 1 "
            "(paper 004). A well-calibrated model keeps the mass on the diagonal for every patient, not only on average.")
 cols = st.columns(len(hists))
 for c, (model, h) in zip(cols, hists.items()):
     with c:
-        st.plotly_chart(plots.reliability_histogram(h, views.N_CAL_BINS, model), key=f"hist_{model}")
+        st.plotly_chart(memo.get(sel, ("rel_hist", region, model), lambda: plots.reliability_histogram(
+            h, views.N_CAL_BINS, model)), key=f"hist_{model}")
 
 wide = views.calibration_patients(sel, region)
 st.subheader("Per-patient calibration")
 c1, c2 = st.columns(2)
 with c1:
-    st.plotly_chart(plots.histogram(wide, "ece", sel.colours, f"ECE per patient ({sel.mask})"), key="ece_hist")
+    st.plotly_chart(memo.get(sel, ("ece_hist", region), lambda: plots.histogram(
+        wide, "ece", sel.colours, f"ECE per patient ({sel.mask})")), key="ece_hist")
 with c2:
-    tab = views.confidence_shares(wide)
+    tab = memo.get(sel, ("confidence_shares", region), lambda: views.confidence_shares(wide))
     st.markdown("**Share of patients over- / under-confident**: per confidence bin, confidence vs accuracy of the "
                 "predicted label (paper 002, Fig. 1); over-confidence = sum_k n_k/N max(0, conf_k - acc_k), "
                 "under-confidence the other sign, their sum the ECE. Within tolerance: both <= "

@@ -2,7 +2,7 @@
 subgroup's cohort metrics (from bins), and a triage table to export."""
 import streamlit as st
 
-from dashboard import plots, views
+from dashboard import memo, plots, views
 from dashboard.prefetch import start_prefetch
 from dashboard.sidebar import require_selection
 from dashboard.tables import csv_later
@@ -19,8 +19,9 @@ if len(vals) < n_strata:
     st.stop()
 region = st.radio("Region", views.REGIONS, horizontal=True, key="strata_region")
 rows, med = views.strata_region(view, n_strata, region, labels, dice)
-st.plotly_chart(plots.strata_box(rows, labels, sel.colours, f"stratum of {sel.strat_measure} (Q1 = least uncertain)",
-                                 f"{region} Dice"), key="strata_box")
+st.plotly_chart(memo.get(sel, ("strata_box", n_strata, region), lambda: plots.strata_box(
+    rows, labels, sel.colours, f"stratum of {sel.strat_measure} (Q1 = least uncertain)", f"{region} Dice")),
+    key="strata_box")
 st.markdown(f"**Median {region} Dice per stratum**")
 st.dataframe(med.round(3))
 
@@ -34,7 +35,7 @@ else:
 
 st.subheader("Triage table")
 st.caption("Patients inside the filter, most uncertain first: review from the top.")
-tri = views.triage(sel, view, n_strata, dice)
+tri = memo.get(sel, ("triage", n_strata), lambda: views.triage(sel, view, n_strata, dice))
 st.dataframe(tri, hide_index=True, key="triage")
 st.download_button("Download triage table (CSV)", csv_later(tri),
                    file_name=f"triage_{sel.run_id}_{sel.strat_model}_{sel.method}.csv", mime="text/csv")

@@ -171,6 +171,14 @@ def _timed_run(at) -> float:
     return dt
 
 
+def _clear_memo() -> None:
+    try:  # the app's per-selection results (dashboard.memo; the reference code may not have it)
+        from dashboard import memo
+    except ImportError:
+        return
+    memo.clear()
+
+
 def measure(db: Path, changes: int, seed: int = 0, think: float = 0.0, root: Path = ROOT) -> list[dict]:
     """Time every page of the app under ``root`` (its app_pages/, its core/ and dashboard/ on sys.path first)."""
     import streamlit as st
@@ -189,6 +197,7 @@ def measure(db: Path, changes: int, seed: int = 0, think: float = 0.0, root: Pat
     for page in PAGES:
         st.cache_data.clear()
         st.cache_resource.clear()
+        _clear_memo()
         store.release_readers()  # cold: the page opens the database file itself
         file, _, view = page.partition(":")
         at = AppTest.from_file(str(root / "app_pages" / f"{file}.py"), default_timeout=600)

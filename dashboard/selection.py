@@ -1,6 +1,7 @@
 """The sidebar's selection (database, run, models, method, mask, entropy filter) and the data folder."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -104,11 +105,26 @@ class Selection:
     group_ids: tuple = ()
     review_filtered: bool = False  # the sidebar's review-status filter dropped patients: subsets go by patient id
 
-    @property
+    groups_digest: str | None = None  # subset_key(group_pids, group_ids), when the sidebar has it (cached)
+
+    @functools.cached_property
     def groups_key(self) -> str:
         """A short digest of (group_pids, group_ids): the cache key of the per-group rollups (hashing 10,000
-        patient ids as a cache argument on every rerun costs more than the digest)."""
-        return subset_key(self.group_pids, self.group_ids)
+        patient ids as a cache argument on every rerun costs more than the digest); computed once per selection."""
+        return self.groups_digest or subset_key(self.group_pids, self.group_ids)
+
+    @functools.cached_property
+    def key(self) -> tuple:
+        """Everything a page's numbers depend on besides its own widgets: the database file and its version
+        (modification time), run, models, method, mask, stratification, quantile range and, when the review
+        filter dropped patients, the digest of the patients kept. The key of :mod:`dashboard.memo`."""
+        try:
+            version = Path(self.db).stat().st_mtime_ns
+        except OSError:
+            version = None
+        kept = subset_key(sorted(self.patients)) if self.review_filtered else None
+        return (str(self.db), version, self.run_id, tuple(self.models), self.method, self.mask, self.strat_model,
+                self.strat_measure, tuple(self.q_range), self.groups_key, kept)
 
     @property
     def colours(self) -> dict[str, str]:

@@ -1,11 +1,13 @@
 """The shared sidebar (session state + URL query parameters), the page's selection, lazy tabs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
 from dashboard import reads, review
-from dashboard.selection import STRAT_MEASURES, Selection, available_dbs, data_dir, resolve_db
+from dashboard.selection import STRAT_MEASURES, Selection, available_dbs, data_dir, resolve_db, subset_key
 
 from core import store
 from core.store import DatabaseBusy  # noqa: F401 - for app.py (pages reach core only through dashboard)
@@ -37,6 +39,47 @@ def run_in_progress(db_name: str) -> None:
     st.warning(msg, icon=":material/hourglass_top:")
 
 
+class _Strata:
+    """The stratification of one (database version, run, model, method, measure): its values, quantile groups,
+    their digest and the patients kept per quantile range, computed once and shared by every rerun and session
+    (read-only: :func:`_stratification` returns the same object)."""
+
+    def __init__(self, values):
+        self.values = values
+        self.empty = values.empty
+        self.all_patients = values.patient_id.tolist()
+        gids = quantile_groups(values) if len(values) else np.zeros(0, np.int64)
+        self._gids = np.asarray(gids, np.int64)
+        self.pids = tuple(self.all_patients)
+        self.gids = tuple(int(g) for g in self._gids)
+        self.digest = subset_key(self.pids, self.gids)
+        self._kept: dict = {}
+
+    def kept(self, q_range: tuple[int, int]) -> list[str]:
+        """The patients inside the quantile range (a new list each call)."""
+        if q_range not in self._kept:
+            self._kept[q_range] = self.values.patient_id[groups_kept(self._gids, q_range)].tolist() \
+                if len(self.values) else []
+        return list(self._kept[q_range])
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _cached_strata(db: str, version: int, run_id: str, model: str, method: str, metric: str, region: str,
+                   mask: str) -> _Strata:
+    return _Strata(reads.patient_measure(Path(db), run_id, model, method, metric=metric, region=region, mask=mask))
+
+
+def _stratification(db: Path, run_id: str, model: str, method: str, metric: str, region: str, mask: str) -> _Strata:
+    """The :class:`_Strata` of the sidebar's measure, once per database file version."""
+    return _cached_strata(str(db), Path(db).stat().st_mtime_ns, run_id, model, method, metric, region, mask)
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def _databases(folder: str) -> list[str]:
+    """:func:`available_dbs` of the data folder, looked up at most every 2 s (a walk of a folder of maps)."""
+    return available_dbs()
+
+
 def sidebar() -> Selection | None:
     """Draw the shared sidebar (database, run, models, method, mask, entropy filter) and return its selection.
 
@@ -56,7 +99,7 @@ def sidebar() -> Selection | None:
 
 def _sidebar() -> Selection | None:
     sb = st.sidebar
-    dbs = available_dbs()
+    dbs = _databases(str(data_dir()))
     if not dbs:
         st.info(
             f"No results database in `{data_dir()}` yet. Build the demo with `python -m core demo` "
@@ -82,8 +125,8 @@ def _sidebar() -> Selection | None:
     _init("run", _qp_default("run", run_ids, run_ids[0]))
     if st.session_state["run"] not in run_ids:
         st.session_state["run"] = run_ids[0]
-    run_id = sb.selectbox("Run", run_ids, key="run",
-                          format_func=lambda r: f"{r} ({runs.set_index('run_id').loc[r, 'patients']} patients)")
+    run_label = {r: f"{r} ({n} patients)" for r, n in zip(runs.run_id, runs.patients)}
+    run_id = sb.selectbox("Run", run_ids, key="run", format_func=run_label.get)
     all_models = reads.run_models(db, run_id).model.tolist()
     methods = reads.run_methods(db, run_id)
     if not all_models or not methods:
@@ -121,21 +164,20 @@ def _sidebar() -> Selection | None:
     q_range = sb.slider("Entropy quantile range (%)", 0, 100, key="q_range", step=5,
                         help="Keep patients whose measure lies between these quantiles of the cohort")
     metric, region, mmask = STRAT_MEASURES[strat_measure]
-    values = reads.patient_measure(db, run_id, strat_model, method, metric=metric, region=region, mask=mmask)
-    if values.empty:  # the stratifying model did not run this method (per-model methods): use one that did
+    strat = _stratification(db, run_id, strat_model, method, metric, region, mmask)
+    if strat.empty:  # the stratifying model did not run this method (per-model methods): use one that did
         for other in [m for m in all_models if m != strat_model]:
-            values = reads.patient_measure(db, run_id, other, method, metric=metric, region=region, mask=mmask)
-            if not values.empty:
+            strat = _stratification(db, run_id, other, method, metric, region, mmask)
+            if not strat.empty:
                 sb.warning(f"{strat_model} has no {method} results in this run; the entropy filter uses {other}.")
                 strat_model = other
                 break
-    if values.empty and metric in ("mean_mi", "mean_epkl"):
+    if strat.empty and metric in ("mean_mi", "mean_epkl"):
         sb.warning(f"{'Mutual information' if metric == 'mean_mi' else 'EPKL'} needs samples; method {method} has "
                    "none. Stratifying by mean entropy.")
-        values = reads.patient_measure(db, run_id, strat_model, method, metric="mean_entropy", region=region, mask=mmask)
-    all_patients = values.patient_id.tolist()
-    gids = quantile_groups(values) if len(values) else np.zeros(0, np.int64)
-    patients = values.patient_id[groups_kept(gids, q_range)].tolist() if len(values) else []
+        strat = _stratification(db, run_id, strat_model, method, "mean_entropy", region, mmask)
+    all_patients = list(strat.all_patients)
+    patients = strat.kept(tuple(q_range))
     _init("review_filter", list(review.STATUSES))
     chosen = sb.multiselect("Review status", list(review.STATUSES), key="review_filter",
                             help=f"Keep patients whose latest review decision for {strat_model} (the model above) "
@@ -153,8 +195,8 @@ def _sidebar() -> Selection | None:
         if st.query_params.get(k) != v:
             st.query_params[k] = v
     return Selection(db, run_id, models, all_models, method, methods, mask, strat_model, strat_measure,
-                     tuple(q_range), patients, all_patients, values, tuple(all_patients), tuple(int(g) for g in gids),
-                     review_filtered)
+                     tuple(q_range), patients, all_patients, strat.values, strat.pids, strat.gids, review_filtered,
+                     strat.digest)
 
 
 def current_selection() -> Selection | None:

@@ -18,7 +18,7 @@ import streamlit as st
 from core import store
 from core.analysis import stats
 from core.analysis.strata import groups_kept
-from dashboard import reads
+from dashboard import memo, reads
 from dashboard.prefetch import queue_prefetch
 from dashboard.selection import Selection
 from dashboard.subsets import patient_table
@@ -48,6 +48,7 @@ def _leaderboard_parts(db: str, mtime: float, run_id: str, mask: str, methods: t
     return parts
 
 
+@memo.per_selection
 def leaderboard(sel: Selection, methods: list[str], B: int = stats.DEFAULT_B) -> pd.DataFrame:
     """The leaderboard of the patients inside the entropy filter, with 95 % Poisson-bootstrap intervals.
 

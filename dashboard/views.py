@@ -17,7 +17,7 @@ from core.analysis.strata import strata
 from core.analysis.summaries import GAP_TOL, confidence_shares, reliability_arrays  # noqa: F401 - for the pages
 from core.metrics.calibration import N_CAL_BINS  # noqa: F401 - re-exported for the pages
 from core.store.schema import MASKS, REGIONS  # noqa: F401 - re-exported for the pages
-from dashboard import reads, tables
+from dashboard import memo, reads, tables
 from dashboard import viewer as V
 from dashboard.selection import STRAT_MEASURES, Selection, data_dir, in_filter
 from dashboard.subsets import patient_table, subset_bins, subset_summary
@@ -97,6 +97,7 @@ def findings(lb: pd.DataFrame, flagged: pd.DataFrame, method: str) -> dict:
     return out
 
 
+@memo.per_selection
 def home_findings(sel: Selection) -> dict:
     """:func:`findings` of the selection: the leaderboard of the sidebar's method over the filtered patients
     (the Compare page's numbers) and the quality flags of that method (selected models, every region)."""
@@ -148,6 +149,7 @@ def ran_models(sel: Selection) -> list[str]:
     return sorted(set(status[(status.method == sel.method) & (status.ok > 0)].model) & set(sel.models))
 
 
+@memo.per_selection
 def compare_summaries(sel: Selection, methods: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The Compare page's cohort summaries of the selected models over the filtered patients.
 
@@ -194,6 +196,7 @@ def float_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if df[c].dtype.kind == "f"]
 
 
+@memo.per_selection
 def scatter_points(sel: Selection, metrics: list[str], region: str, x: str, y: str) -> pd.DataFrame:
     """Per-patient rows of the selected models and method in one region with both ``x`` and ``y`` defined.
 
@@ -244,6 +247,7 @@ PAIRED_COLUMNS = ["region", "n", "n_nan", "n_zero", "mean_diff", "diff_lo", "dif
                   "p_value", "p_holm"]
 
 
+@memo.per_selection
 def paired_view(sel: Selection, metrics: list[str], metric: str, a: str, b: str):
     """(test table per region, per-patient differences) of model ``a`` vs ``b`` (:func:`dashboard.tables.paired`).
 
@@ -269,6 +273,7 @@ def ran_methods(sel: Selection, model: str) -> list[str]:
     return [m for m in sel.methods if m in ok]
 
 
+@memo.per_selection
 def paired_methods_view(sel: Selection, metrics: list[str], compared: list[str], model: str, a: str, b: str):
     """(test table per metric and region, per-patient differences) of method ``a`` vs ``b`` of ``model``
     (:func:`dashboard.tables.paired_methods`) on each metric of ``compared``; ``metrics``: the cached
@@ -281,6 +286,7 @@ def paired_methods_view(sel: Selection, metrics: list[str], compared: list[str],
     return (format_p_columns(test[["metric"] + PAIRED_COLUMNS]) if len(diffs) else test), diffs
 
 
+@memo.per_selection
 def metric_values(sel: Selection, metrics: list[str], metric: str) -> pd.DataFrame:
     """(model, patient_id, region, value) of one metric, selected models and method, filtered patients.
 
@@ -300,6 +306,7 @@ def temperature_fit_set(sel: Selection) -> str:
     return "brain voxels (any input channel non-zero)" if mask == "brain" else "ROI voxels (truth or prediction, dilated 3 voxels)"
 
 
+@memo.per_selection
 def temperatures(sel: Selection) -> pd.DataFrame:
     """The fitted +ts temperatures of the selected models (empty when the run fitted none)."""
     temps = reads.run_temperatures(sel.db, sel.run_id)
@@ -307,6 +314,7 @@ def temperatures(sel: Selection) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------- reliability
+@memo.per_selection
 def reliability_curves(sel: Selection, region: str) -> tuple[dict, dict, dict]:
     """Per selected model: dataset curve, patients' 10-90 % band and dataset reliability histogram.
 
@@ -338,6 +346,7 @@ def reliability_curves(sel: Selection, region: str) -> tuple[dict, dict, dict]:
 CALIBRATION_METRICS = ["ece", "ace", "mce", "overconfidence", "underconfidence", "cal_gap", "brier", "nll", "dice"]
 
 
+@memo.per_selection
 def calibration_patients(sel: Selection, region: str) -> pd.DataFrame:
     """Per-patient calibration metrics of one region (selected models and method, filtered patients).
 
@@ -410,6 +419,7 @@ def strata_region(view: tuple, n_strata: int, region: str, _labels, _dice) -> tu
     return d, d.groupby(["model", "stratum"]).dice.median().unstack().reindex(columns=_labels)
 
 
+@memo.per_selection
 def subgroup_summary(sel: Selection) -> pd.DataFrame:
     """Cohort metrics of the filtered patients, the sidebar's method and the selected models."""
     summ = subset_summary(sel, methods=[sel.method])
@@ -444,6 +454,7 @@ def triage(sel: Selection, view: tuple, n_strata: int, dice: pd.DataFrame) -> pd
 
 
 # ---------------------------------------------------------------------------------------------- budget
+@memo.per_selection
 def budget(sel: Selection, region: str, methods: list[str], max_budget_pct: float):
     """(curves, table) of the review budget (:func:`core.analysis.summaries.budget_table`), selected models.
 
@@ -466,6 +477,7 @@ def budget(sel: Selection, region: str, methods: list[str], max_budget_pct: floa
     return summaries.budget_table(summed, budgets)
 
 
+@memo.per_selection
 def cohort_ueo(sel: Selection, region: str, methods: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """U-E overlap and BnF at one threshold per model and method, chosen on the filtered patients
     (:func:`core.store.cohort_threshold_ueo`, paper 002), beside the per-patient oracle.
@@ -510,6 +522,7 @@ def run_has_quality(sel: Selection) -> bool:
     return not reads.quality_summary(sel.db, sel.run_id).empty
 
 
+@memo.per_selection
 def quality(sel: Selection, region: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The quality prediction of one region: summary, per-patient predictions and flagged patients.
 
