@@ -51,6 +51,34 @@ def cached_read(fn):
     return read
 
 
+def shared_read(fn, max_entries: int = 8):
+    """As :func:`cached_read`, but the value is shared by every caller, not copied (``st.cache_resource``): for large
+    read-only arrays (a copy per rerun would cost more than the read). Callers must not modify it.
+
+    Args:
+        fn: a read of :mod:`core.store` taking a DuckDB connection first.
+        max_entries: values kept.
+
+    Returns:
+        ``read(db, *args, **kwargs)``; ``read.cached(db: str, mtime: float, args: tuple, kwargs: tuple)`` is the
+        cached function itself (for :func:`dashboard.prefetch.queue_prefetch`).
+    """
+    def run(db: str, mtime: float, args: tuple, kwargs: tuple):
+        with store.shared_reader(db) as con:
+            return fn(con, *args, **dict(kwargs))
+
+    run.__qualname__ = run.__name__ = f"shared_{fn.__name__}"
+    cached = st.cache_resource(max_entries=max_entries, show_spinner=False)(run)
+
+    @functools.wraps(fn)
+    def read(db: Path, *args, **kwargs):
+        db = Path(db)
+        return cached(str(db), db.stat().st_mtime, _frozen(args), tuple(sorted((k, _frozen(v)) for k, v in kwargs.items())))
+
+    read.cached = cached
+    return read
+
+
 list_runs = cached_read(store.list_runs)
 run_models = cached_read(store.run_models)
 run_config = cached_read(store.run_config)
@@ -73,3 +101,4 @@ summed_uncertainty_bins = cached_read(store.summed_uncertainty_bins)
 cohort_threshold_ueo = cached_read(store.cohort_threshold_ueo)
 cohort_leaderboard = cached_read(store.cohort_leaderboard)
 study_report = cached_read(report.build_report)
+threshold_cubes = shared_read(store.threshold_cubes)

@@ -14,10 +14,12 @@ import streamlit as st
 from core.analysis import summaries
 from core.analysis.stats import format_p_columns
 from core.analysis.strata import strata
+from core.analysis.ueo import cohort_threshold_from_cubes as ueo_from_cubes
 from core.analysis.summaries import GAP_TOL, confidence_shares, reliability_arrays  # noqa: F401 - for the pages
 from core.metrics.calibration import N_CAL_BINS  # noqa: F401 - re-exported for the pages
 from core.store.schema import MASKS, REGIONS  # noqa: F401 - re-exported for the pages
 from dashboard import memo, reads, tables
+from dashboard.prefetch import queue_prefetch
 from dashboard import viewer as V
 from dashboard.selection import STRAT_MEASURES, Selection, data_dir, in_filter
 from dashboard.subsets import patient_table, subset_bins, subset_summary
@@ -492,9 +494,15 @@ def cohort_ueo(sel: Selection, region: str, methods: list[str]) -> tuple[pd.Data
         at t, BnF patients; per-patient rows: model, method, patient_id, ueo_at_t, ueo_oracle); empty frames
         without uncertainty bins.
     """
-    ids = None if len(sel.patients) == len(sel.all_patients) else sorted(sel.patients)
-    summary, patients = reads.cohort_threshold_ueo(sel.db, sel.run_id, ids, sel.mask, methods=sorted(methods),
-                                                   models=sorted(sel.models))
+    methods, models = sorted(methods), sorted(sel.models)
+    if len(sel.patients) == len(sel.all_patients):  # the batch's stored whole-cohort result; the cubes for a
+        summary, patients = reads.cohort_threshold_ueo(sel.db, sel.run_id, None, sel.mask, methods=methods, models=models)
+        queue_prefetch(reads.threshold_cubes.cached,  # filter move are read in the background meanwhile
+                       (str(sel.db), sel.db.stat().st_mtime, (sel.run_id,),
+                        (("mask", sel.mask), ("methods", tuple(methods)), ("models", tuple(models)))), n_private=0)
+    else:  # every patient's threshold-group counts, read once per database version, then indexed
+        cubes = reads.threshold_cubes(sel.db, sel.run_id, mask=sel.mask, methods=methods, models=models)
+        summary, patients = ueo_from_cubes(cubes, sel.patients)
     summary = summary[summary.region == region].drop(columns="region")
     patients = patients[patients.region == region].drop(columns="region")
     summary = summary.rename(columns={

@@ -140,3 +140,40 @@ def cohort_threshold_table(rows: pd.DataFrame, thresholds=UEO_THRESHOLDS) -> tup
         patients.append(pd.DataFrame({"model": model, "method": method, "region": region, "patient_id": pids,
                                       "ueo_at_t": r["ueo_at_t"], "ueo_oracle": r["ueo_oracle"]}))
     return pd.DataFrame(summary, columns=s_cols), pd.concat(patients, ignore_index=True)[p_cols]
+
+
+def cohort_threshold_from_cubes(cubes: dict, patient_ids=None, thresholds=UEO_THRESHOLDS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`cohort_threshold_table` of dense per-patient cubes, for a subset of their patients.
+
+    Args:
+        cubes: {(model, method, region): (patient ids (P,) sorted, counts (P, T + 1, 5))}
+            (:func:`core.store.threshold_cubes`).
+        patient_ids: the cohort (None: every patient of each cube); ids a cube lacks are left out.
+        thresholds: the T thresholds.
+
+    Returns:
+        (summary, patients) as :func:`cohort_threshold_table` (combos in sorted order; a combo with none of the
+        patients is left out).
+    """
+    keys = ["model", "method", "region"]
+    s_cols = keys + ["n_patients", "t_ueo", "ueo_mean_at_t", "ueo_pooled_at_t", "ueo_oracle_mean", "t_bnf", "bnf_at_t",
+                     "n_bnf"]
+    p_cols = keys + ["patient_id", "ueo_at_t", "ueo_oracle"]
+    wanted = None if patient_ids is None else pd.Index(list(patient_ids)).unique()
+    summary, patients = [], []
+    for (model, method, region) in sorted(cubes):
+        pids, grouped = cubes[(model, method, region)]
+        if wanted is not None:
+            pos = np.sort(pd.Index(pids).get_indexer(wanted))  # hashed lookups (np.isin sorts the strings)
+            pos = pos[pos >= 0]
+            pids, grouped = pids[pos], grouped[pos]
+        if not len(pids):
+            continue
+        r = cohort_threshold(grouped, thresholds)
+        summary.append({"model": model, "method": method, "region": region, "n_patients": r["n_ueo"],
+                        **{k: r[k] for k in s_cols[4:]}})
+        patients.append(pd.DataFrame({"model": model, "method": method, "region": region, "patient_id": pids,
+                                      "ueo_at_t": r["ueo_at_t"], "ueo_oracle": r["ueo_oracle"]}))
+    if not summary:
+        return pd.DataFrame(columns=s_cols), pd.DataFrame(columns=p_cols)
+    return pd.DataFrame(summary, columns=s_cols), pd.concat(patients, ignore_index=True)[p_cols]

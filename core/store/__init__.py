@@ -70,6 +70,7 @@ from core.store.reads import (  # noqa: F401
     summed_calibration_bins,
     summed_uncertainty_bins,
     cohort_threshold_ueo,
+    threshold_cubes,
     grouped_bins,
     cohort_summary,
     patient_calibration_bins,

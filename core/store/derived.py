@@ -12,10 +12,13 @@ millions of rows, and every page would scan them. So the batch (:func:`core.batc
   exactly :func:`core.store.metric_wide` of those metrics (the same pivot writes it).
 * ``patient_calibration``: the per-patient calibration bins as lists, one row per (evaluation, region, mask):
   ``bins`` (bin numbers of the stored, non-empty bins, ascending), ``n``, ``sum_prob``, ``sum_true``.
-* ``patient_uncertainty``: the same for the uncertainty histograms of :data:`LIST_MEASURES` (``bins``,
-  ``n_error``, ``n_correct``, ``n_fp``, ``n_fn``, ``n_tp``).
+* (the uncertainty histograms need no copy: ``uncertainty_hist`` stores them as lists already, one row per
+  (evaluation, region, mask, measure), and the per-group sums read it directly.)
 * ``cohort_calibration_bins`` / ``cohort_uncertainty_bins``: the bins summed over every patient of the run
   (what :func:`core.store.summed_calibration_bins` with no patient list returns).
+* ``cohort_ueo_summary`` / ``cohort_ueo_patients``: per mask, the U-E overlap and BnF at one cohort threshold of
+  every (model, method, region) over every patient of the run, and each patient's U-E at it and its oracle
+  (:func:`core.store.cohort_threshold_ueo` with no patient list: what the Review budget page shows first).
 * ``cohort_leaderboard``: per mask, the leaderboard of every (model, method, region) over every patient of
   the run with its Poisson-bootstrap intervals (:func:`core.analysis.stats.leaderboard`, B = 1000, seed 0): what the
   Compare page shows for the whole cohort, so its first render does not bootstrap 10,000 patients.
@@ -35,9 +38,9 @@ import pandas as pd
 
 from core.store.connection import transaction
 from core.store.reads import calibration_bin_arrays, metric_wide
-from core.analysis import stats
+from core.analysis import stats, ueo
 from core.store.freshness import _state, table_names
-from core.store.schema import LEADERBOARD_METRICS, LIST_MEASURES, MASKS, PRED_COLUMNS, TABLES, WIDE_METRICS, _schema, _summary_columns
+from core.store.schema import LEADERBOARD_METRICS, MASKS, UEO_PATIENT_COLUMNS, UEO_SUMMARY_COLUMNS, PRED_COLUMNS, TABLES, WIDE_METRICS, _schema, _summary_columns
 
 
 
@@ -64,6 +67,7 @@ def build(con, run_id: str) -> dict:
             for t in TABLES + ("derived_state",):
                 con.execute(f"DROP TABLE IF EXISTS {t}")
     con.execute(_schema())
+    con.execute("DROP TABLE IF EXISTS patient_uncertainty")  # an older version's copy of the entropy histograms
     rows = {}
     with transaction(con):
         for t in TABLES + ("derived_state",):
@@ -92,13 +96,6 @@ def build(con, run_id: str) -> dict:
                    list(sum_prob ORDER BY bin), list(sum_true ORDER BY bin)
             FROM calibration_bins WHERE run_id = ? AND mask IN ('brain', 'roi') GROUP BY ALL""", [run_id])
         con.execute("""
-            INSERT INTO patient_uncertainty
-            SELECT run_id, model, method, patient_id, region, mask, measure, list(bin ORDER BY bin),
-                   list(n_error ORDER BY bin), list(n_correct ORDER BY bin), list(n_fp ORDER BY bin),
-                   list(n_fn ORDER BY bin), list(n_tp ORDER BY bin)
-            FROM uncertainty_bins WHERE run_id = ? AND list_contains(?::VARCHAR[], measure) GROUP BY ALL""",
-                    [run_id, list(LIST_MEASURES)])
-        con.execute("""
             INSERT INTO cohort_calibration_bins
             SELECT run_id, model, method, region, mask, bin, sum(n)::DOUBLE, sum(sum_prob), sum(sum_true)
             FROM calibration_bins WHERE run_id = ? GROUP BY ALL""", [run_id])
@@ -112,8 +109,35 @@ def build(con, run_id: str) -> dict:
         con.execute("INSERT INTO derived_state VALUES (?, now(), ?, ?, NULL)", [run_id, int(n_ok), last])
         # from here the reads below use the rows just written (the same transaction sees them as valid)
         rows["cohort_leaderboard"] = _write_leaderboard(con, run_id, summary)
+        rows["cohort_ueo_summary"], rows["cohort_ueo_patients"] = _write_cohort_ueo(con, run_id)
         con.execute("UPDATE derived_state SET seconds = ? WHERE run_id = ?", [time.perf_counter() - t0, run_id])
     return {"rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _write_cohort_ueo(con, run_id: str, measure: str = "entropy") -> tuple[int, int]:
+    """cohort_ueo_summary / cohort_ueo_patients rows of the run (every patient), per mask, one (model, method) at a
+    time so that a 50,000-patient run's histograms are never all in memory."""
+    from core.store.reads import threshold_cubes
+
+    combos = con.execute("SELECT DISTINCT model, method FROM evaluations WHERE run_id = ? AND status = 'ok' ORDER BY ALL",
+                         [run_id]).fetchall()
+    n_s = n_p = 0
+    for mask in MASKS:
+        for model, method in combos:
+            summ, pts = ueo.cohort_threshold_from_cubes(threshold_cubes(con, run_id, mask, [method], [model], measure))
+            for table, df, cols in (("cohort_ueo_summary", summ, UEO_SUMMARY_COLUMNS),
+                                    ("cohort_ueo_patients", pts, UEO_PATIENT_COLUMNS)):
+                if df.empty:
+                    continue
+                df = df[cols].copy()
+                df.insert(0, "run_id", run_id)
+                df.insert(1, "mask", mask)
+                df.insert(2, "measure", measure)
+                con.register("_ueo", df)
+                con.execute(f"INSERT INTO {table} SELECT * FROM _ueo")  # table names of this module, never input
+                con.unregister("_ueo")
+            n_s, n_p = n_s + len(summ), n_p + len(pts)
+    return n_s, n_p
 
 
 def _write_leaderboard(con, run_id: str, summary: pd.DataFrame) -> int:

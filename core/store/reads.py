@@ -12,9 +12,10 @@ from core.analysis import summaries
 from core.analysis import ueo
 from core.metrics.binning import dense_bins, sum_by_bin
 from core.metrics.calibration import N_CAL_BINS
+from core.metrics.uncertainty import N_UNC_BINS
 from core.store.connection import _TLS
 from core.store.freshness import list_arrays, table_names, valid
-from core.store.schema import LEGACY_TS_METHOD
+from core.store.schema import LEGACY_TS_METHOD, UEO_PATIENT_COLUMNS, UEO_SUMMARY_COLUMNS
 from core.store.schema import BRAIN_ONLY, CAL_LIST_COLS, LIST_MEASURES, MASKS, PRED_COLUMNS, PRED_ONLY, SUMMARY_METRICS, UNC_COUNT_COLS, WIDE_METRICS
 
 
@@ -301,15 +302,67 @@ def summed_uncertainty_bins(con, run_id: str, patient_ids: list[str] | None = No
                        [run_id, mask, measure, patient_ids, patient_ids, methods, methods]).df()
 
 
+def threshold_cubes(con, run_id: str, mask: str = "brain", methods: list[str] | None = None,
+                    models: list[str] | None = None, measure: str = "entropy") -> dict:
+    """Every patient's uncertainty counts per threshold group (:func:`core.analysis.ueo.threshold_groups`: the 20
+    intervals between t = 0.05, ..., 0.95), one dense cube per (model, method, region), in one pass.
+
+    Read from ``uncertainty_hist`` (the stored lists, through Arrow, summed with numpy); a database of the
+    one-row-per-bin layout is summed in SQL.
+
+    Args:
+        con: a connection.
+        run_id: the run.
+        mask: the voxel set.
+        methods: only those methods (None: all).
+        models: only those models (None: all).
+        measure: the uncertainty of the bins (``entropy``).
+
+    Returns:
+        {(model, method, region): (patient ids (P,) sorted object array, counts (P, T + 1, 5) float64 in the order
+        of :data:`core.analysis.ueo.COUNTS`)}; a patient appears where it has a histogram.
+    """
+    methods, models = _list(methods), _list(models)
+    T = len(ueo.threshold_bins())
+    where = """run_id = ? AND mask = ? AND measure = ?
+               AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+               AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], model))"""
+    params = [run_id, mask, measure, methods, methods, models, models]
+    if "uncertainty_hist" in table_names(con):
+        tbl = con.sql(f"""SELECT model, method, region, patient_id, bins, n_correct, n_fp, n_fn, n_tp
+                          FROM uncertainty_hist WHERE {where}""", params=params).to_arrow_table()
+        keys = tbl.select(["model", "method", "region", "patient_id"]).to_pandas()
+        row, v = list_arrays(tbl, ["bins", "n_correct", "n_fp", "n_fn", "n_tp"])
+        lut = ueo.threshold_groups(np.arange(N_UNC_BINS))  # bin -> threshold group, looked up (not searched)
+        flat = row * (T + 1) + lut[np.asarray(v["bins"], np.int64)]
+        size = len(keys) * (T + 1)
+        per = {c: np.bincount(flat, np.asarray(v[c], np.float64), minlength=size) for c in ("n_correct", "n_fp", "n_fn", "n_tp")}
+        grouped = np.stack([per["n_fp"] + per["n_fn"], per["n_correct"], per["n_fp"], per["n_fn"], per["n_tp"]],
+                           axis=-1).reshape(len(keys), T + 1, 5)
+    else:  # legacy layout: one row per bin
+        group = " + ".join(f"(bin >= {int(b)})::INTEGER" for b in ueo.threshold_bins())  # constants, not input
+        rows = con.execute(f"""
+            SELECT model, method, region, patient_id, {group} AS "group",
+                   {", ".join(f"sum(coalesce({c}, 0))::DOUBLE AS {c}" for c in ueo.COUNTS)}
+            FROM uncertainty_bins WHERE {where} GROUP BY ALL""", params).df()
+        keys = rows[["model", "method", "region", "patient_id"]].drop_duplicates().reset_index(drop=True)
+        code = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(rows[keys.columns]))
+        grouped = dense_bins(code, rows["group"].to_numpy(np.int64), rows[list(ueo.COUNTS)].to_numpy(np.float64),
+                             len(keys), T + 1)
+    out = {}
+    for combo, idx in keys.groupby(["model", "method", "region"], sort=True).indices.items():
+        pids = keys.patient_id.to_numpy(object)[idx]
+        order = np.argsort(pids, kind="stable")
+        out[tuple(combo)] = (pids[order], grouped[idx[order]])
+    return out
+
+
 def cohort_threshold_ueo(con, run_id: str, patient_ids: list[str] | None = None, mask: str = "brain",
                          methods: list[str] | None = None, models: list[str] | None = None,
                          measure: str = "entropy") -> tuple[pd.DataFrame, pd.DataFrame]:
     """U-E overlap and BnF at one threshold per (model, method, region), chosen on the patients given
     (:mod:`core.analysis.ueo`: the threshold of the highest mean per-patient U-E, and BnF's own), beside the
-    per-patient oracle (``ueo_best``).
-
-    The per-patient uncertainty bins are summed in SQL into the 20 intervals between the thresholds
-    t = 0.05, ..., 0.95 (bin edges), so the analysis gets (patients x 20) counts per combo.
+    per-patient oracle (``ueo_best``), from :func:`threshold_cubes`.
 
     Args:
         con: a connection.
@@ -321,18 +374,21 @@ def cohort_threshold_ueo(con, run_id: str, patient_ids: list[str] | None = None,
         measure: the uncertainty of the bins (``entropy``).
 
     Returns:
-        (summary, patients) of :func:`core.analysis.ueo.cohort_threshold_table`.
+        (summary, patients) of :func:`core.analysis.ueo.cohort_threshold_from_cubes`.
     """
-    patient_ids, methods, models = _list(patient_ids), _list(methods), _list(models)
-    group = " + ".join(f"(bin >= {int(b)})::INTEGER" for b in ueo.threshold_bins())  # constants, not input
-    rows = con.execute(f"""
-        SELECT model, method, region, patient_id, {group} AS "group", {", ".join(f"sum(coalesce({c}, 0)) AS {c}" for c in ueo.COUNTS)}
-        FROM uncertainty_bins
-        WHERE run_id = ? AND mask = ? AND measure = ? AND {_IN_PATIENTS.format(col="patient_id")}
-          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
-          AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], model))
-        GROUP BY ALL""", [run_id, mask, measure, patient_ids, patient_ids, methods, methods, models, models]).df()
-    return ueo.cohort_threshold_table(rows)
+    if patient_ids is None and _use_derived(con, run_id, mask) and "cohort_ueo_summary" in table_names(con):
+        stored = []
+        for table, cols in (("cohort_ueo_summary", UEO_SUMMARY_COLUMNS), ("cohort_ueo_patients", UEO_PATIENT_COLUMNS)):
+            stored.append(con.execute(f"""
+                SELECT {", ".join(cols)} FROM {table}
+                WHERE run_id = ? AND mask = ? AND measure = ?
+                  AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], method))
+                  AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], model))
+                ORDER BY model, method, region{", patient_id" if "patient_id" in cols else ""}""",
+                [run_id, mask, measure, _list(methods), _list(methods), _list(models), _list(models)]).df())
+        if len(stored[0]):
+            return stored[0], stored[1]
+    return ueo.cohort_threshold_from_cubes(threshold_cubes(con, run_id, mask, methods, models, measure), patient_ids)
 
 
 def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids: list[int], mask: str = "brain",
@@ -369,7 +425,8 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
         cols = [c for c in cols if c in columns]
     methods = _list(methods)
 
-    if (kind == "calibration" or measure in LIST_MEASURES) and _use_derived(con, run_id, mask):
+    if (kind == "calibration" and _use_derived(con, run_id, mask)) or \
+            (kind == "uncertainty" and "uncertainty_hist" in table_names(con) and os.environ.get("TUMOURQA_DERIVED") != "0"):
         return _grouped_lists(con, run_id, kind, patient_ids, group_ids, mask, measure, methods, cols)
     combos = con.execute(f"""
         SELECT DISTINCT model, method, region FROM {table} WHERE run_id = ? AND mask = ?
@@ -393,12 +450,17 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
 
 def _list_rows(con, run_id: str, kind: str, mask: str, measure: str, methods: list[str] | None, patient_ids: list[str],
                cols: list[str], combos: pd.DataFrame | None = None):
-    """Rows of ``patient_calibration`` / ``patient_uncertainty`` (:mod:`core.store.derived`) of the listed patients as
-    (patient index into ``patient_ids`` (R,), combo index into ``combos`` (R,), combos, entry row (E,),
-    {bins, <cols>: (E,)}); ``combos`` (model, method, region) defaults to every combo present, sorted."""
+    """Rows of ``patient_calibration`` (:mod:`core.store.derived`) / ``uncertainty_hist`` (the stored histograms, one
+    row per histogram) of the listed patients as (patient index into ``patient_ids`` (R,), combo index into
+    ``combos`` (R,), combos, entry row (E,), {bins, <cols>: (E,)}); ``combos`` (model, method, region) defaults
+    to every combo present, sorted. The entries of a row are in no particular bin order; ``n_error`` of the
+    histograms is n_fp + n_fn (not stored)."""
 
     table, extra, extra_args = ("patient_calibration", "", []) if kind == "calibration" else \
-        ("patient_uncertainty", " AND t.measure = ?", [measure])
+        ("uncertainty_hist", " AND t.measure = ?", [measure])
+    want = cols
+    if kind == "uncertainty" and "n_error" in cols:
+        cols = [c for c in cols if c != "n_error"] + [c for c in ("n_fp", "n_fn") if c not in cols]
     if combos is None:
         combos = con.execute(f"""
             SELECT DISTINCT model, method, region FROM {table} t WHERE t.run_id = ? AND t.mask = ?{extra}
@@ -417,8 +479,11 @@ def _list_rows(con, run_id: str, kind: str, mask: str, measure: str, methods: li
                           combos.model.tolist(), run_id, mask] + extra_args).to_arrow_table()
     if not tbl.num_rows:
         z = np.zeros(0, np.int64)
-        return z, z, combos, z, {c: np.zeros(0) for c in ["bins"] + cols}
+        return z, z, combos, z, {c: np.zeros(0) for c in ["bins"] + want}
     row, vals = list_arrays(tbl, ["bins"] + cols)
+    if "n_error" in want and kind == "uncertainty":
+        vals["n_error"] = np.asarray(vals["n_fp"], np.int64) + np.asarray(vals["n_fn"], np.int64)
+    vals = {c: vals[c] for c in ["bins"] + want}
     patient = tbl.column("patient").to_numpy().astype(np.int64)
     combo = tbl.column("combo").to_numpy().astype(np.int64)
     return patient, combo, combos, row, vals

@@ -155,8 +155,11 @@ MASKS = ("brain", "roi")
 KEYS = "run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR"
 
 
-TABLES = ("patient_summary", "patient_calibration", "patient_uncertainty", "cohort_calibration_bins",
-          "cohort_uncertainty_bins", "cohort_leaderboard")
+TABLES = ("patient_summary", "patient_calibration", "cohort_calibration_bins",
+          "cohort_uncertainty_bins", "cohort_leaderboard", "cohort_ueo_summary", "cohort_ueo_patients")
+UEO_SUMMARY_COLUMNS = ["model", "method", "region", "n_patients", "t_ueo", "ueo_mean_at_t", "ueo_pooled_at_t",
+                       "ueo_oracle_mean", "t_bnf", "bnf_at_t", "n_bnf"]
+UEO_PATIENT_COLUMNS = ["model", "method", "region", "patient_id", "ueo_at_t", "ueo_oracle"]
 
 
 LEADERBOARD_METRICS = list(MEAN_METRICS)
@@ -179,12 +182,15 @@ CREATE TABLE IF NOT EXISTS derived_state (
 CREATE TABLE IF NOT EXISTS patient_summary ({KEYS}, {cols});
 CREATE TABLE IF NOT EXISTS patient_calibration ({KEYS}, bins INTEGER[], n DOUBLE[], sum_prob DOUBLE[],
     sum_true DOUBLE[]);
-CREATE TABLE IF NOT EXISTS patient_uncertainty ({KEYS}, measure VARCHAR, bins INTEGER[], n_error BIGINT[],
-    n_correct BIGINT[], n_fp BIGINT[], n_fn BIGINT[], n_tp BIGINT[]);
 CREATE TABLE IF NOT EXISTS cohort_calibration_bins (run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR,
     mask VARCHAR, bin INTEGER, n DOUBLE, sum_prob DOUBLE, sum_true DOUBLE);
 CREATE TABLE IF NOT EXISTS cohort_uncertainty_bins (run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR,
     mask VARCHAR, measure VARCHAR, bin INTEGER, n_error DOUBLE, n_correct DOUBLE, n_fp DOUBLE, n_fn DOUBLE,
     n_tp DOUBLE);
 CREATE TABLE IF NOT EXISTS cohort_leaderboard (run_id VARCHAR, mask VARCHAR, B INTEGER, seed INTEGER, {lb_cols});
+CREATE TABLE IF NOT EXISTS cohort_ueo_summary (run_id VARCHAR, mask VARCHAR, measure VARCHAR, model VARCHAR,
+    method VARCHAR, region VARCHAR, n_patients INTEGER, t_ueo DOUBLE, ueo_mean_at_t DOUBLE, ueo_pooled_at_t DOUBLE,
+    ueo_oracle_mean DOUBLE, t_bnf DOUBLE, bnf_at_t DOUBLE, n_bnf INTEGER);
+CREATE TABLE IF NOT EXISTS cohort_ueo_patients (run_id VARCHAR, mask VARCHAR, measure VARCHAR, model VARCHAR,
+    method VARCHAR, region VARCHAR, patient_id VARCHAR, ueo_at_t DOUBLE, ueo_oracle DOUBLE);
 """

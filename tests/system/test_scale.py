@@ -33,7 +33,6 @@ COMPARE = {
     # the derived tables (core/store/derived.py): built by the single run's end and by the merge, from the same rows
     "patient_summary": "*",
     "patient_calibration": "*",
-    "patient_uncertainty": "*",
     "cohort_calibration_bins": "*",
     "cohort_uncertainty_bins": "*",
 }
