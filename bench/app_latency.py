@@ -70,6 +70,11 @@ LEGACY_UNCERTAINTY_BINS = """CREATE TABLE uncertainty_bins (
     measure VARCHAR, bin INTEGER, n_error BIGINT, n_correct BIGINT, n_fp BIGINT, n_fn BIGINT, n_tp BIGINT)"""
 
 
+LEGACY_CALIBRATION_BINS = """CREATE TABLE calibration_bins (
+    run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR,
+    bin INTEGER, n BIGINT, sum_prob DOUBLE, sum_true DOUBLE)"""
+
+
 def build(db: Path, n_patients: int, unc_bins: int, legacy: bool = False) -> dict:
     """Create the synthetic database (with ``legacy``: uncertainty bins one row per bin, the layout before
     ``uncertainty_hist``); returns row counts and seconds."""
@@ -80,8 +85,11 @@ def build(db: Path, n_patients: int, unc_bins: int, legacy: bool = False) -> dic
     con = duckdb.connect(str(db))
     con.execute(store.SCHEMA)
     if legacy:  # the layout before uncertainty_hist: one row per bin (what the reference code was written for)
-        con.execute("DROP VIEW uncertainty_bins")
+        for view, table in (("uncertainty_bins", "uncertainty_hist"), ("calibration_bins", "calibration_hist")):
+            con.execute(f"DROP VIEW {view}")
+            con.execute(f"DROP TABLE {table}")
         con.execute(LEGACY_UNCERTAINTY_BINS)
+        con.execute(LEGACY_CALIBRATION_BINS)
     con.execute("SET preserve_insertion_order = true")
     con.execute("INSERT INTO runs VALUES (?, now(), 'synthetic', '{}', 'bench', 'cpu')", [RUN])
     card = json.dumps({"arch": "SegResNet", "channels": ["t1", "t1ce", "t2", "flair"], "regions": REGIONS,
@@ -134,16 +142,18 @@ def _fill_chunk(con, p0: int, p1: int, unc_bins: int, step: int, legacy: bool = 
                  ELSE u END
         FROM x ORDER BY pi, mi, ti, ri""", [RUN])
     con.execute("""
-        INSERT INTO calibration_bins
+        CREATE OR REPLACE TEMP TABLE _cb AS
         WITH x AS (
             SELECT pi, patient_id, mi, model, ti, method, ri, region, mask, b,
                    greatest(0.0, least(1.0, 1.0 - d * (0.6 + 0.25 * ri) - 0.05 * mi)) AS q,
                    (hash(pi, mi, ti, ri, mask, b) % 1000000) / 1e6 AS u
             FROM pc, mdl, mth, reg, (VALUES ('brain'), ('roi')) mk(mask), range(20) r(b))
-        SELECT ?, model, method, patient_id, region, mask, b::INTEGER,
-               n, n * (b + 0.5) / 20.0, round(n * least(1.0, greatest(0.0, (b + 0.5) / 20.0 + (1 - q) * (u - 0.6) * 0.3)))
+        SELECT ? AS run_id, model, method, patient_id, region, mask, b::INTEGER AS bin,
+               n, n * (b + 0.5) / 20.0 AS sum_prob,
+               round(n * least(1.0, greatest(0.0, (b + 0.5) / 20.0 + (1 - q) * (u - 0.6) * 0.3))) AS sum_true
         FROM (SELECT *, (CASE WHEN b = 0 THEN 2000000 ELSE 20000 / (b + 1) END * (0.5 + u))::BIGINT AS n FROM x)
         ORDER BY pi, mi, ti, ri""", [RUN])
+    con.execute("INSERT INTO calibration_bins SELECT * FROM _cb" if legacy else store.calibration_hist_insert("_cb"))
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _ub AS
         WITH x AS (
@@ -287,6 +297,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep an existing database of the same size")
     ap.add_argument("--build-only", action="store_true", help="build the database (and its derived tables), report its "
                                                                 "size and build time, measure nothing")
+    ap.add_argument("--no-derived", action="store_true",
+                    help="with --build-only: leave the derived tables to another version's code (a reference)")
     ap.add_argument("--legacy-layout", action="store_true",
                     help="build the uncertainty bins one row per bin (the layout before uncertainty_hist)")
     ap.add_argument("--think", type=float, default=0.0,
@@ -314,7 +326,7 @@ def main() -> None:
         print(f"  built in {info['seconds']:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in info.items() if k != "seconds"),
               f"({a.db.stat().st_size / 1e9:.2f} GB)", flush=True)
     con = store.connect(a.db) if not a.legacy_layout else duckdb.connect(str(a.db))
-    if not store.valid(con, RUN):  # what the batch does at its end (core.batch.run_batch)
+    if not a.no_derived and not store.valid(con, RUN):  # what the batch does at its end (core.batch.run_batch)
         out = derived.build(con, RUN)
         print(f"  derived tables (core.derived.build, the batch's last step) in {out['seconds']:.0f} s: "
               + ", ".join(f"{k} {v:,}" for k, v in out["rows"].items()), flush=True)

@@ -6,7 +6,7 @@ shard is not part of it), disjoint patients. Merging copies, one transaction per
 
 * ``runs``: the run's row when OUT does not have it yet (its ``created_at`` is the first shard's);
 * ``models``, ``patients``: replaced by key;
-* ``evaluations`` and every per-evaluation table (``metrics``, ``calibration_bins``, ``uncertainty_hist``,
+* ``evaluations`` and every per-evaluation table (``metrics``, ``calibration_hist``, ``uncertainty_hist``,
   ``maps``): for each (run, model, method, patient) evaluation of the shard, OUT's rows of that key are
   replaced by the shard's (so merging again, or merging a rerun's shard, is idempotent);
 * ``temperatures``, ``run_plan``: copied when OUT has none for the (run, model[, method]); when it has, they are
@@ -35,7 +35,7 @@ from core.store.quality import update_quality
 
 
 EVAL_KEY = ("run_id", "model", "method", "patient_id")
-PER_EVALUATION = ("evaluations", "metrics", "calibration_bins", "uncertainty_hist", "maps")
+PER_EVALUATION = ("evaluations", "metrics", "calibration_hist", "uncertainty_hist", "maps")
 TEMPERATURE_RTOL = 1e-4
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import duckdb
 
 from core.store.freshness import table_names
+from core.store.schema import VIEWS
 
 # columns that record time, duration or the host, never results (left out of the comparison)
 VOLATILE = {"created_at", "finished_at", "seconds", "built_at", "code_version", "chunk_trial", "last_finished"}
@@ -84,11 +85,13 @@ def _close(x, y, rel_tol: float) -> tuple[bool, float]:
 
 
 def _compared_names(con) -> set[str]:
-    """The tables compared: every table, with ``uncertainty_hist`` (lists whose order is a storage detail)
-    compared through its view ``uncertainty_bins`` (one row per bin, sorted like any table)."""
+    """The tables compared: every table, with ``uncertainty_hist`` / ``calibration_hist`` (lists whose order is a
+    storage detail) compared through their views ``uncertainty_bins`` / ``calibration_bins`` (one row per bin,
+    sorted like any table)."""
     names = table_names(con)
-    if "uncertainty_hist" in names:
-        names = (names - {"uncertainty_hist"}) | {"uncertainty_bins"}
+    for table, view in VIEWS.items():
+        if table in names:
+            names = (names - {table}) | {view}
     return names
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from core.store.schema import LEGACY_TS_METHOD, SCHEMA, TEMPERATURE_COLUMNS, UNCERTAINTY_VIEW, uncertainty_hist_insert
+from core.store.schema import HIST_INSERT, HIST_VIEW, LEGACY_TS_METHOD, SCHEMA, TEMPERATURE_COLUMNS
 
 
 class DatabaseBusy(RuntimeError):
@@ -58,10 +58,12 @@ def migrate(con) -> None:
     * a ``temperatures`` table without ``method`` (one temperature set per model, fitted on its deterministic
       logits) is rebuilt with the column, its rows marked :data:`core.store.schema.LEGACY_TS_METHOD` (what they
       were fitted for);
-    * an ``uncertainty_bins`` table (one row per bin, before ``uncertainty_hist``) is moved into
-      ``uncertainty_hist`` and replaced by the view of that name (:data:`core.store.schema.UNCERTAINTY_VIEW`).
+    * an ``uncertainty_bins`` / ``calibration_bins`` table (one row per bin, before ``uncertainty_hist`` /
+      ``calibration_hist``) is moved into the list table and replaced by the view of that name
+      (:data:`core.store.schema.UNCERTAINTY_VIEW`, :data:`core.store.schema.CALIBRATION_VIEW`).
     """
-    _migrate_uncertainty_bins(con)
+    for name in HIST_INSERT:
+        _migrate_bin_table(con, name)
     cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
                                       "WHERE table_name = 'temperatures' AND table_schema = current_schema()").fetchall()]
     if "method" in cols:
@@ -81,19 +83,20 @@ def migrate(con) -> None:
         raise
 
 
-def _migrate_uncertainty_bins(con) -> None:
-    kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'uncertainty_bins' "
-                       "AND table_schema = current_schema()").fetchone()
+def _migrate_bin_table(con, name: str) -> None:
+    kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = ? "
+                       "AND table_schema = current_schema()", [name]).fetchone()
     if kind is None or kind[0] != "BASE TABLE":
         return
-    bad = con.execute("SELECT count(*) FROM uncertainty_bins WHERE n_error IS DISTINCT FROM n_fp + n_fn").fetchone()[0]
-    if bad:
-        raise ValueError(f"cannot migrate uncertainty_bins: {bad} rows have n_error != n_fp + n_fn")
+    if name == "uncertainty_bins":  # n_error is not stored: it must be n_fp + n_fn
+        bad = con.execute("SELECT count(*) FROM uncertainty_bins WHERE n_error IS DISTINCT FROM n_fp + n_fn").fetchone()[0]
+        if bad:
+            raise ValueError(f"cannot migrate uncertainty_bins: {bad} rows have n_error != n_fp + n_fn")
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(uncertainty_hist_insert("uncertainty_bins"))
-        con.execute("DROP TABLE uncertainty_bins")
-        con.execute(UNCERTAINTY_VIEW)
+        con.execute(HIST_INSERT[name](name))  # names from core.store.schema, never input
+        con.execute(f"DROP TABLE {name}")
+        con.execute(HIST_VIEW[name])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

@@ -10,10 +10,8 @@ millions of rows, and every page would scan them. So the batch (:func:`core.batc
   row's mask except those stored for one voxel set only (:data:`core.store.BRAIN_ONLY` -> 'brain',
   :data:`core.store.PRED_ONLY` -> 'pred'), plus :data:`PRED_COLUMNS` (means over the predicted region). It is
   exactly :func:`core.store.metric_wide` of those metrics (the same pivot writes it).
-* ``patient_calibration``: the per-patient calibration bins as lists, one row per (evaluation, region, mask):
-  ``bins`` (bin numbers of the stored, non-empty bins, ascending), ``n``, ``sum_prob``, ``sum_true``.
-* (the uncertainty histograms need no copy: ``uncertainty_hist`` stores them as lists already, one row per
-  (evaluation, region, mask, measure), and the per-group sums read it directly.)
+* (the bins need no list copy: ``calibration_hist`` / ``uncertainty_hist`` store them as lists already, one row
+  per (evaluation, region, mask[, measure]), and the per-group sums read them directly.)
 * ``cohort_calibration_bins`` / ``cohort_uncertainty_bins``: the bins summed over every patient of the run
   (what :func:`core.store.summed_calibration_bins` with no patient list returns).
 * ``cohort_ueo_summary`` / ``cohort_ueo_patients``: per mask, the U-E overlap and BnF at one cohort threshold of
@@ -67,7 +65,8 @@ def build(con, run_id: str) -> dict:
             for t in TABLES + ("derived_state",):
                 con.execute(f"DROP TABLE IF EXISTS {t}")
     con.execute(_schema())
-    con.execute("DROP TABLE IF EXISTS patient_uncertainty")  # an older version's copy of the entropy histograms
+    for old in ("patient_calibration", "patient_uncertainty"):  # an older version's list copies of the bins
+        con.execute(f"DROP TABLE IF EXISTS {old}")
     rows = {}
     with transaction(con):
         for t in TABLES + ("derived_state",):
@@ -90,11 +89,6 @@ def build(con, run_id: str) -> dict:
         con.execute("INSERT INTO patient_summary SELECT * FROM _summary")
         con.unregister("_summary")
         rows["patient_summary"] = len(summary)
-        con.execute("""
-            INSERT INTO patient_calibration
-            SELECT run_id, model, method, patient_id, region, mask, list(bin ORDER BY bin), list(n::DOUBLE ORDER BY bin),
-                   list(sum_prob ORDER BY bin), list(sum_true ORDER BY bin)
-            FROM calibration_bins WHERE run_id = ? AND mask IN ('brain', 'roi') GROUP BY ALL""", [run_id])
         con.execute("""
             INSERT INTO cohort_calibration_bins
             SELECT run_id, model, method, region, mask, bin, sum(n)::DOUBLE, sum(sum_prob), sum(sum_true)

@@ -15,7 +15,7 @@ from core.metrics.calibration import N_CAL_BINS
 from core.metrics.uncertainty import N_UNC_BINS
 from core.store.connection import _TLS
 from core.store.freshness import list_arrays, table_names, valid
-from core.store.schema import LEGACY_TS_METHOD, UEO_PATIENT_COLUMNS, UEO_SUMMARY_COLUMNS
+from core.store.schema import LEGACY_TS_METHOD, UEO_PATIENT_COLUMNS, UEO_SUMMARY_COLUMNS, VIEWS
 from core.store.schema import BRAIN_ONLY, CAL_LIST_COLS, LIST_MEASURES, MASKS, PRED_COLUMNS, PRED_ONLY, SUMMARY_METRICS, UNC_COUNT_COLS, WIDE_METRICS
 
 
@@ -140,13 +140,22 @@ def table_counts(con) -> pd.DataFrame:
              "temperatures", "run_plan", "quality", "quality_summary"]
     # a database written by an older version may lack the newer tables: count those that exist
     existing = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    existing |= {"uncertainty_bins"} if "uncertainty_hist" in existing else set()  # the view: its bins counted below
+    views = {VIEWS[t]: t for t in VIEWS if t in existing}  # the bin views: their bins counted in the lists
+    existing |= set(views)
     names = [n for n in names if n in existing]
-    # table names come from the fixed list above, never from user input
-    count = {n: f"SELECT count(*) FROM {n}" for n in names}
-    if "uncertainty_hist" in existing:
-        count["uncertainty_bins"] = "SELECT coalesce(sum(len(bins)), 0) FROM uncertainty_hist"
+    # table names come from the fixed list above and core.store.schema, never from user input
+    count = {n: f"SELECT coalesce(sum(len(bins)), 0) FROM {views[n]}" if n in views else f"SELECT count(*) FROM {n}"
+             for n in names}
     return pd.DataFrame({"table": names, "rows": [int(con.execute(count[n]).fetchone()[0]) for n in names]})
+
+
+def _has_lists(con, kind: str) -> bool:
+    """Whether the database stores ``kind``'s bins ('calibration' / 'uncertainty') as lists (``calibration_hist`` /
+    ``uncertainty_hist``), read through Arrow without a string per bin; a database of the older one-row-per-bin
+    layout (or the benchmarks' reference, ``TUMOURQA_DERIVED=0``) is read through SQL sums."""
+    if os.environ.get("TUMOURQA_DERIVED", "1") == "0":
+        return False
+    return f"{kind}_hist" in table_names(con)
 
 
 def _use_derived(con, run_id: str, mask: str | None = None, metrics: list[str] | None = None) -> bool:
@@ -425,8 +434,7 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
         cols = [c for c in cols if c in columns]
     methods = _list(methods)
 
-    if (kind == "calibration" and _use_derived(con, run_id, mask)) or \
-            (kind == "uncertainty" and "uncertainty_hist" in table_names(con) and os.environ.get("TUMOURQA_DERIVED") != "0"):
+    if _has_lists(con, kind):
         return _grouped_lists(con, run_id, kind, patient_ids, group_ids, mask, measure, methods, cols)
     combos = con.execute(f"""
         SELECT DISTINCT model, method, region FROM {table} WHERE run_id = ? AND mask = ?
@@ -450,13 +458,13 @@ def grouped_bins(con, run_id: str, kind: str, patient_ids: list[str], group_ids:
 
 def _list_rows(con, run_id: str, kind: str, mask: str, measure: str, methods: list[str] | None, patient_ids: list[str],
                cols: list[str], combos: pd.DataFrame | None = None):
-    """Rows of ``patient_calibration`` (:mod:`core.store.derived`) / ``uncertainty_hist`` (the stored histograms, one
-    row per histogram) of the listed patients as (patient index into ``patient_ids`` (R,), combo index into
+    """Rows of ``calibration_hist`` / ``uncertainty_hist`` (the stored bins, one row per (evaluation, region, mask[,
+    measure]) with its bins as lists) of the listed patients as (patient index into ``patient_ids`` (R,), combo index into
     ``combos`` (R,), combos, entry row (E,), {bins, <cols>: (E,)}); ``combos`` (model, method, region) defaults
     to every combo present, sorted. The entries of a row are in no particular bin order; ``n_error`` of the
     histograms is n_fp + n_fn (not stored)."""
 
-    table, extra, extra_args = ("patient_calibration", "", []) if kind == "calibration" else \
+    table, extra, extra_args = ("calibration_hist", "", []) if kind == "calibration" else \
         ("uncertainty_hist", " AND t.measure = ?", [measure])
     want = cols
     if kind == "uncertainty" and "n_error" in cols:
@@ -543,9 +551,9 @@ def patient_calibration_bins(con, run_id: str, model: str, method: str, region: 
         patient_id, bin, n, sum_prob, sum_true (one row per non-empty bin), sorted by patient (and bin).
     """
     patient_ids = _list(patient_ids)
-    if _use_derived(con, run_id, mask):
+    if _has_lists(con, "calibration"):
         tbl = con.sql(f"""
-            SELECT patient_id, bins, n, sum_prob, sum_true FROM patient_calibration
+            SELECT patient_id, bins, n, sum_prob, sum_true FROM calibration_hist
             WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
               AND {_IN_PATIENTS.format(col="patient_id")} ORDER BY patient_id""",
                       params=[run_id, model, method, region, mask, patient_ids, patient_ids]).to_arrow_table()
@@ -579,8 +587,8 @@ def calibration_dense(con, run_id: str, method: str, region: str, mask: str = "b
         {model: {patient_id (P,) sorted, n, sum_prob, sum_true (P, n_bins) float64}} (zeros in empty bins);
         models without bins are absent (empty dict when none has any).
     """
-    if _use_derived(con, run_id, mask):
-        tbl = con.sql("""SELECT model, patient_id, bins, n, sum_prob, sum_true FROM patient_calibration
+    if _has_lists(con, "calibration"):
+        tbl = con.sql("""SELECT model, patient_id, bins, n, sum_prob, sum_true FROM calibration_hist
                          WHERE run_id = ? AND method = ? AND region = ? AND mask = ?""",
                       params=[run_id, method, region, mask]).to_arrow_table()
         if tbl.num_rows:
@@ -679,7 +687,7 @@ def calibration_bin_arrays(con, run_id: str, mask: str, combos: pd.DataFrame, pa
         dict of (E,) arrays, one entry per stored bin: patient (index into ``patient_ids``), combo (index into
         ``combos``), bin, d = sum_prob - sum_true, n (voxels, float64).
     """
-    if _use_derived(con, run_id, mask):
+    if _has_lists(con, "calibration"):
         patient, combo, _, row, v = _list_rows(con, run_id, "calibration", mask, "", None, patient_ids, CAL_LIST_COLS,
                                                combos=combos)
         return {"patient": patient[row], "combo": combo[row], "bin": v["bins"].astype(np.int64),

@@ -23,9 +23,9 @@ CREATE TABLE IF NOT EXISTS evaluations (
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR,
     metric VARCHAR, value DOUBLE);
-CREATE TABLE IF NOT EXISTS calibration_bins (
+CREATE TABLE IF NOT EXISTS calibration_hist (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR,
-    bin INTEGER, n BIGINT, sum_prob DOUBLE, sum_true DOUBLE);
+    bins INTEGER[], n BIGINT[], sum_prob DOUBLE[], sum_true DOUBLE[]);
 CREATE TABLE IF NOT EXISTS uncertainty_hist (
     run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR,
     measure VARCHAR, bins INTEGER[], n_correct BIGINT[], n_fp BIGINT[], n_fn BIGINT[], n_tp BIGINT[]);
@@ -61,7 +61,15 @@ FROM (SELECT run_id, model, method, patient_id, region, mask, measure, unnest(bi
       FROM uncertainty_hist);
 """
 
-SCHEMA = _TABLES + UNCERTAINTY_VIEW  # every table, then the view
+# the calibration bins likewise: one row per (evaluation, region, mask) with its non-empty bins ascending
+CALIBRATION_VIEW = """
+CREATE VIEW IF NOT EXISTS calibration_bins AS
+SELECT run_id, model, method, patient_id, region, mask, unnest(bins) AS bin, unnest(n) AS n,
+       unnest(sum_prob) AS sum_prob, unnest(sum_true) AS sum_true
+FROM calibration_hist;
+"""
+
+SCHEMA = _TABLES + UNCERTAINTY_VIEW + CALIBRATION_VIEW  # every table, then the views
 
 
 # a temperatures table of a database written before temperatures were fitted per method: rebuilt with the
@@ -75,7 +83,8 @@ TEMPERATURE_COLUMNS = ["run_id", "model", "method", "region", "temperature", "n_
 
 
 RESULT_TABLES = ("metrics", "calibration_bins", "uncertainty_bins", "maps")  # what the suite returns per evaluation
-STORED_TABLES = {"uncertainty_bins": "uncertainty_hist"}  # the table each one is stored in, where the name differs
+STORED_TABLES = {"uncertainty_bins": "uncertainty_hist", "calibration_bins": "calibration_hist"}  # where stored
+VIEWS = {v: t for t, v in STORED_TABLES.items()}  # stored table -> the view that reads it one row per bin
 UNC_LIST_COLS = ["n_correct", "n_fp", "n_fn", "n_tp"]  # uncertainty_hist's count lists (bins: the bin list)
 UNC_KEY = ["run_id", "model", "method", "patient_id", "region", "mask", "measure"]
 
@@ -100,6 +109,30 @@ def uncertainty_hist_insert(source: str) -> str:
                FROM (SELECT *, dense_rank() OVER (PARTITION BY run_id, model, method, patient_id
                                                   ORDER BY region, mask, measure) % 2 = 1 AS _odd FROM {source})
                GROUP BY {key} ORDER BY {key}"""
+
+
+CAL_KEY = ["run_id", "model", "method", "patient_id", "region", "mask"]
+
+
+def calibration_hist_insert(source: str) -> str:
+    """SQL inserting the rows of ``source`` (``calibration_bins``' columns, one row per non-empty bin) into
+    ``calibration_hist``, one row per (evaluation, region, mask), bins ascending.
+
+    Args:
+        source: an identifier of the caller's own (a registered frame, a legacy table), never input.
+
+    Returns:
+        the INSERT statement (no parameters).
+    """
+    key = ", ".join(CAL_KEY)
+    return f"""INSERT INTO calibration_hist
+               SELECT {key}, list(bin::INTEGER ORDER BY bin), list(n::BIGINT ORDER BY bin),
+                      list(sum_prob::DOUBLE ORDER BY bin), list(sum_true::DOUBLE ORDER BY bin)
+               FROM {source} GROUP BY {key} ORDER BY {key}"""
+
+
+HIST_INSERT = {"uncertainty_bins": uncertainty_hist_insert, "calibration_bins": calibration_hist_insert}
+HIST_VIEW = {"uncertainty_bins": UNCERTAINTY_VIEW, "calibration_bins": CALIBRATION_VIEW}
 
 
 COLUMNS = {  # the per-evaluation tables' own columns (after the evaluation key), as the metric suite returns them
@@ -155,7 +188,7 @@ MASKS = ("brain", "roi")
 KEYS = "run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR"
 
 
-TABLES = ("patient_summary", "patient_calibration", "cohort_calibration_bins",
+TABLES = ("patient_summary", "cohort_calibration_bins",
           "cohort_uncertainty_bins", "cohort_leaderboard", "cohort_ueo_summary", "cohort_ueo_patients")
 UEO_SUMMARY_COLUMNS = ["model", "method", "region", "n_patients", "t_ueo", "ueo_mean_at_t", "ueo_pooled_at_t",
                        "ueo_oracle_mean", "t_bnf", "bnf_at_t", "n_bnf"]
@@ -180,8 +213,6 @@ def _schema() -> str:
 CREATE TABLE IF NOT EXISTS derived_state (
     run_id VARCHAR PRIMARY KEY, built_at TIMESTAMP, n_ok BIGINT, last_finished TIMESTAMP, seconds DOUBLE);
 CREATE TABLE IF NOT EXISTS patient_summary ({KEYS}, {cols});
-CREATE TABLE IF NOT EXISTS patient_calibration ({KEYS}, bins INTEGER[], n DOUBLE[], sum_prob DOUBLE[],
-    sum_true DOUBLE[]);
 CREATE TABLE IF NOT EXISTS cohort_calibration_bins (run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR,
     mask VARCHAR, bin INTEGER, n DOUBLE, sum_prob DOUBLE, sum_true DOUBLE);
 CREATE TABLE IF NOT EXISTS cohort_uncertainty_bins (run_id VARCHAR, model VARCHAR, method VARCHAR, region VARCHAR,

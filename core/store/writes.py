@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from core.store.connection import transaction
-from core.store.schema import COLUMNS, KEY, RESULT_TABLES, STORED_TABLES, uncertainty_hist_insert
+from core.store.schema import COLUMNS, HIST_INSERT, KEY, RESULT_TABLES, STORED_TABLES
 
 
 # ------------------------------------------------------------------------------------------ writes
@@ -99,8 +99,7 @@ def write_patient(con, run_id: str, patient_id: str, results: list[dict], patien
                         raise ValueError(f"patient {patient_id}: uncertainty bin {r['bin']} of {r['model']} / "
                                          f"{r['method']} / {r['region']} has n_error != n_fp + n_fn")
                 con.register("_frame", df)
-                con.execute(uncertainty_hist_insert("_frame") if t == "uncertainty_bins"
-                            else f"INSERT INTO {t} SELECT * FROM _frame")
+                con.execute(HIST_INSERT[t]("_frame") if t in HIST_INSERT else f"INSERT INTO {t} SELECT * FROM _frame")
                 con.unregister("_frame")
 
 

@@ -32,9 +32,10 @@ COMPARE = {
     "quality_summary": "*",
     # the derived tables (core/store/derived.py): built by the single run's end and by the merge, from the same rows
     "patient_summary": "*",
-    "patient_calibration": "*",
     "cohort_calibration_bins": "*",
     "cohort_uncertainty_bins": "*",
+    "cohort_ueo_summary": "*",
+    "cohort_ueo_patients": "*",
 }
 
 

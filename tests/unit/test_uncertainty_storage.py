@@ -1,5 +1,5 @@
-"""The compact uncertainty-histogram layout (``uncertainty_hist`` + the ``uncertainty_bins`` view): every number the
-metric suite returns reads back unchanged, a database of the one-row-per-bin layout migrates to the same rows, and a
+"""The compact bin layouts (``uncertainty_hist`` / ``calibration_hist`` + the ``uncertainty_bins`` /
+``calibration_bins`` views): every number the metric suite returns reads back unchanged, a database of the one-row-per-bin layout migrates to the same rows, and a
 histogram whose n_error is not n_fp + n_fn is refused (n_error is not stored)."""
 import duckdb
 import numpy as np
@@ -15,6 +15,10 @@ LEGACY = """CREATE TABLE uncertainty_bins (
 PATIENT = {"cohort": "c", "source": "/c/p", "shape": (14, 14, 14), "spacing": (1, 1, 1), "label_scheme": "brats2021",
            "split": "test", "has_gt": True}
 COLS = ["run_id", "model", "method", "patient_id"] + COLUMNS["uncertainty_bins"]
+CAL_COLS = ["run_id", "model", "method", "patient_id"] + COLUMNS["calibration_bins"]
+LEGACY_CAL = """CREATE TABLE calibration_bins (
+    run_id VARCHAR, model VARCHAR, method VARCHAR, patient_id VARCHAR, region VARCHAR, mask VARCHAR,
+    bin INTEGER, n BIGINT, sum_prob DOUBLE, sum_true DOUBLE)"""
 
 
 def _result(model, method, seed, samples=False):
@@ -33,10 +37,10 @@ def _result(model, method, seed, samples=False):
             "evaluation": ev}
 
 
-def _expected(results, run_id, patient_id):
+def _expected(results, run_id, patient_id, table="uncertainty_bins"):
     return sorted(tuple([run_id, r["model"], r["method"], patient_id] + [x.item() if hasattr(x, "item") else x
                                                                       for x in row])
-                  for r in results for row in r["evaluation"].uncertainty_bins)
+                  for r in results for row in getattr(r["evaluation"], table))
 
 
 def test_every_bin_reads_back_unchanged(tmp_path):
@@ -60,6 +64,11 @@ def test_every_bin_reads_back_unchanged(tmp_path):
     assert con.execute("SELECT count(*) FROM uncertainty_bins").fetchone()[0] == len(want)
     counts = store.table_counts(con).set_index("table")["rows"]
     assert counts["uncertainty_bins"] == len(want)
+    # the calibration bins likewise (one stored row per (evaluation, region, mask), bins ascending)
+    cal = con.execute(f"SELECT {', '.join(CAL_COLS)} FROM calibration_bins ORDER BY ALL").fetchall()
+    assert len(cal) > 20 and cal == _expected(results, "run1", "P1", "calibration_bins")
+    assert counts["calibration_bins"] == len(cal)
+    assert all(b == sorted(b) for (b,) in con.execute("SELECT bins FROM calibration_hist").fetchall())
 
 
 def test_stored_lists_do_not_depend_on_what_is_written_with_them(tmp_path):
@@ -76,9 +85,12 @@ def test_legacy_one_row_per_bin_database_migrates_to_the_same_rows(tmp_path):
     path = tmp_path / "old.duckdb"
     results = [_result("A", "deterministic", 3), _result("A", "ensemble", 4, True)]
     rows = _expected(results, "run1", "P1") + _expected(results[:1], "run1", "P2")
+    cal_rows = _expected(results, "run1", "P1", "calibration_bins")
     con = duckdb.connect(str(path))
     con.execute(LEGACY)
+    con.execute(LEGACY_CAL)
     con.executemany(f"INSERT INTO uncertainty_bins VALUES ({', '.join('?' * len(COLS))})", rows)
+    con.executemany(f"INSERT INTO calibration_bins VALUES ({', '.join('?' * len(CAL_COLS))})", cal_rows)
     con.close()
     ro = store.connect(path, read_only=True)  # a reader reads the legacy table as it is
     assert ro.execute("SELECT count(*) FROM uncertainty_bins").fetchone()[0] == len(rows)
@@ -87,6 +99,7 @@ def test_legacy_one_row_per_bin_database_migrates_to_the_same_rows(tmp_path):
     kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'uncertainty_bins'").fetchone()
     assert kind[0] == "VIEW"
     assert con.execute(f"SELECT {', '.join(COLS)} FROM uncertainty_bins ORDER BY ALL").fetchall() == sorted(rows)
+    assert con.execute(f"SELECT {', '.join(CAL_COLS)} FROM calibration_bins ORDER BY ALL").fetchall() == sorted(cal_rows)
     con.close()
     con = store.connect(path)  # idempotent
     assert con.execute("SELECT count(*) FROM uncertainty_bins").fetchone()[0] == len(rows)
