@@ -20,6 +20,7 @@ Schema (one table, never updated or deleted: every save is a new row; the curren
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,11 +44,22 @@ def review_path(results_db: str | Path) -> Path:
 
 
 def _connect(path: str | Path) -> sqlite3.Connection:
+    """A connection in WAL mode with the schema. Switching a new file to WAL and creating its table while another
+    connection does the same can fail at once with "database is locked" (SQLite does not call the busy handler
+    for the journal-mode change), so those two steps are retried for up to the busy timeout."""
     con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
-    con.execute("PRAGMA journal_mode = WAL")
-    con.executescript(_SCHEMA)
-    return con
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode = WAL")
+            con.executescript(_SCHEMA)
+            return con
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                con.close()
+                raise
+            time.sleep(0.01)
 
 
 def validate(status: str, note: str, reviewer: str) -> tuple[str, str, str]:
