@@ -2,6 +2,7 @@
 database, moves the entropy filter, saves screenshots (artifacts/screenshots) and fails on any exception shown."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -32,10 +33,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(results_db):
+@contextlib.contextmanager
+def serve(data_dir: Path):
+    """The app served by ``streamlit run app.py`` on a free port over the databases in ``data_dir``; yields its URL."""
     port = _free_port()
-    env = {**os.environ, "TUMOURQA_DATA": str(results_db.parent)}
+    env = {**os.environ, "TUMOURQA_DATA": str(data_dir)}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -49,20 +51,36 @@ def server(results_db):
     else:
         proc.kill()
         pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
-@pytest.fixture(scope="module")
-def page():
+@contextlib.contextmanager
+def chromium_page():
+    """A playwright page of Debian chromium (1400 x 2400 viewport)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 2400})
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 2400})
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(results_db):
+    with serve(results_db.parent) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page():
+    with chromium_page() as pg:
         yield pg
-        browser.close()
 
 
 def _settle(pg, text=None, timeout=60):

@@ -8,16 +8,11 @@ build to a few minutes on 2 cores."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, PAGES, ROOT, SHOTS, _free_port, _no_exception, _settle
+from test_browser import CHROMIUM, PAGES, ROOT, SHOTS, _no_exception, _settle, chromium_page, serve
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 N_PATIENTS = 10_000
@@ -48,35 +43,14 @@ def big_db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def big_server(big_db):
-    port = _free_port()
-    env = {**os.environ, "TUMOURQA_DATA": str(big_db.parent)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-            break
-        except Exception:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with serve(big_db.parent) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 2400})
+    with chromium_page() as pg:
         yield pg
-        browser.close()
 
 
 def test_every_page_and_tab_opens_on_10000_patients(big_server, page):
