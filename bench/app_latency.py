@@ -1,10 +1,11 @@
 """Server-side latency of the dashboard on a large synthetic results database.
 
 Fills a DuckDB file with the real schema (:data:`core.store.SCHEMA`): P patients (default 10,000) x 4 models x
-4 methods x 3 regions, every metric name and mask of a real run (the demo's 41 metric names, 68 metric/mask
-pairs per region), 20 calibration bins per (region, mask), and per (region, mask, measure) an uncertainty
-histogram with K non-empty bins (default 100; a real 56x64x56 demo patient fills about 530 of the 2991
-bins, a BraTS-sized one more), all values deterministic pseudo-random with a per-patient difficulty so that
+4 methods x 3 regions, every metric name and mask of a real run (the demo's 55 metric names, 90 metric/mask
+pairs per region; the one-pass deterministic method 78, without MI / EPKL), 20 calibration bins per (region,
+mask), and per (region, mask, measure) an uncertainty histogram with K non-empty bins (default 100, the
+issue's baseline; the demo's 56x64x56 patients fill 500-1000 of the 2991 bins, a BraTS-sized one more), three
+measures (entropy, MI, EPKL) for the sampling methods and entropy only for deterministic, all values deterministic pseudo-random with a per-patient difficulty so that
 Dice, ECE and entropy correlate as in a real cohort. Then, with ``streamlit.testing.v1.AppTest`` (the
 script run on the server, no browser), measures for every page:
 
@@ -56,18 +57,24 @@ PAGES = (["home"] + [f"compare:{t}" for t in COMPARE_TABS]
          + ["reliability", "strata", "budget", "viewer", "quality", "glossary"])
 FILTER_PAGES = [f"compare:{t}" for t in COMPARE_TABS] + ["reliability", "strata", "budget"]
 
-# every (metric, mask) pair a real run stores per region (from the demo database)
+# every (metric, mask) pair a real run stores per region (the demo database's 90, raters' soft-label metrics and
+# lesion-wise metrics included); a one-pass method (deterministic) has no samples, hence no MI / EPKL metrics and
+# no MI / EPKL uncertainty histograms (core.metrics.suite stores entropy only), as in a real run
+TWO_MASKS = ("ace", "auroc_entropy", "auroc_epkl", "auroc_fn_tn", "auroc_fp_tp", "auroc_mi", "bnf_t50", "brier",
+             "budget_capture_auc", "budget_ueo_auc", "cal_gap", "capture_at_5pct", "ece", "mce", "nll",
+             "overconfidence", "soft_ace", "soft_brier", "soft_ece", "soft_mce", "soft_nll", "ueo_best",
+             "ueo_best_threshold", "ueo_t50", "uncertain_fraction", "underconfidence")
+BRAIN_ONLY = ("dice", "hd95", "interrater_dice", "lesion_fn", "lesion_fp", "lesion_pq_dice", "lesion_rq",
+              "lesion_sq_dice", "lesion_sq_hd95", "lesion_tp", "nsd", "rater_dice_mean", "vol_crps_ml", "vol_fcrps_ml",
+              "vol_in_pi", "vol_pi_hi_ml", "vol_pi_lo_ml", "vol_pi_nominal", "vol_q05_ml", "vol_q95_ml",
+              "vol_sample_mean_ml", "vol_sample_sd_ml", "volume_error_ml", "volume_gt_ml", "volume_pred_ml")
 METRIC_MASKS = (
-    [(m, k) for m in ("ace", "auroc_entropy", "auroc_epkl", "auroc_fn_tn", "auroc_fp_tp", "auroc_mi", "bnf_t50", "brier",
-                      "budget_capture_auc", "budget_ueo_auc", "cal_gap", "capture_at_5pct", "ece", "mce", "nll",
-                      "soft_ace", "soft_brier", "soft_ece", "soft_mce", "soft_nll", "ueo_best", "ueo_best_threshold",
-                      "ueo_t50", "uncertain_fraction") for k in ("brain", "roi")]
+    [(m, k) for m in TWO_MASKS for k in ("brain", "roi")]
     + [(m, k) for m in ("mean_entropy", "mean_epkl", "mean_mi") for k in ("brain", "roi", "pred", "boundary")]
-    + [(m, "brain") for m in ("dice", "hd95", "interrater_dice", "rater_dice_mean", "vol_crps_ml", "vol_fcrps_ml", "vol_in_pi",
-                              "vol_q05_ml", "vol_q95_ml", "vol_sample_mean_ml", "vol_sample_sd_ml", "volume_error_ml",
-                              "volume_gt_ml", "volume_pred_ml")]
+    + [(m, "brain") for m in BRAIN_ONLY]
     + [("mean_confidence", "pred")]
 )
+SAMPLED_ONLY = {"auroc_mi", "auroc_epkl", "mean_mi", "mean_epkl"}  # not stored for the one-pass method (ti = 0)
 
 
 LEGACY_UNCERTAINTY_BINS = """CREATE TABLE uncertainty_bins (
@@ -106,8 +113,9 @@ def build(db: Path, n_patients: int, unc_bins: int, legacy: bool = False) -> dic
     con.execute("CREATE TEMP TABLE mdl AS SELECT * FROM (VALUES (0, ?), (1, ?), (2, ?), (3, ?)) t(mi, model)", MODELS)
     con.execute("CREATE TEMP TABLE mth AS SELECT * FROM (VALUES (0, ?), (1, ?), (2, ?), (3, ?)) t(ti, method)", METHODS)
     con.execute("CREATE TEMP TABLE reg AS SELECT * FROM (VALUES (0, 'WT'), (1, 'TC'), (2, 'ET')) t(ri, region)")
-    con.execute("CREATE TEMP TABLE mm AS SELECT * FROM (SELECT unnest(?::VARCHAR[]) AS metric, unnest(?::VARCHAR[]) AS mask)",
-                [[m for m, _ in METRIC_MASKS], [k for _, k in METRIC_MASKS]])
+    con.execute("CREATE TEMP TABLE mm AS SELECT * FROM (SELECT unnest(?::VARCHAR[]) AS metric, unnest(?::VARCHAR[]) AS mask, "
+                "unnest(?::BOOLEAN[]) AS sampled)",
+                [[m for m, _ in METRIC_MASKS], [k for _, k in METRIC_MASKS], [m in SAMPLED_ONLY for m, _ in METRIC_MASKS]])
     con.execute("""INSERT INTO patients SELECT 'synthetic', patient_id, '/nonexistent/' || patient_id, '[240,240,155]',
                    '[1,1,1]', 'brats2021', 'test', true, '{}' FROM pat""")
     # rows are inserted patient by patient, as the batch writes them (one transaction per patient)
@@ -134,7 +142,7 @@ def _fill_chunk(con, p0: int, p1: int, unc_bins: int, step: int, legacy: bool = 
             SELECT pi, patient_id, mi, model, ti, method, ri, region, metric, mask,
                    (hash(pi, mi, ti, ri, metric, mask) % 1000000) / 1e6 AS u,
                    greatest(0.0, least(1.0, 1.0 - d * (0.6 + 0.25 * ri) - 0.05 * mi + 0.01 * ti)) AS q
-            FROM pc, mdl, mth, reg, mm)
+            FROM pc, mdl, mth, reg, mm WHERE ti > 0 OR NOT sampled)
         SELECT ?, model, method, patient_id, region, mask, metric,
                CASE metric
                  WHEN 'dice' THEN least(1.0, greatest(0.0, q + 0.1 * (u - 0.5)))
@@ -166,8 +174,9 @@ def _fill_chunk(con, p0: int, p1: int, unc_bins: int, step: int, legacy: bool = 
                    least(k * ? + (hash(pi, mi, ri, measure) % ?), ? - 1)::INTEGER AS b,
                    greatest(0.0, least(1.0, 1.0 - d * (0.6 + 0.25 * ri) - 0.05 * mi)) AS q,
                    (hash(pi, mi, ti, ri, mask, measure, k) % 1000000) / 1e6 AS u
-            FROM pc, mdl, mth, reg, (VALUES ('brain'), ('roi')) mk(mask), (VALUES ('entropy'), ('mi'), ('epkl')) ms(measure),
-                 range(?) r(k))
+            FROM pc, mdl, mth, reg, (VALUES ('brain'), ('roi')) mk(mask),
+                 (VALUES ('entropy', false), ('mi', true), ('epkl', true)) ms(measure, sampled), range(?) r(k)
+            WHERE ti > 0 OR NOT sampled)
         SELECT ? AS run_id, model, method, patient_id, region, mask, measure, b AS bin, ne AS n_error,
                nc AS n_correct, (ne * u)::BIGINT AS n_fp, ne - (ne * u)::BIGINT AS n_fn, (nc * 0.02)::BIGINT AS n_tp
         FROM (SELECT *, ((1 - q + 0.05) * 40 * (k + 1) / ? * (0.5 + u))::BIGINT AS ne,
