@@ -8,7 +8,7 @@ import streamlit as st
 from dashboard import memo, plots, views
 from dashboard.prefetch import start_prefetch
 from dashboard.sidebar import keep_widget_state, page_tabs, require_selection
-from dashboard.tables import csv_later, leaderboard, leaderboard_display
+from dashboard.tables import arrow, csv_later, leaderboard, leaderboard_display
 
 SCATTER_METRICS = {
     "dice": "Dice", "hd95": "HD95 (mm)", "ece": "ECE", "brier": "Brier", "nll": "NLL",
@@ -132,7 +132,8 @@ def draw_patients():
                 st.session_state["viewer_request"] = (r.patient_id, r.model)
                 st.session_state["_go_viewer"] = True
 
-        st.dataframe(ptable, hide_index=True, key="patient_table", on_select=_open_selected_row,
+        shown = memo.get(sel, ("scatter_table_arrow", s_region, x_metric, y_metric, keys), lambda: arrow(ptable))
+        st.dataframe(shown, hide_index=True, key="patient_table", on_select=_open_selected_row,
                      selection_mode="single-row", column_config={
                          **{c: st.column_config.NumberColumn(SCATTER_METRICS[c], format="%.3f") for c in SCATTER_METRICS
                             if c in ptable},

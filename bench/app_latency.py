@@ -217,6 +217,12 @@ def measure(db: Path, changes: int, seed: int = 0, think: float = 0.0, root: Pat
     # a served app scans the installed packages for Streamlit components once, at start-up; a new AppTest scans
     # them on its first run (0.3-1.8 s here, depending on load): share the warm-up's registry, as a server would
     components = getattr(warm, "_bidi_component_manager", None)
+    # a server compiles each page script once (the Runtime's one ScriptCache, magic's AST rewrite included); AppTest
+    # makes a new ScriptCache on every run, ~20 ms per rerun of compare.py: share one, as a server does
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+    from streamlit.testing.v1 import app_test, local_script_runner
+    shared_cache = ScriptCache()
+    app_test.ScriptCache = local_script_runner.ScriptCache = lambda: shared_cache
     out = []
     for page in PAGES:
         st.cache_data.clear()

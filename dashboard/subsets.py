@@ -31,7 +31,8 @@ def _rollup(db: str, mtime: float, run_id: str, kind: str, mask: str, measure: s
 
 
 def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str = "entropy",
-                methods: list[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+                methods: list[str] | None = None, columns: list[str] | None = None,
+                region: str | None = None) -> pd.DataFrame:
     """The filtered patients' bins, summed over the patients inside the entropy filter.
 
     The whole range (0-100 %) reads the cohort totals (every patient of the run) and queues, in the background,
@@ -46,6 +47,7 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
         measure: the uncertainty measure of ``kind`` 'uncertainty' (e.g. 'entropy').
         methods: only these methods (default: every method of the run).
         columns: only these count columns of ``kind`` 'uncertainty' (default: all).
+        region: only this region's rows (default: every region); a filter move then sums only its groups' rows.
 
     Returns:
         one row per (model, method, region, bin) with the count columns, as
@@ -53,6 +55,9 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
         there are no such bins.
     """
     mask = mask or sel.mask
+    if region is not None and (sel.review_filtered or tuple(sel.q_range) == (0, 100)):
+        df = subset_bins(sel, kind, mask, measure, methods, columns)  # SQL sums / cohort totals: filtered after
+        return df[df.region == region].reset_index(drop=True)
     args = (str(sel.db), sel.db.stat().st_mtime, sel.run_id, kind, mask, measure,
             None if methods is None else tuple(sorted(methods)), None if columns is None else tuple(columns),
             sel.groups_key, sel.group_pids, sel.group_ids)
@@ -76,6 +81,8 @@ def subset_bins(sel: Selection, kind: str, mask: str | None = None, measure: str
     if not len(roll["g"]):
         return pd.DataFrame(columns=["model", "method", "region", "bin"] + cols)
     keep = groups_kept(roll["g"], sel.q_range)
+    if region is not None:
+        keep &= np.isin(roll["combo"], np.flatnonzero(combos.region.to_numpy() == region))
     c, b, sums = sum_by_bin(roll["combo"][keep], roll["bin"][keep], roll["counts"][keep], len(combos),
                             int(roll["bin"].max()) + 1)
     out = pd.DataFrame({"model": combos.model.to_numpy()[c], "method": combos.method.to_numpy()[c],

@@ -473,7 +473,7 @@ def budget(sel: Selection, region: str, methods: list[str], max_budget_pct: floa
         (curves: model, method, budget (%), captured, ueo; table: per model and method the AUCs, AUROCs and
         counts); two empty frames when there are no bins.
     """
-    summed = subset_bins(sel, "uncertainty", measure="entropy", methods=methods)
+    summed = subset_bins(sel, "uncertainty", measure="entropy", methods=methods, region=region)
     summed = summed[(summed.region == region) & summed.model.isin(sel.models)]
     budgets = [max_budget_pct / 100 * (i + 1) / 100 for i in range(100)]
     return summaries.budget_table(summed, budgets)
@@ -502,7 +502,7 @@ def cohort_ueo(sel: Selection, region: str, methods: list[str]) -> tuple[pd.Data
                         (("mask", sel.mask), ("methods", tuple(methods)), ("models", tuple(models)))), n_private=0)
     else:  # every patient's threshold-group counts, read once per database version, then indexed
         cubes = reads.threshold_cubes(sel.db, sel.run_id, mask=sel.mask, methods=methods, models=models)
-        summary, patients = ueo_from_cubes(cubes, sel.patients)
+        summary, patients = ueo_from_cubes({k: v for k, v in cubes.items() if k[2] == region}, sel.patients)
     summary = summary[summary.region == region].drop(columns="region")
     patients = patients[patients.region == region].drop(columns="region")
     summary = summary.rename(columns={

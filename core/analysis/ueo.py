@@ -161,11 +161,14 @@ def cohort_threshold_from_cubes(cubes: dict, patient_ids=None, thresholds=UEO_TH
     p_cols = keys + ["patient_id", "ueo_at_t", "ueo_oracle"]
     wanted = None if patient_ids is None else pd.Index(list(patient_ids)).unique()
     summary, patients = [], []
+    positions = {}  # id of a cube's patient-id array -> the wanted rows (cubes of one read share their id arrays)
     for (model, method, region) in sorted(cubes):
         pids, grouped = cubes[(model, method, region)]
         if wanted is not None:
-            pos = np.sort(pd.Index(pids).get_indexer(wanted))  # hashed lookups (np.isin sorts the strings)
-            pos = pos[pos >= 0]
+            if id(pids) not in positions:
+                pos = np.sort(pd.Index(pids).get_indexer(wanted))  # hashed lookups (np.isin sorts the strings)
+                positions[id(pids)] = (pids, pos[pos >= 0])  # (the array kept alive: its id stays its own)
+            pos = positions[id(pids)][1]
             pids, grouped = pids[pos], grouped[pos]
         if not len(pids):
             continue

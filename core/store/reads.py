@@ -358,11 +358,16 @@ def threshold_cubes(con, run_id: str, mask: str = "brain", methods: list[str] | 
         code = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(rows[keys.columns]))
         grouped = dense_bins(code, rows["group"].to_numpy(np.int64), rows[list(ueo.COUNTS)].to_numpy(np.float64),
                              len(keys), T + 1)
-    out = {}
+    out, shared = {}, []
     for combo, idx in keys.groupby(["model", "method", "region"], sort=True).indices.items():
         pids = keys.patient_id.to_numpy(object)[idx]
         order = np.argsort(pids, kind="stable")
-        out[tuple(combo)] = (pids[order], grouped[idx[order]])
+        pids = pids[order]
+        # combos with the same patients share one id array (a subset's rows are then looked up once for all)
+        pids = next((q for q in shared if len(q) == len(pids) and (q == pids).all()), pids)
+        if not any(q is pids for q in shared):
+            shared.append(pids)
+        out[tuple(combo)] = (pids, grouped[idx[order]])
     return out
 
 

@@ -59,6 +59,10 @@ def test_subset_engine_equals_direct_queries(results_db, q_range):
         direct = store.summed_uncertainty_bins(con, sel.run_id, sel.patients, mask, "entropy")
         via = subset_bins(sel, "uncertainty", mask, "entropy")
         pd.testing.assert_frame_equal(direct.reset_index(drop=True), via.reset_index(drop=True), check_dtype=False)
+        for region in ("WT", "ET"):  # one region's rows only (the budget page): the same rows of that region
+            one = subset_bins(sel, "uncertainty", mask, "entropy", region=region)
+            pd.testing.assert_frame_equal(direct[direct.region == region].reset_index(drop=True),
+                                          one.reset_index(drop=True), check_dtype=False)
         direct = store.summed_calibration_bins(con, sel.run_id, sel.patients, mask)
         via = subset_bins(sel, "calibration", mask)
         pd.testing.assert_frame_equal(direct.reset_index(drop=True), via.reset_index(drop=True), check_dtype=False)
