@@ -10,6 +10,9 @@ from dashboard.prefetch import start_prefetch
 from dashboard.sidebar import keep_widget_state, page_tabs, require_selection
 from dashboard.tables import arrow, csv_later, leaderboard, leaderboard_display
 
+# rows of the patient table under the scatter (sorted by the y axis; the CSV download has every row): a
+# 10,000-patient cohort's 40,000 rows with their viewer links are ~6 MB to serialise and hash on every rerun
+TABLE_ROWS = 1000
 SCATTER_METRICS = {
     "dice": "Dice", "hd95": "HD95 (mm)", "ece": "ECE", "brier": "Brier", "nll": "NLL",
     "auroc_entropy": "AUROC entropy vs error", "mean_entropy": "mean entropy", "mean_mi": "mean MI",
@@ -119,11 +122,13 @@ def draw_patients():
         keys = plots.selected_keys(event.selection if event else None, [t.name for t in fig.data])
         ptable = memo.get(sel, ("scatter_table", s_region, x_metric, y_metric, keys), lambda: views.scatter_table(
             sel, points, keys, list(SCATTER_METRICS), y_metric))
+        shown_note = (f" The table shows the first {TABLE_ROWS:,} by {SCATTER_METRICS[y_metric]} (highest first); "
+                      "the CSV below has them all." if len(ptable) > TABLE_ROWS else "")
         if keys:
-            st.caption(f"{len(ptable)} selected point(s). Double-click the chart to clear the selection.")
+            st.caption(f"{len(ptable)} selected point(s). Double-click the chart to clear the selection.{shown_note}")
         else:
             st.caption(f"No selection: all {len(ptable)} points. Drag a box (or pick lasso in the chart's toolbar) to "
-                       "narrow the table; click a row to open that patient in the viewer.")
+                       f"narrow the table; click a row to open that patient in the viewer.{shown_note}")
 
         def _open_selected_row():
             rows = st.session_state["patient_table"].selection.rows
@@ -132,7 +137,7 @@ def draw_patients():
                 st.session_state["viewer_request"] = (r.patient_id, r.model)
                 st.session_state["_go_viewer"] = True
 
-        shown = memo.get(sel, ("scatter_table_arrow", s_region, x_metric, y_metric, keys), lambda: arrow(ptable))
+        shown = memo.get(sel, ("scatter_table_arrow", s_region, x_metric, y_metric, keys), lambda: arrow(ptable.head(TABLE_ROWS)))
         st.dataframe(shown, hide_index=True, key="patient_table", on_select=_open_selected_row,
                      selection_mode="single-row", column_config={
                          **{c: st.column_config.NumberColumn(SCATTER_METRICS[c], format="%.3f") for c in SCATTER_METRICS

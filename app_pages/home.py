@@ -1,7 +1,8 @@
 """Home: what is in the database (cohort, runs, models, evaluations, failures)."""
 import streamlit as st
 
-from dashboard import reads, review, views
+from dashboard import memo, reads, review, views
+from dashboard.tables import arrow
 from dashboard.sidebar import current_selection
 
 st.title("Tumour segmentation QA: uncertainty and calibration")
@@ -71,7 +72,8 @@ else:
     cols[0].metric("with ground truth", int(pts.has_gt.sum()))
     cols[1].metric("label schemes", ", ".join(sorted(pts.label_scheme.unique())))
     cols[2].metric("splits", ", ".join(sorted(str(s) for s in pts.split.dropna().unique())) or "-")
-    st.dataframe(pts[["patient_id", "split", "kind", "label_scheme", "shape", "spacing", "has_gt"]], hide_index=True, height=240)
+    st.dataframe(memo.get(sel, ("home_patients",), lambda: arrow(
+        pts[["patient_id", "split", "kind", "label_scheme", "shape", "spacing", "has_gt"]])), hide_index=True, height=240)
 
 st.subheader("Models")
 for model, checkpoint, card in views.model_cards(sel):
