@@ -69,3 +69,15 @@ def test_viewer_links_encode_ids_once_per_value():
     for link, p, m in zip(links, pids, models):
         q = parse_qs(urlsplit(link).query)
         assert q["patient"] == [p] and q["model"] == [m] and q["run"] == ["r1"]
+
+
+def test_arrow_table_keeps_columns_rows_and_order():
+    """tables.arrow: what st.dataframe is given for a kept table: same columns, values, order; index dropped."""
+    import pandas as pd
+    from dashboard.tables import arrow
+    df = pd.DataFrame({"patient_id": ["b", "a", "c"], "dice": [0.5, float("nan"), 1.0], "ok": [True, False, True],
+                       "open": ["./viewer?p=b", "./viewer?p=a", "./viewer?p=c"]}, index=[7, 3, 9])
+    t = arrow(df)
+    assert t.column_names == list(df.columns) and t.num_rows == 3
+    pd.testing.assert_frame_equal(t.to_pandas(), df.reset_index(drop=True), check_dtype=False)
+    assert arrow(df.head(0)).num_rows == 0
