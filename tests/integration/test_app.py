@@ -42,6 +42,12 @@ def test_home_page_content(data_env):
     assert labels["Patients evaluated"] == "4" and labels["Evaluations failed"] == "0"
     assert len(at.dataframe) >= 2
     assert {e.label.split(":")[0] for e in at.expander} >= {"SegResNet", "UNet-Res"}
+    # the row counts are computed only once their expander is opened (seconds on a 50,000-patient database)
+    assert not any("table" in d.value.columns and "rows" in d.value.columns for d in at.dataframe)
+    at.session_state["home_db_tables"] = True
+    _ok(at.run())
+    counts = next(d.value for d in at.dataframe if "table" in d.value.columns and "rows" in d.value.columns)
+    assert counts.set_index("table")["rows"]["patients"] == 4
 
 
 def test_compare_page_filter_changes_numbers(data_env):
