@@ -33,12 +33,10 @@ def run_row(sel: Selection) -> pd.Series:
     return reads.list_runs(sel.db).set_index("run_id").loc[sel.run_id]
 
 
-@memo.per_selection
 def cohort_patients(sel: Selection) -> pd.DataFrame:
-    """The run's patients with the demo's case kind from their metadata (empty string for other cohorts); kept per
-    database version (one JSON parse per patient: ~20 ms at 10,000 patients)."""
-    pts = reads.cohort_patients(sel.db, sel.run_id)
-    return pts.assign(kind=[json.loads(m or "{}").get("kind", "") for m in pts.meta]) if len(pts) else pts
+    """The run's patients with the demo's case kind from their metadata (empty string for other cohorts; read in SQL,
+    cached per database version)."""
+    return reads.cohort_patients(sel.db, sel.run_id)
 
 
 def model_cards(sel: Selection) -> list[tuple[str, str, dict]]:

@@ -114,9 +114,11 @@ def failures(con, run_id: str) -> pd.DataFrame:
 
 
 def cohort_patients(con, run_id: str) -> pd.DataFrame:
-    """The ``patients`` rows (every column) of the run's cohort that the run evaluated, sorted by patient id."""
+    """The ``patients`` rows (every column) of the run's cohort that the run evaluated, sorted by patient id, with
+    ``kind``: the demo's case kind from ``meta`` (empty string for other cohorts)."""
     return con.execute("""
-        SELECT p.* FROM patients p JOIN runs r ON p.cohort = r.cohort
+        SELECT p.*, coalesce(json_extract_string(p.meta, '$.kind'), '') AS kind
+        FROM patients p JOIN runs r ON p.cohort = r.cohort
         WHERE r.run_id = ? AND p.patient_id IN (SELECT patient_id FROM evaluations WHERE run_id = ?)
         ORDER BY p.patient_id""", [run_id, run_id]).df()
 
@@ -364,9 +366,11 @@ def threshold_cubes(con, run_id: str, mask: str = "brain", methods: list[str] | 
         order = np.argsort(pids, kind="stable")
         pids = pids[order]
         # combos with the same patients share one id array (a subset's rows are then looked up once for all)
-        pids = next((q for q in shared if len(q) == len(pids) and (q == pids).all()), pids)
-        if not any(q is pids for q in shared):
+        same = next((q for q in shared if len(q) == len(pids) and (q == pids).all()), None)
+        if same is None:
             shared.append(pids)
+        else:
+            pids = same
         out[tuple(combo)] = (pids, grouped[idx[order]])
     return out
 
