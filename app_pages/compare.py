@@ -137,7 +137,8 @@ def draw_patients():
                 st.session_state["viewer_request"] = (r.patient_id, r.model)
                 st.session_state["_go_viewer"] = True
 
-        shown = memo.get(sel, ("scatter_table_arrow", s_region, x_metric, y_metric, keys), lambda: arrow(ptable.head(TABLE_ROWS)))
+        shown = memo.get(sel, ("scatter_table_arrow", s_region, x_metric, y_metric, keys),
+                         lambda: arrow(ptable.head(TABLE_ROWS)))
         st.dataframe(shown, hide_index=True, key="patient_table", on_select=_open_selected_row,
                      selection_mode="single-row", column_config={
                          **{c: st.column_config.NumberColumn(SCATTER_METRICS[c], format="%.3f") for c in SCATTER_METRICS
