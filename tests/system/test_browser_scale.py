@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from test_browser import CHROMIUM, PAGES, ROOT, SHOTS, _no_exception, _settle, chromium_page, serve
+from test_browser import CHROMIUM, PAGES, ROOT, SHOTS, _no_exception, _settle, page, serve  # noqa: F401 (page: the
+# module-scoped chromium page fixture, one per module)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 N_PATIENTS = 10_000
@@ -45,12 +46,6 @@ def big_db(tmp_path_factory):
 def big_server(big_db):
     with serve(big_db.parent) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def page():
-    with chromium_page() as pg:
-        yield pg
 
 
 def test_every_page_and_tab_opens_on_10000_patients(big_server, page):
