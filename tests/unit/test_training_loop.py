@@ -38,3 +38,33 @@ def test_channels_last_trains_the_same_network():
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), rtol=0, atol=2e-2)
     assert all(v.is_contiguous() for v in b.state_dict().values())
+
+
+def test_prior_bias_is_the_log_odds_of_each_regions_share():
+    """init_prior_bias sets the output layer's bias to logit(voxel share of each region) over all the training
+    targets (hand-computed shares), on the demo SegResNet's head (GroupNorm -> ReLU -> 1x1 conv) and on UNet."""
+    from monai.networks.nets import SegResNet
+
+    from core.training.segmentation import init_prior_bias, output_layer
+
+    y1 = np.zeros((3, 4, 4, 4), np.float32)
+    y1[0, :2] = 1  # WT 32 of 64
+    y1[1, 0, 0] = 1  # TC 4 of 64
+    y2 = np.zeros((3, 4, 4, 4), np.float32)
+    y2[0, 0] = 1  # WT 16 of 64; TC 0; ET 0 in both
+    data = [(np.zeros((4, 4, 4, 4), np.float32), y1), (np.zeros((4, 4, 4, 4), np.float32), y2)]
+    share = np.array([48 / 128, 4 / 128, 1e-6])  # an empty region is clipped at 1e-6
+    expected = np.log(share / (1 - share))
+    seg = SegResNet(spatial_dims=3, init_filters=8, in_channels=4, out_channels=3, blocks_down=(1, 2), blocks_up=(1,))
+    unet = UNet(spatial_dims=3, in_channels=4, out_channels=3, channels=(4, 8), strides=(2,), num_res_units=1)
+    for net in (seg, unet):
+        np.testing.assert_allclose(init_prior_bias(net, data), expected, rtol=1e-12)
+        np.testing.assert_allclose(output_layer(net, 3).bias.detach().numpy(), expected, rtol=1e-6)
+    assert output_layer(seg, 3) is seg.conv_final[2].conv  # the head's 1x1 convolution, not an earlier layer
+    # with the weights of the head at zero, the network's output is the prior everywhere
+    with torch.no_grad():
+        seg.conv_final[2].conv.weight.zero_()
+        p = torch.sigmoid(seg.eval()(torch.randn(1, 4, 8, 8, 8)))
+    np.testing.assert_allclose(p.mean((0, 2, 3, 4)).numpy(), share, rtol=1e-5)
+    with pytest.raises(ValueError, match="no convolution with 5 output channels"):
+        output_layer(unet, 5)
