@@ -33,7 +33,7 @@ def _same_kernels(net):
     return prefer_onednn(copy.deepcopy(net))
 
 
-def make_bundle(root, net=None, target="SegResNet", pixdim=(1.0, 1.0, 1.0), roi=(64, 64, 64), weights=None):
+def make_bundle(root, net=None, target="SegResNet", pixdim=(1.0, 1.0, 1.0), roi=(64, 64, 64), weights=None, args=None):
     """A folder shaped like MONAI's brats_mri_segmentation bundle (configs + models/model.pt state dict)."""
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
@@ -55,7 +55,7 @@ def make_bundle(root, net=None, target="SegResNet", pixdim=(1.0, 1.0, 1.0), roi=
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".", "output_dir": "$@bundle_root + '/eval'",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": {"_target_": target, **ARGS},
+        "network_def": {"_target_": target, **(ARGS if args is None else args)},
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": "image"},
@@ -74,6 +74,35 @@ def make_bundle(root, net=None, target="SegResNet", pixdim=(1.0, 1.0, 1.0), roi=
         weights = (net or _net()).state_dict()
     torch.save(weights, root / "models" / "model.pt")
     return root
+
+
+# network_def of MONAI's brats_mri_segmentation bundle (configs/inference.json)
+BUNDLE_NETWORK_DEF = {"blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "init_filters": 16, "in_channels": 4,
+                      "out_channels": 3, "dropout_prob": 0.2}
+
+
+def test_the_demo_segresnet_is_the_bundles_network(tmp_path):
+    """Issue 21: the shipped demo SegResNet has the bundle's architecture, so a bundle's weights drop in where the
+    demo model's were: the demo weights, written as a bundle (the bundle's network_def, its channel and region
+    order), load through the bundle path and predict what the demo checkpoint predicts."""
+    from core.cli import SHIPPED_WEIGHTS
+    from core.io.architectures import DEMO_MODELS, demo_weight_files
+
+    spec_args = {k: v for k, v in DEMO_MODELS["SegResNet"]["arch_args"].items() if k != "spatial_dims"}
+    assert spec_args == BUNDLE_NETWORK_DEF
+    demo = load_checkpoint(SHIPPED_WEIGHTS / demo_weight_files("SegResNet")["checkpoint"])
+    assert {k: v for k, v in demo.card["arch_args"].items() if k != "spatial_dims"} == BUNDLE_NETWORK_DEF
+    # the demo network in the bundle's order: input channels T1c, T1, T2, FLAIR; outputs TC, WT, ET
+    sd = dict(demo.model.state_dict())
+    w, b = "convInit.conv.weight", "conv_final.2.conv.weight"
+    sd[w] = sd[w][:, IN_PERM]  # bundle input k is our channel IN_PERM[k]
+    sd[b] = sd[b][np.argsort(OUT_PERM)]  # bundle output j is our region argsort(OUT_PERM)[j]
+    sd["conv_final.2.conv.bias"] = sd["conv_final.2.conv.bias"][np.argsort(OUT_PERM)]
+    lm = load_checkpoint(make_bundle(tmp_path / "brats_mri_segmentation", weights=sd, args=BUNDLE_NETWORK_DEF))
+    assert lm.card["arch"] == "segresnet" and lm.card["arch_args"]["init_filters"] == 16
+    x = torch.randn(1, 4, 32, 32, 32)  # our channel order
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(x), demo.model(x), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("target", ["SegResNet", "monai.networks.nets.SegResNet",
