@@ -1,12 +1,13 @@
 """The papers' claims, checked on the real demo: full demo cohort, shipped weights, test split.
 
 * temperature scaling leaves every Dice unchanged (to 1e-6) and lowers the dataset ROI ECE (paper 003):
-  of WT and of the mean over the three regions, for each model; for the retrained UNet-Res in every region.
-  Not for SegResNet's TC: the NLL-fitted temperature raises it (0.041 -> 0.048); the test pins that down too,
-  so the README's statement stays true;
+  of WT and of the mean over the three regions, for each model; for both retrained demo models in every region
+  (2026-12-08: UNet-Res WT 0.0700 -> 0.0639, TC 0.0076 -> 0.0050, ET 0.0117 -> 0.0093; SegResNet WT
+  0.160 -> 0.136, TC 0.0184 -> 0.0166, ET 0.0182 -> 0.0143);
 * MC dropout changes the mean Dice by less than 0.01 (paper 000 / 002) on the overlap (patients with the
-  region in the ground truth); a patient without the region can flip 0 <-> 1 (BraTS empty rule), which the
-  test bounds and names (UNet-Res ET on the demo);
+  region in the ground truth) for UNet-Res; a patient without the region can flip 0 <-> 1 (BraTS empty rule),
+  which the test bounds and names (UNet-Res ET on the demo). Not for the bundle-architecture SegResNet
+  (``MC_BOUND``: WT +0.013, ET -0.018), which the test pins down so the README's statement stays true;
 * the most uncertain quartile of patients (mean WT entropy in the brain) has a lower median WT Dice than
   the rest (paper 000's entropy strata).
 
@@ -125,17 +126,15 @@ def test_temperature_scaling_keeps_dice_and_lowers_roi_ece(demo_db, model):
     before, after = s["deterministic"], s["deterministic+ts"]
     assert after["WT"] < before["WT"]
     assert after.mean() < before.mean()
-    if model in RETRAINED:  # the retrained UNet-Res: lower in every region (0.0700 -> 0.0639, 0.0076 -> 0.0050, 0.0117 -> 0.0093)
+    if model in RETRAINED:  # the retrained demo models: lower in every region (figures in the module docstring)
         assert (after < before).all(), (before.to_dict(), after.to_dict())
-    else:  # where the claim does not hold on our data (see the module docstring): SegResNet's TC gets worse
-        assert after["TC"] > before["TC"]
     temps = store.run_temperatures(con, run_id)
     assert (temps[temps.model == model].temperature > 0).all()
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_mc_dropout_barely_moves_mean_dice(demo_db, model):
-    """Paper 000 / 002: MC dropout moves the mean Dice by less than 0.01.
+    """Paper 000 / 002: MC dropout moves the mean Dice by less than 0.01 (``MC_BOUND`` where it does not).
 
     It holds for the overlap of every region (the patients whose region is present in the ground truth). Where
     the ground truth has no such region, Dice is 0 or 1 (BraTS empty rule), so one patient whose few
@@ -149,15 +148,26 @@ def test_mc_dropout_barely_moves_mean_dice(demo_db, model):
     gt = gt[(gt.model == model) & (gt.method == "deterministic")].set_index(["patient_id", "region"]).value
     p = d[d.model == model].pivot_table(index=["patient_id", "region"], columns="method", values="value")
     p["present"] = gt.reindex(p.index) > 0
+    overlap = {}
     for region in ("WT", "TC", "ET"):
         x = p.xs(region, level="region")
         assert len(x) == 42 and x.present.any()
         change = x.mc_dropout - x.deterministic
-        assert abs(change[x.present].mean()) < 0.01, region
+        bound = MC_BOUND.get(model, 0.01)
+        overlap[region] = change[x.present].mean()
+        assert abs(overlap[region]) < bound, region
         flips = (change.abs() > 0.5) & ~x.present  # 0 <-> 1 on a region absent from the ground truth
         assert not ((change.abs() > 0.5) & x.present).any(), region  # no overlap collapses
         assert flips.sum() <= 1, (region, list(x.index[flips]))
-        assert abs(change.mean()) < 0.01 + flips.sum() / len(x), region
+        assert abs(change.mean()) < bound + flips.sum() / len(x), region
+    if model in MC_BOUND:  # the README says the claim does not hold for this model: keep that true
+        assert max(abs(v) for v in overlap.values()) > 0.01, overlap
+
+
+# where the papers' "< 0.01" does not hold on our data, the bound asserted instead: issue 21's no-collapse bound
+# (0.02) plus margin. Measured 2026-12-08 on the bundle-architecture SegResNet (dropout 0.2, an underfitting model):
+# overlap change WT +0.013, TC -0.005, ET -0.018 (UNet-Res: -0.0013 / -0.0008 / +0.0013)
+MC_BOUND = {"SegResNet": 0.025}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -179,13 +189,16 @@ def test_quality_prediction_on_the_demo(demo_db):
     summ = store.quality_summary(con, run_id)
     pairs = con.execute("SELECT count(DISTINCT (model, method)) FROM evaluations WHERE run_id = ?", [run_id]).fetchone()[0]
     assert len(summ) == pairs * 3 and (summ.n_patients == 42).all()
-    # Pearson r is NaN only where the true Dice is the same for every patient (SegResNet's deep ensemble: TC 0 everywhere)
+    # Pearson r is NaN only where the true Dice is the same for every patient (the first demo SegResNet's deep ensemble: TC 0)
     spread = _metric(con, run_id, "dice").groupby(["model", "method", "region"]).value.std()
     constant = spread.reindex(pd.MultiIndex.from_frame(summ[["model", "method", "region"]])).to_numpy() == 0
     assert summ.r2.notna().all() and summ.pearson_r[~constant].between(-1, 1).all()
     assert summ.pearson_r[constant].isna().all()
-    wt = summ[(summ.method == "mc_dropout") & (summ.region == "WT")]
-    assert (wt.r2 > 0).all(), wt
+    wt = summ[(summ.method == "mc_dropout") & (summ.region == "WT")].set_index("model").r2
+    # holds for UNet-Res (R2 0.58); not for the bundle-architecture SegResNet (R2 -0.36, 2026-12-07): its WT Dice
+    # follows how far the tumour's size is from the typical size it predicts, which the uncertainty features miss
+    assert wt["UNet-Res"] > 0, wt
+    assert wt["SegResNet"] < 0.2, wt
     per = store.quality_patients(con, run_id, "mc_dropout", "WT")
     assert len(per) == 42 * len(MODELS) and per.flagged.sum() >= 2 * 10
 
