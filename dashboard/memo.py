@@ -5,7 +5,9 @@ Keyed by :attr:`dashboard.selection.Selection.key` (database file and version, r
 stratification, quantile range) plus the function and its other arguments: a finished batch changes the file's
 version, so a stale result is never served. Process-wide (every session of the same selection shares it), least
 recently used first out. DataFrames come back as shallow copies (pandas copy-on-write: a caller that changes its
-copy does not change the kept one); figures and other values come back as they are: callers must not mutate them.
+copy does not change the kept one); Plotly figures are kept frozen (:func:`dashboard.plots.freeze`: their dict for
+``st.plotly_chart`` is built once, not on every rerun; changing one raises); other values come back as they are:
+callers must not mutate them.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import threading
 from collections import OrderedDict
 
 import pandas as pd
+import plotly.graph_objects as go
+
+from dashboard.plots import FrozenFigure, freeze
 
 MAX_ENTRIES = 256
 
@@ -57,6 +62,8 @@ def get(sel, key: tuple, build):
             _MEMO.move_to_end(k)
             return _out(_MEMO[k])
     value = build()
+    if isinstance(value, go.Figure) and not isinstance(value, FrozenFigure):
+        value = freeze(value)
     with _LOCK:
         _MEMO[k] = value
         while len(_MEMO) > MAX_ENTRIES:

@@ -28,6 +28,32 @@ def test_selection_keys_from_plotly_event():
     assert plots.selected_keys(None) == [] and plots.selected_keys({"points": []}) == []
 
 
+def test_frozen_scatter_serialises_as_the_plain_figure_and_cannot_change():
+    """The scatter is frozen (its to_dict computed once, Streamlit calls it on every rerun): what Streamlit sends is
+    the same JSON as the plain figure's, the dict is the same object every time, and a change raises."""
+    import pickle
+
+    import plotly.graph_objects as go
+    import plotly.io as pio
+    import plotly.tools
+
+    df = pd.DataFrame({"model": ["A", "A", "B"], "patient_id": ["p1", "p2", "p1"], "dice": [0.9, 0.5, 0.7],
+                       "ece": [0.01, 0.05, 0.02]})
+    fig = plots.patient_scatter(df, "dice", "ece", "Dice", "ECE", {"A": "#111111"})
+    assert isinstance(fig, plots.FrozenFigure) and fig.to_dict() is fig.to_dict()
+    sent = plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True)  # st.plotly_chart's first step
+    assert sent is fig.to_dict()
+    assert pio.to_json(sent, validate=False) == pio.to_json(go.Figure(fig), validate=False)
+    for change in (lambda f: f.update_layout(height=1), lambda f: f.add_trace(go.Scatter(x=[1])),
+                   lambda f: f.update_traces(marker_size=1), lambda f: f.update(layout_height=1)):
+        with pytest.raises(TypeError, match="cannot be changed"):
+            change(fig)
+    back = pickle.loads(pickle.dumps(fig))
+    assert isinstance(back, plots.FrozenFigure)
+    assert [t.name for t in back.data] == ["A", "B"] and list(back.data[0].customdata) == ["p1", "p2"]
+    assert back.to_dict()["layout"]["dragmode"] == "select"
+
+
 def test_box_stats_hand_computed_and_large_boxes_ship_only_outliers():
     """Quartiles by linear interpolation, whiskers at the extreme values within 1.5 IQR, the rest outliers;
     above ALL_POINTS rows the figure carries the statistics and the outliers only, never every patient."""
