@@ -93,7 +93,8 @@ def recompute_from_maps(db: Path, limit: int | None = None) -> list[dict]:
     """Per (model, method, patient, region) with ground truth: the stored Dice / ECE / AUROC of entropy and the
     same numbers recomputed from the stored NIfTI maps and the cohort's own segmentation: Dice of the exported
     label map, ECE by MONAI's CalibrationErrorMetric on the probability map (brain voxels), AUROC of the entropy
-    map by scikit-learn (exact) and by our bins (the stored definition)."""
+    map by scikit-learn (exact) and by our bins (the stored definition), with the range of the latter that the map's
+    rounding allows (``auroc_bins_lo`` / ``auroc_bins_hi``)."""
     import duckdb
     import nibabel as nib
     import numpy as np
@@ -102,6 +103,7 @@ def recompute_from_maps(db: Path, limit: int | None = None) -> list[dict]:
 
     from core.io.cohort import detect_case, load_case
     from core.io.label_sets import LABEL_SETS
+    from core.io.maps import MAP_MANTISSA_BITS
     from core.metrics.overlap import dice
     from core.metrics.uncertainty import auroc_from_bins, uncertainty_bins
 
@@ -132,6 +134,12 @@ def recompute_from_maps(db: Path, limit: int | None = None) -> list[dict]:
                        torch.from_numpy(p)[None, None], torch.from_numpy(t.astype(np.float64))[None, None]).item(),
                    "auroc_sklearn": roc_auc_score(err, ent[r][brain]) if err.any() and not err.all() else float("nan"),
                    "auroc_bins": auroc_from_bins(*uncertainty_bins(ent[r][brain], err))}
+            # the map rounds entropy to MAP_MANTISSA_BITS (relative error <= 2^-(bits + 1)): the stored AUROC, binned
+            # from the unrounded values, must lie between the AUROCs of the map's values moved by that much against
+            # the errors (lo) and in their favour (hi); the binned AUROC is monotone in each voxel's value
+            e, d = ent[r][brain].astype(np.float64), 2.0 ** -(MAP_MANTISSA_BITS + 1) * 1.001  # the bound, +0.1 %
+            row["auroc_bins_lo"] = auroc_from_bins(*uncertainty_bins(np.minimum(np.where(err, e * (1 - d), e * (1 + d)), 1.0), err))
+            row["auroc_bins_hi"] = auroc_from_bins(*uncertainty_bins(np.minimum(np.where(err, e * (1 + d), e * (1 - d)), 1.0), err))
             row.update({f"stored_{m}": stored.get((model, method, pid, region, m)) for m in ("dice", "ece", "auroc_entropy")})
             out.append(row)
     return out

@@ -193,8 +193,10 @@ def patient_measure(con, run_id: str, model: str, method: str, metric: str = "me
         mask: the voxel set the metric is stored in ('brain', 'roi' or 'pred').
 
     Returns:
-        patient_id, value (NaN / NULL where undefined), sorted by patient id; no rows when the method does not
-        store the measure (e.g. MI without samples).
+        patient_id, value (NaN / NULL where undefined), sorted by patient id; no rows when no patient has a value:
+        the method does not store the measure (e.g. MI without samples), or it is undefined for every patient (e.g.
+        a mean over the predicted region of a model that predicts nothing). Both paths agree on this (the derived
+        table keeps an undefined value as NULL, the long table as NaN).
     """
 
     col = PRED_COLUMNS.get((metric, mask)) or (metric if metric in WIDE_METRICS and mask in ("brain", "roi") else None)
@@ -204,12 +206,13 @@ def patient_measure(con, run_id: str, model: str, method: str, metric: str = "me
         return con.execute(f"""
             SELECT patient_id, {col} AS value FROM patient_summary
             WHERE run_id = ? AND model = ? AND method = ? AND region = ? AND mask = ?
-            QUALIFY count({col}) OVER () > 0  -- a measure the method does not store (MI without samples): no rows
+            QUALIFY count({col}) FILTER (WHERE NOT isnan({col})) OVER () > 0  -- no patient with a value: no rows
             ORDER BY patient_id""", [run_id, model, method, region, row_mask]).df()
     return con.execute("""
         SELECT m.patient_id, m.value FROM metrics m JOIN evaluations e USING (run_id, model, method, patient_id)
         WHERE m.run_id = ? AND m.model = ? AND m.method = ? AND m.metric = ? AND m.region = ? AND m.mask = ?
           AND e.status = 'ok'
+        QUALIFY count(m.value) FILTER (WHERE NOT isnan(m.value)) OVER () > 0  -- as above: no patient with a value
         ORDER BY m.patient_id""", [run_id, model, method, metric, region, mask]).df()
 
 
