@@ -303,7 +303,8 @@ class FrozenFigure(go.Figure):
     ``st.plotly_chart`` calls ``to_dict()`` (a deep copy of every trace) on every rerun; for a memoised figure of
     tens of thousands of points that copy is the largest part of a rerun that changes nothing (40,000 points with
     patient-id customdata: ~15 ms of ~60 ms). The dict is shared: neither the figure nor the dict may be changed
-    after freezing (every mutation through the figure's own methods raises, since the cached dict would go stale)."""
+    after freezing: the figure's update / add methods raise (the cached dict would go stale); an attribute assignment
+    such as ``fig.layout.height = ...`` is not caught, so do not."""
 
     def to_dict(self):  # noqa: D102 - see the class docstring
         d = self.__dict__.get("_frozen_dict")
@@ -315,7 +316,8 @@ class FrozenFigure(go.Figure):
     def _frozen(self, *_a, **_k):
         raise TypeError("a FrozenFigure cannot be changed (dashboard.plots.freeze): build a new figure")
 
-    update = update_layout = update_traces = add_trace = add_traces = _frozen
+    update = update_layout = update_traces = update_xaxes = update_yaxes = for_each_trace = _frozen
+    add_trace = add_traces = add_shape = add_annotation = add_hline = add_vline = add_hrect = add_vrect = _frozen
 
 
 def freeze(fig: go.Figure) -> FrozenFigure:

@@ -45,7 +45,8 @@ def test_frozen_scatter_serialises_as_the_plain_figure_and_cannot_change():
     assert sent is fig.to_dict()
     assert pio.to_json(sent, validate=False) == pio.to_json(go.Figure(fig), validate=False)
     for change in (lambda f: f.update_layout(height=1), lambda f: f.add_trace(go.Scatter(x=[1])),
-                   lambda f: f.update_traces(marker_size=1), lambda f: f.update(layout_height=1)):
+                   lambda f: f.update_traces(marker_size=1), lambda f: f.update(layout_height=1),
+                   lambda f: f.add_hline(y=0), lambda f: f.update_xaxes(range=[0, 1])):
         with pytest.raises(TypeError, match="cannot be changed"):
             change(fig)
     back = pickle.loads(pickle.dumps(fig))
