@@ -138,8 +138,9 @@ def recompute_from_maps(db: Path, limit: int | None = None) -> list[dict]:
             # from the unrounded values, must lie between the AUROCs of the map's values moved by that much against
             # the errors (lo) and in their favour (hi); the binned AUROC is monotone in each voxel's value
             e, d = ent[r][brain].astype(np.float64), 2.0 ** -(MAP_MANTISSA_BITS + 1) * 1.001  # the bound, +0.1 %
-            row["auroc_bins_lo"] = auroc_from_bins(*uncertainty_bins(np.minimum(np.where(err, e * (1 - d), e * (1 + d)), 1.0), err))
-            row["auroc_bins_hi"] = auroc_from_bins(*uncertainty_bins(np.minimum(np.where(err, e * (1 + d), e * (1 - d)), 1.0), err))
+            def moved(s):  # errors' entropies scaled by 1 + s * d, the others' by 1 - s * d (at most 1)
+                return auroc_from_bins(*uncertainty_bins(np.minimum(np.where(err, e * (1 + s * d), e * (1 - s * d)), 1.0), err))
+            row["auroc_bins_lo"], row["auroc_bins_hi"] = moved(-1), moved(1)
             row.update({f"stored_{m}": stored.get((model, method, pid, region, m)) for m in ("dice", "ece", "auroc_entropy")})
             out.append(row)
     return out
